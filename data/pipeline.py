@@ -1,0 +1,230 @@
+"""grain pipelines from sequences to host batches: training rows (padded or packed) and eval rows.
+
+Every batch is a dict of numpy arrays with rows of `max_len` tokens, left-aligned (padding at
+the right). Per token:
+  items            int32  dense item id, 0 = padding
+  timestamps       int64  seconds
+  next_timestamps  int64  timestamp of the next item of the same segment (the query side of
+                          HSTU's time bias); for a segment's last token, its target's time when
+                          the target is known (eval), else its own
+  targets          int32  next item of the same segment, 0 where there is none (no loss there)
+  segment_ids      int32  1, 2, ... for the users sharing a row, 0 = padding
+  positions        int32  0-based position inside the segment
+  users            int32  dense user index, -1 = padding
+Eval batches add per row: eval_target (int32), eval_position (int32: the last history token,
+whose output is the query), eval_user (int32) and eval_valid (bool: False for filler rows that
+keep the batch shape fixed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Iterator, Literal
+
+import grain
+import numpy as np
+
+from data.errors import DataError
+from data.packing import RowPlan, plan_rows
+from data.sequences import Sequences
+from data.split import EvalTargets
+
+Batch = dict[str, np.ndarray]
+_FIELDS = {
+    "items": np.int32,
+    "timestamps": np.int64,
+    "next_timestamps": np.int64,
+    "targets": np.int32,
+    "segment_ids": np.int32,
+    "positions": np.int32,
+    "users": np.int32,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """batch_size: rows per GLOBAL batch (split evenly over processes); max_len: tokens per row.
+
+    window: "recent" trains on each user's most recent max_len items (the reference protocol);
+    "random" draws each user's window end anew every epoch. packed: several users per row.
+    num_epochs: None repeats forever.
+    """
+
+    batch_size: int = 128
+    max_len: int = 200
+    packed: bool = False
+    window: Literal["recent", "random"] = "recent"
+    shuffle: bool = True
+    seed: int = 0
+    num_epochs: int | None = None
+
+
+def _check(config: PipelineConfig, process_count: int) -> None:
+    if config.max_len < 2:
+        raise DataError(f"max_len={config.max_len}: a row needs at least 2 tokens to hold a target")
+    if config.window not in ("recent", "random"):
+        raise DataError(f"window={config.window!r}: known windows are recent, random")
+    if config.batch_size < 1 or config.batch_size % process_count:
+        raise DataError(f"batch_size={config.batch_size} does not split over {process_count} processes")
+
+
+def epoch_plan(train: Sequences, config: PipelineConfig, epoch: int) -> RowPlan:
+    """The rows of one epoch: user order and windows drawn from (seed, epoch)."""
+    lengths = train.lengths
+    users = np.flatnonzero(lengths >= 2)  # a single item has no next item to predict
+    if config.shuffle:
+        users = np.random.default_rng([config.seed, epoch, 0]).permutation(users)
+    ends = lengths[users]
+    if config.window == "random":
+        ends = np.random.default_rng([config.seed, epoch, 1]).integers(2, ends + 1)
+    starts = np.maximum(ends - config.max_len, 0)
+    return plan_rows(users, starts, ends, config.max_len, config.packed)
+
+
+def _empty_row(max_len: int) -> Batch:
+    row = {name: np.zeros(max_len, dtype) for name, dtype in _FIELDS.items()}
+    row["users"][:] = -1
+    return row
+
+
+def _fill_segment(row: Batch, at: int, sequences: Sequences, user: int, start: int, end: int,
+                  segment: int, target: int = 0, target_timestamp: int | None = None) -> None:
+    """Write user's items [start, end) at row position `at`; the last token's target is `target`."""
+    base = sequences.offsets[user]
+    items = sequences.items[base + start : base + end]
+    times = sequences.timestamps[base + start : base + end]
+    span = slice(at, at + len(items))
+    row["items"][span] = items
+    row["timestamps"][span] = times
+    row["next_timestamps"][span] = np.append(times[1:], times[-1] if target_timestamp is None else target_timestamp)
+    row["targets"][span] = np.append(items[1:], target)
+    row["segment_ids"][span] = segment
+    row["positions"][span] = np.arange(len(items))
+    row["users"][span] = user
+
+
+def plan_row(plan: RowPlan, train: Sequences, row_index: int) -> Batch:
+    """Materialise row `row_index` of a plan."""
+    row = _empty_row(plan.capacity)
+    at = 0
+    for segment, k in enumerate(range(plan.row_offsets[row_index], plan.row_offsets[row_index + 1]), start=1):
+        start, end = int(plan.starts[k]), int(plan.ends[k])
+        _fill_segment(row, at, train, int(plan.users[k]), start, end, segment)
+        at += end - start
+    return row
+
+
+class TrainRows(grain.IterDataset):
+    """The training rows of one process: global rows p, p + P, p + 2P, ... of the epoch stream.
+
+    The global stream concatenates epochs; each epoch has its own shuffle, windows and packing.
+    Striding the global stream keeps every process within one row of the others, whatever the
+    number of rows per epoch.
+    """
+
+    def __init__(self, train: Sequences, config: PipelineConfig, process_index: int, process_count: int):
+        super().__init__()
+        self.train, self.config = train, config
+        self.process_index, self.process_count = process_index, process_count
+
+    @functools.lru_cache(maxsize=2)
+    def plan(self, epoch: int) -> RowPlan:
+        return epoch_plan(self.train, self.config, epoch)
+
+    def __iter__(self) -> "_TrainRowIterator":
+        return _TrainRowIterator(self)
+
+    def __str__(self) -> str:
+        return f"TrainRows(process {self.process_index}/{self.process_count}, {self.config})"
+
+
+class _TrainRowIterator(grain.DatasetIterator):
+    def __init__(self, rows: TrainRows):
+        super().__init__()
+        self._rows = rows
+        self._epoch, self._row = 0, rows.process_index
+        self._settle()
+
+    def _settle(self) -> None:
+        """Move (epoch, row) forward past the ends of epochs."""
+        config = self._rows.config
+        while config.num_epochs is None or self._epoch < config.num_epochs:
+            num_rows = self._rows.plan(self._epoch).num_rows
+            if num_rows == 0:
+                raise DataError("no user has 2 training interactions: nothing to train on")
+            if self._row < num_rows:
+                return
+            self._row -= num_rows
+            self._epoch += 1
+
+    def __next__(self) -> Batch:
+        config = self._rows.config
+        if config.num_epochs is not None and self._epoch >= config.num_epochs:
+            raise StopIteration
+        row = plan_row(self._rows.plan(self._epoch), self._rows.train, self._row)
+        self._row += self._rows.process_count
+        self._settle()
+        return row
+
+    def get_state(self) -> dict[str, Any]:
+        return {"epoch": self._epoch, "row": self._row}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._epoch, self._row = int(state["epoch"]), int(state["row"])
+        self._settle()
+
+
+def train_dataset(
+    train: Sequences, config: PipelineConfig, process_index: int = 0, process_count: int = 1
+) -> grain.IterDataset:
+    """This process's training batches: batch_size / process_count rows each, deterministic."""
+    _check(config, process_count)
+    rows = TrainRows(train, config, process_index, process_count)
+    return rows.batch(config.batch_size // process_count, drop_remainder=True)
+
+
+def eval_row(targets: EvalTargets, user: int, max_len: int) -> Batch:
+    """One user's most recent max_len history items; the last token's target is the eval target."""
+    row = _empty_row(max_len)
+    length = int(targets.history.lengths[user])
+    start = max(length - max_len, 0)
+    _fill_segment(row, 0, targets.history, user, start, length, 1,
+                  int(targets.targets[user]), int(targets.target_timestamps[user]))
+    row.update(eval_target=np.int32(targets.targets[user]), eval_position=np.int32(length - start - 1),
+               eval_user=np.int32(user), eval_valid=np.bool_(True))
+    return row
+
+
+def _filler_row(max_len: int) -> Batch:
+    row = _empty_row(max_len)
+    row.update(eval_target=np.int32(0), eval_position=np.int32(0), eval_user=np.int32(-1), eval_valid=np.bool_(False))
+    return row
+
+
+def eval_dataset(
+    targets: EvalTargets, max_len: int, batch_size: int, process_index: int = 0, process_count: int = 1
+) -> grain.MapDataset:
+    """This process's eval batches over all users with a target, in user order.
+
+    Users are dealt round-robin to processes; every process yields the same number of batches
+    (filler rows with eval_valid False pad the tail), so collective eval steps line up.
+    """
+    if batch_size < 1 or batch_size % process_count:
+        raise DataError(f"eval batch_size={batch_size} does not split over {process_count} processes")
+    local_batch = batch_size // process_count
+    users = np.arange(process_index, len(targets), process_count)
+    num_batches = -(-len(targets) // batch_size)
+
+    def make_batch(index: int) -> Batch:
+        chosen = users[index * local_batch : (index + 1) * local_batch]
+        rows = [eval_row(targets, int(u), max_len) for u in chosen]
+        rows += [_filler_row(max_len)] * (local_batch - len(rows))
+        return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+
+    return grain.MapDataset.range(num_batches).map(make_batch)
+
+
+def padding_fraction(train: Sequences, config: PipelineConfig, epoch: int = 0) -> float:
+    """Fraction of row tokens that are padding in one epoch of the configured layout."""
+    return epoch_plan(train, config, epoch).padding_fraction

@@ -1,0 +1,209 @@
+"""Dataset names and paths -> Interactions: the embedded default, GroupLens releases, files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+from typing import Mapping
+
+from data.errors import DataError
+from data.interactions import Interactions
+
+RECBOLE_WHEEL = "recbole-1.2.1-py3-none-any.whl"
+RECBOLE_WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
+_ML100K_IN_WHEEL = "recbole/dataset_example/ml-100k/"
+GROUPLENS = "https://files.grouplens.org/datasets/movielens/"
+# GroupLens release name -> folder inside its zip.
+GROUPLENS_RELEASES = {
+    "ml-1m": "ml-1m",
+    "ml-10m": "ml-10M100K",
+    "ml-20m": "ml-20m",
+    "ml-25m": "ml-25m",
+    "ml-32m": "ml-32m",
+}
+FORMATS = ("movielens", "recbole", "amazon", "amazon-csv", "csv", "parquet")
+
+
+def cache_dir() -> Path:
+    """Where downloads and parsed sequences live: $SCALING_LAB_CACHE or ~/.cache/scaling-lab."""
+    return Path(os.environ.get("SCALING_LAB_CACHE", Path.home() / ".cache" / "scaling-lab"))
+
+
+def known_names() -> list[str]:
+    return ["ml-100k", *GROUPLENS_RELEASES, "synthetic:KEY=VALUE,..."]
+
+
+def is_named_dataset(name: str) -> bool:
+    return name == "ml-100k" or name in GROUPLENS_RELEASES or name.startswith("synthetic:")
+
+
+def load_interactions(
+    name_or_path: str,
+    format: str | None = None,
+    columns: Mapping[str, str] | None = None,
+) -> Interactions:
+    """Read a named dataset (ml-100k, ml-1m, ..., synthetic:...) or a file/folder in `format`."""
+    if name_or_path.startswith("synthetic:"):
+        from data import synthetic
+
+        return synthetic.generate(synthetic.parse_spec(name_or_path))
+    if name_or_path == "ml-100k":
+        from data.readers.recbole import read_recbole
+
+        return read_recbole(ml100k_folder() / "ml-100k.inter")
+    if name_or_path in GROUPLENS_RELEASES:
+        from data.readers.movielens import read_movielens
+
+        return read_movielens(grouplens_folder(name_or_path))
+    path = Path(name_or_path)
+    if not path.exists():
+        raise DataError(f"{name_or_path}: no such file or folder, and not a known dataset name "
+                        f"(known: {', '.join(known_names())})")
+    return read_path(path, format or detect_format(path), columns)
+
+
+def detect_format(path: Path) -> str:
+    """Guess the format of a file or folder from its name; say how to choose when it cannot."""
+    names = {p.name for p in path.iterdir()} if path.is_dir() else {path.name}
+    if names & {"u.data", "ratings.dat", "ratings.csv"}:
+        return "movielens"
+    if any(n.endswith(".inter") for n in names):
+        return "recbole"
+    if any(n.endswith((".json", ".jsonl", ".json.gz", ".jsonl.gz")) for n in names):
+        return "amazon"
+    if path.is_file() and path.suffix == ".parquet":
+        return "parquet"
+    raise DataError(f"{path}: cannot tell the format; pass --format ({', '.join(FORMATS)})")
+
+
+def read_path(path: Path, format: str, columns: Mapping[str, str] | None) -> Interactions:
+    """Dispatch to the reader of `format`."""
+    if format in ("csv", "parquet"):
+        from data.readers.tabular import read_tabular
+
+        if not columns:
+            raise DataError(f"{path}: --format {format} needs --columns user=COL,item=COL,timestamp=COL[,rating=COL]")
+        return read_tabular(path, format, columns)
+    if format == "movielens":
+        from data.readers.movielens import read_movielens as reader
+    elif format == "recbole":
+        from data.readers.recbole import read_recbole as reader
+    elif format == "amazon":
+        from data.readers.amazon import read_amazon_reviews as reader
+    elif format == "amazon-csv":
+        from data.readers.amazon import read_amazon_ratings_csv as reader
+    else:
+        raise DataError(f"unknown format {format!r}; known: {', '.join(FORMATS)}")
+    if format == "amazon" and path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.name.endswith((".json", ".jsonl", ".json.gz", ".jsonl.gz"))
+                       and not p.name.startswith("meta"))
+        if len(files) != 1:
+            raise DataError(f"{path}: expected one Amazon reviews file in the folder, found {len(files)}")
+        path = files[0]
+    return reader(path)
+
+
+def ml100k_folder() -> Path:
+    """The MovieLens-100K atomic files from the recbole wheel, fetched once into the cache."""
+    folder = cache_dir() / "ml-100k"
+    if (folder / "ml-100k.inter").is_file():
+        return folder
+    wheel = _recbole_wheel()
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with zipfile.ZipFile(wheel) as archive:
+        members = [m for m in archive.namelist() if m.startswith(_ML100K_IN_WHEEL) and not m.endswith("/")]
+        for member in members:
+            if member.endswith((".inter", ".item", ".user")):
+                (tmp / Path(member).name).write_bytes(archive.read(member))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def _recbole_wheel() -> Path:
+    wheels = cache_dir() / "wheels"
+    wheel = wheels / RECBOLE_WHEEL
+    if not wheel.is_file():
+        wheels.mkdir(parents=True, exist_ok=True)
+        print(f"fetching {RECBOLE_WHEEL} (MovieLens-100K ships inside it) into {wheels}", file=sys.stderr)
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "recbole==1.2.1", "-d", str(wheels)]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0 or not wheel.is_file():
+            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            raise DataError(f"ml-100k: `pip download recbole==1.2.1` failed ({last}); "
+                            f"place {RECBOLE_WHEEL} in {wheels}")
+    digest = _sha256(wheel)
+    if digest != RECBOLE_WHEEL_SHA256:
+        raise DataError(f"{wheel}: sha256 {digest} is not the expected {RECBOLE_WHEEL_SHA256}; delete it to refetch")
+    return wheel
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def grouplens_folder(name: str) -> Path:
+    """The extracted folder of a GroupLens release, downloaded (md5-checked) if it is not there."""
+    folder = cache_dir() / name
+    if folder.is_dir() and any(folder.iterdir()):
+        return folder
+    archive = cache_dir() / "downloads" / f"{name}.zip"
+    if not archive.is_file():
+        _download_grouplens(name, archive)
+    inner = GROUPLENS_RELEASES[name] + "/"
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            tmp = folder.with_name(folder.name + ".partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            for member in zipped.namelist():
+                if member.startswith(inner) and not member.endswith("/"):
+                    (tmp / member[len(inner):]).parent.mkdir(parents=True, exist_ok=True)
+                    (tmp / member[len(inner):]).write_bytes(zipped.read(member))
+    except zipfile.BadZipFile:
+        raise DataError(f"{archive}: not a zip archive; delete it and try again") from None
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def _download_grouplens(name: str, archive: Path) -> None:
+    url = f"{GROUPLENS}{name}.zip"
+    manual = (f"download {url} and place it at {archive} (or its extracted files in {cache_dir() / name}/); "
+              f"set SCALING_LAB_CACHE to use another cache folder")
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    partial = archive.with_name(archive.name + ".partial")
+    try:
+        print(f"downloading {url}", file=sys.stderr)
+        with urllib.request.urlopen(f"{url}.md5", timeout=30) as response:
+            expected_md5 = response.read().decode().split()[0].strip().lower()
+        with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
+            shutil.copyfileobj(response, out, length=1 << 20)
+    except (urllib.error.URLError, OSError, IndexError) as error:
+        partial.unlink(missing_ok=True)
+        raise DataError(f"{name}: cannot download ({error}); {manual}") from None
+    if _md5(partial) != expected_md5:
+        partial.unlink(missing_ok=True)
+        raise DataError(f"{name}: md5 of the download does not match {url}.md5; {manual}")
+    partial.rename(archive)

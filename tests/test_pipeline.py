@@ -1,0 +1,159 @@
+"""grain batches: packing correctness, determinism, process sharding, iterator state, eval rows."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+import pytest
+
+from data.errors import DataError
+from data.interactions import Interactions
+from data.packing import best_fit_rows
+from data.pipeline import PipelineConfig, epoch_plan, eval_dataset, train_dataset
+from data.sequences import PreprocessOptions, Sequences, build_sequences
+from data.split import leave_one_out
+
+FIELDS = ("items", "timestamps", "next_timestamps", "targets", "segment_ids", "positions", "users")
+
+
+@pytest.fixture(scope="module")
+def split():
+    """40 users with 3..30 interactions; timestamps encode (user, position) so tokens are traceable."""
+    rng = np.random.default_rng(7)
+    user, item, ts = [], [], []
+    for u in range(40):
+        n = int(rng.integers(3, 31))
+        user += [u] * n
+        item += rng.integers(1, 60, n).tolist()
+        ts += [u * 1000 + k for k in range(n)]
+    seqs, _ = build_sequences(
+        Interactions(np.array(user), np.array(item), np.array(ts, dtype=np.int64), source="toy"), PreprocessOptions()
+    )
+    return leave_one_out(seqs, "reference")
+
+
+def take(config: PipelineConfig, train: Sequences, batches: int, process_index: int = 0, process_count: int = 1):
+    iterator = iter(train_dataset(train, config, process_index, process_count))
+    return [next(iterator) for _ in range(batches)]
+
+
+def segments_of(batch: dict) -> list[dict]:
+    """Every (row, segment) of a batch as a dict of its token arrays."""
+    found = []
+    for r in range(batch["items"].shape[0]):
+        for s in np.unique(batch["segment_ids"][r]):
+            if s == 0:
+                continue
+            where = batch["segment_ids"][r] == s
+            found.append({name: batch[name][r][where] for name in FIELDS} | {"where": np.flatnonzero(where)})
+    return found
+
+
+@pytest.mark.parametrize("packed, window", [(False, "recent"), (True, "recent"), (True, "random")])
+def test_every_token_is_the_right_one(split, packed: bool, window: str) -> None:
+    train = split.train
+    config = PipelineConfig(batch_size=4, max_len=12, packed=packed, window=window, seed=3)
+    batches = take(config, train, 6)
+    for batch in batches:
+        pad = batch["segment_ids"] == 0
+        assert np.all(batch["items"][pad] == 0) and np.all(batch["targets"][pad] == 0) and np.all(batch["users"][pad] == -1)
+        for seg in segments_of(batch):
+            user = int(seg["users"][0])
+            assert np.all(seg["users"] == user), "one segment, one user"
+            assert np.array_equal(seg["where"], seg["where"][0] + np.arange(len(seg["where"]))), "contiguous"
+            assert np.array_equal(seg["positions"], np.arange(len(seg["items"])))
+            # Timestamps encode (user, index in the user's sequence): the segment is a window of it.
+            index = seg["timestamps"] - user * 1000
+            start, end = int(index[0]), int(index[-1]) + 1
+            assert np.array_equal(index, np.arange(start, end))
+            assert np.array_equal(seg["items"], train.user_items(user)[start:end])
+            assert np.array_equal(seg["targets"][:-1], seg["items"][1:]) and seg["targets"][-1] == 0
+            assert np.array_equal(seg["next_timestamps"][:-1], seg["timestamps"][1:])
+            if window == "recent":
+                assert end == train.lengths[user] and end - start == min(12, end)
+
+
+def test_packing_leaves_less_padding_and_covers_each_user_once_per_epoch(split) -> None:
+    padded = epoch_plan(split.train, PipelineConfig(max_len=12), 0)
+    packed = epoch_plan(split.train, PipelineConfig(max_len=12, packed=True), 0)
+    assert packed.padding_fraction < padded.padding_fraction
+    assert packed.real_tokens == padded.real_tokens
+    assert sorted(packed.users.tolist()) == sorted(padded.users.tolist()) == list(range(40))
+    assert packed.num_rows < padded.num_rows
+
+
+def test_best_fit_never_overfills_and_opens_rows_only_when_needed() -> None:
+    lengths = np.random.default_rng(0).integers(1, 11, 300)
+    rows = best_fit_rows(lengths, 10)
+    fill = np.bincount(rows, weights=lengths)
+    assert fill.max() <= 10
+    for k in range(len(lengths)):  # when row r opened, no earlier row had room for segment k
+        if rows[k] == rows[:k].max(initial=-1) + 1:
+            before = np.bincount(rows[:k], weights=lengths[:k], minlength=rows[k])
+            assert np.all(before + lengths[k] > 10)
+
+
+def test_same_seed_same_batches_other_seed_other_order(split) -> None:
+    config = PipelineConfig(batch_size=4, max_len=12, packed=True, seed=11)
+    first, again = take(config, split.train, 15), take(config, split.train, 15)
+    other = take(dataclasses.replace(config, seed=12), split.train, 15)
+    assert all(np.array_equal(a[f], b[f]) for a, b in zip(first, again) for f in FIELDS)
+    assert not all(np.array_equal(a["users"], b["users"]) for a, b in zip(first, other))
+    # Epochs reshuffle: the first rows of epoch 1 differ from those of epoch 0.
+    assert not np.array_equal(epoch_plan(split.train, config, 0).users, epoch_plan(split.train, config, 1).users)
+
+
+def test_processes_see_disjoint_shards_that_cover_the_epoch(split) -> None:
+    config = PipelineConfig(batch_size=4, max_len=12, packed=True, num_epochs=1)
+    def rows_of(process: int) -> list[tuple]:
+        iterator = iter(train_dataset(split.train, config, process, 2))
+        rows = []
+        for batch in iterator:
+            assert batch["items"].shape == (2, 12)
+            rows += [tuple(r) for r in batch["users"]]
+        return rows
+    zero, one = rows_of(0), rows_of(1)
+    assert not set(zero) & set(one)
+    one_process = [tuple(r) for b in train_dataset(split.train, dataclasses.replace(config, batch_size=1)) for r in b["users"]]
+    assert sorted(zero + one) == sorted(one_process[: len(zero) + len(one)])
+    assert abs(len(zero) - len(one)) <= 2  # a batch of 2 rows; the epoch's row count may be odd
+
+
+def test_iterator_state_round_trip_resumes_exactly(split) -> None:
+    config = PipelineConfig(batch_size=4, max_len=12, packed=True, seed=5)
+    iterator = iter(train_dataset(split.train, config))
+    for _ in range(9):  # crosses an epoch boundary (about 8 batches per epoch)
+        next(iterator)
+    state = iterator.get_state()
+    expected = [next(iterator) for _ in range(5)]
+    fresh = iter(train_dataset(split.train, config))
+    fresh.set_state(state)
+    resumed = [next(fresh) for _ in range(5)]
+    assert all(np.array_equal(a[f], b[f]) for a, b in zip(expected, resumed) for f in FIELDS)
+    assert state["epoch"] == 1
+
+
+def test_eval_rows_hold_truncated_history_and_target(split) -> None:
+    batches = list(eval_dataset(split.test, max_len=12, batch_size=16))
+    assert len(batches) == 3 and all(b["items"].shape == (16, 12) for b in batches)
+    valid = np.concatenate([b["eval_valid"] for b in batches])
+    assert valid.sum() == 40 and not valid[40:].any()
+    for batch in batches:
+        for r in np.flatnonzero(batch["eval_valid"]):
+            user, last = int(batch["eval_user"][r]), int(batch["eval_position"][r])
+            history = split.test.history.user_items(user)
+            assert np.array_equal(batch["items"][r][: last + 1], history[-12:])
+            assert batch["targets"][r][last] == batch["eval_target"][r] == split.test.targets[user]
+            assert batch["next_timestamps"][r][last] == split.test.target_timestamps[user]
+    shards = [list(eval_dataset(split.test, 12, 16, p, 2)) for p in (0, 1)]
+    users = [u for shard in shards for b in shard for u in b["eval_user"][b["eval_valid"]]]
+    assert sorted(users) == list(range(40)) and len(shards[0]) == len(shards[1])
+
+
+def test_bad_configs_fail_clearly(split) -> None:
+    with pytest.raises(DataError, match="does not split over 3 processes"):
+        train_dataset(split.train, PipelineConfig(batch_size=4), 0, 3)
+    with pytest.raises(DataError, match="max_len=1"):
+        train_dataset(split.train, PipelineConfig(max_len=1))
