@@ -175,10 +175,26 @@ class _TrainRowIterator(grain.DatasetIterator):
         self._settle()
 
 
+def _this_process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    """Explicit values win; otherwise JAX's view of the multi-host job."""
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise DataError(f"process_index={process_index} is outside 0..{process_count - 1}")
+    return process_index, process_count
+
+
 def train_dataset(
-    train: Sequences, config: PipelineConfig, process_index: int = 0, process_count: int = 1
+    train: Sequences, config: PipelineConfig, process_index: int | None = None, process_count: int | None = None
 ) -> grain.IterDataset:
-    """This process's training batches: batch_size / process_count rows each, deterministic."""
+    """This process's training batches: batch_size / process_count rows each, deterministic.
+
+    process_index / process_count default to jax.process_index() / jax.process_count().
+    """
+    process_index, process_count = _this_process(process_index, process_count)
     _check(config, process_count)
     rows = TrainRows(train, config, process_index, process_count)
     return rows.batch(config.batch_size // process_count, drop_remainder=True)
@@ -203,13 +219,18 @@ def _filler_row(max_len: int) -> Batch:
 
 
 def eval_dataset(
-    targets: EvalTargets, max_len: int, batch_size: int, process_index: int = 0, process_count: int = 1
+    targets: EvalTargets,
+    max_len: int,
+    batch_size: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
 ) -> grain.MapDataset:
     """This process's eval batches over all users with a target, in user order.
 
     Users are dealt round-robin to processes; every process yields the same number of batches
     (filler rows with eval_valid False pad the tail), so collective eval steps line up.
     """
+    process_index, process_count = _this_process(process_index, process_count)
     if batch_size < 1 or batch_size % process_count:
         raise DataError(f"eval batch_size={batch_size} does not split over {process_count} processes")
     local_batch = batch_size // process_count
