@@ -200,11 +200,12 @@ def train_dataset(
     return rows.batch(config.batch_size // process_count, drop_remainder=True)
 
 
-def eval_row(targets: EvalTargets, user: int, max_len: int) -> Batch:
-    """One user's most recent max_len history items; the last token's target is the eval target."""
+def eval_row(targets: EvalTargets, user: int, max_len: int, history_len: int | None = None) -> Batch:
+    """A row of max_len tokens holding the user's most recent history_len (default max_len)
+    history items; the last history token's target is the eval target."""
     row = _empty_row(max_len)
     length = int(targets.history.lengths[user])
-    start = max(length - max_len, 0)
+    start = max(length - min(history_len or max_len, max_len), 0)
     _fill_segment(row, 0, targets.history, user, start, length, 1,
                   int(targets.targets[user]), int(targets.target_timestamps[user]))
     row.update(eval_target=np.int32(targets.targets[user]), eval_position=np.int32(length - start - 1),
@@ -224,9 +225,12 @@ def eval_dataset(
     batch_size: int,
     process_index: int | None = None,
     process_count: int | None = None,
+    history_len: int | None = None,
 ) -> grain.MapDataset:
     """This process's eval batches over all users with a target, in user order.
 
+    Rows have max_len tokens and hold the most recent history_len (default max_len) items, so
+    eval rows can share the training row length while the history follows the protocol.
     Users are dealt round-robin to processes; every process yields the same number of batches
     (filler rows with eval_valid False pad the tail), so collective eval steps line up.
     """
@@ -239,7 +243,7 @@ def eval_dataset(
 
     def make_batch(index: int) -> Batch:
         chosen = users[index * local_batch : (index + 1) * local_batch]
-        rows = [eval_row(targets, int(u), max_len) for u in chosen]
+        rows = [eval_row(targets, int(u), max_len, history_len) for u in chosen]
         rows += [_filler_row(max_len)] * (local_batch - len(rows))
         return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
 

@@ -147,6 +147,8 @@ def test_eval_rows_hold_truncated_history_and_target(split) -> None:
             assert np.array_equal(batch["items"][r][: last + 1], history[-12:])
             assert batch["targets"][r][last] == batch["eval_target"][r] == split.test.targets[user]
             assert batch["next_timestamps"][r][last] == split.test.target_timestamps[user]
+    shorter = eval_dataset(split.test, max_len=12, batch_size=16, history_len=5)[0]
+    assert np.all(shorter["eval_position"] <= 4) and np.all(shorter["segment_ids"][:, 5:] == 0)
     shards = [list(eval_dataset(split.test, 12, 16, p, 2)) for p in (0, 1)]
     users = [u for shard in shards for b in shard for u in b["eval_user"][b["eval_valid"]]]
     assert sorted(users) == list(range(40)) and len(shards[0]) == len(shards[1])
