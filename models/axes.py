@@ -1,0 +1,15 @@
+"""Logical axis names of parameters and activations (t5x/MaxText style).
+
+Every parameter carries these names; scaling/mesh.py holds the one table that maps them to the
+mesh axes ("data", "fsdp", "tensor").
+"""
+
+BATCH = "batch"
+LENGTH = "length"
+EMBED = "embed"  # the model width D
+VOCAB = "vocab"  # rows of the item table (num_items + 1)
+POSITIONS = "positions"  # rows of a positional table
+QKV = "qkv"  # fused projection outputs: heads x per-head width, for several projections
+HEADS_DIM = "heads_dim"  # heads x per-head width, the input side of an output projection
+MLP = "mlp"  # feed-forward hidden width
+RELATIVE = "relative"  # relative-bias tables (small, replicated)

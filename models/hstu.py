@@ -1,0 +1,72 @@
+"""One HSTU block (Zhai et al. 2024, arXiv 2402.17152), as ../shared/specs/hstu.md states it.
+
+x: (B, L, D). U, V: (B, L, H, dv); Q, K: (B, L, H, dqk).
+  U, V, Q, K = split(SiLU(LayerNorm(x) @ W_uvqk))
+  A[i, j]    = SiLU(Q_i . K_j + rab(i, j)) / N  for j <= i in the same segment, else 0
+  x         += Dropout(U * LayerNorm(A V)) @ W_o + b_o
+rab(i, j) = w_pos[p_j - p_i + P - 1] + w_ts[bucket(t_{i+1} - t_j)], p = position in the segment,
+P = max_positions, one (w_pos, w_ts) pair per block shared by all heads.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import einops
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from models import axes
+from models.config import ModelConfig
+from models.layers import layer_norm, logical_param, torch_linear_bias_init
+
+_LOG_BUCKET_WIDTH = 0.301  # the reference's bucketisation: floor(ln(|dt|) / 0.301)
+
+
+def time_buckets(next_timestamps: jax.Array, timestamps: jax.Array, num_buckets: int) -> jax.Array:
+    """(B, L, L) int32: bucket(t_{i+1} - t_j) = clamp(floor(ln(max(|d|, 1)) / 0.301), 0, num_buckets)."""
+    delta = (next_timestamps[:, :, None] - timestamps[:, None, :]).astype(jnp.float32)
+    bucket = jnp.floor(jnp.log(jnp.maximum(jnp.abs(delta), 1.0)) / _LOG_BUCKET_WIDTH)
+    return jnp.clip(bucket, 0, num_buckets).astype(jnp.int32)
+
+
+class HSTUBlock(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, context: Mapping[str, jax.Array], deterministic: bool = True) -> jax.Array:
+        cfg = self.config
+        heads, dqk, dv, d = cfg.heads, cfg.head_dim_qk, cfg.head_dim_v, cfg.d_model
+        dtype = x.dtype
+        w_uvqk = logical_param(self, "uvqk", nn.initializers.normal(0.02), (d, 2 * heads * dv + 2 * heads * dqk),
+                               (axes.EMBED, axes.QKV))
+        w_out = logical_param(self, "out_kernel", nn.initializers.xavier_uniform(), (heads * dv, d),
+                              (axes.HEADS_DIM, axes.EMBED))
+        b_out = logical_param(self, "out_bias", torch_linear_bias_init(heads * dv), (d,), (axes.EMBED,))
+        positions_count = cfg.max_positions
+        w_pos = logical_param(self, "rel_pos_bias", nn.initializers.normal(0.02), (2 * positions_count - 1,),
+                              (axes.RELATIVE,))
+        w_time = logical_param(self, "rel_time_bias", nn.initializers.normal(0.02), (cfg.time_buckets + 1,),
+                               (axes.RELATIVE,))
+
+        uvqk = jax.nn.silu(jnp.einsum("bld,de->ble", layer_norm(x), w_uvqk.astype(dtype)))
+        u, v, q, k = jnp.split(uvqk, [heads * dv, 2 * heads * dv, 2 * heads * dv + heads * dqk], axis=-1)
+        v = einops.rearrange(v, "b l (h d) -> b l h d", h=heads)
+        q = einops.rearrange(q, "b l (h d) -> b l h d", h=heads)
+        k = einops.rearrange(k, "b l (h d) -> b l h d", h=heads)
+
+        positions = context["positions"]
+        relative = positions[:, None, :] - positions[:, :, None] + positions_count - 1
+        rab = jnp.take(w_pos, jnp.clip(relative, 0, 2 * positions_count - 2), axis=0)
+        rab = rab + jnp.take(w_time, context["time_buckets"], axis=0)  # (B, L, L)
+
+        scores = jnp.einsum("bihd,bjhd->bhij", q, k) + rab[:, None].astype(dtype)
+        weights = jnp.where(context["mask"][:, None], jax.nn.silu(scores) / cfg.divisor, 0.0).astype(dtype)
+        attended = jnp.einsum("bhij,bjhd->bihd", weights, v)
+        attended = einops.rearrange(attended, "b l h d -> b l (h d)")
+        gated = u * layer_norm(attended)
+        gated = nn.Dropout(cfg.dropout)(gated, deterministic=deterministic)
+        update = jnp.einsum("ble,ed->bld", gated, w_out.astype(dtype)) + b_out.astype(dtype)
+        return nn.with_logical_constraint(x + update, (axes.BATCH, axes.LENGTH, axes.EMBED))

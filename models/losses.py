@@ -1,0 +1,66 @@
+"""Next-item losses over L2-normalised outputs and candidates (cosine / temperature logits).
+
+Both return (sum of per-position losses, number of supervised positions), so means are taken
+on the host after summing over devices and accumulation steps; positions with target 0 (no
+next item, padding) carry no loss.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+ACCIDENTAL_HIT_LOGIT = -5e4  # the reference's logit for a sampled negative equal to the positive
+
+
+def sample_negatives(rng: jax.Array, shape: tuple[int, ...], num_negatives: int, num_items: int) -> jax.Array:
+    """Item ids drawn uniformly from 1..num_items with replacement: shape + (num_negatives,)."""
+    return jax.random.randint(rng, (*shape, num_negatives), 1, num_items + 1, dtype=jnp.int32)
+
+
+def sampled_softmax_loss(
+    outputs: jax.Array,
+    targets: jax.Array,
+    candidates: jax.Array,
+    negatives: jax.Array,
+    temperature: float,
+    score_all_items: bool | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """-log softmax of the positive among [positive, negatives], summed over supervised positions.
+
+    outputs: (B, L, D); targets: (B, L), 0 = no loss; candidates: (V + 1, D), row 0 padding;
+    negatives: (B, L, R). score_all_items: compute the (B, L, V + 1) score matrix and pick the
+    sampled columns (cheaper than gathering (B, L, R, D) embeddings when V is small); None
+    decides by size. Both ways compute the same numbers.
+    """
+    num_rows = candidates.shape[0]
+    if score_all_items is None:
+        score_all_items = num_rows <= 4 * negatives.shape[-1]
+    outputs = outputs.astype(jnp.float32)
+    candidates = candidates.astype(jnp.float32)
+    if score_all_items:
+        scores = jnp.einsum("bld,vd->blv", outputs, candidates)
+        positive = jnp.take_along_axis(scores, targets[..., None], axis=-1)
+        sampled = jnp.take_along_axis(scores, negatives, axis=-1)
+    else:
+        positive = jnp.einsum("bld,bld->bl", outputs, jnp.take(candidates, targets, axis=0))[..., None]
+        sampled = jnp.einsum("bld,blrd->blr", outputs, jnp.take(candidates, negatives, axis=0))
+    sampled = jnp.where(negatives == targets[..., None], ACCIDENTAL_HIT_LOGIT * temperature, sampled)
+    logits = jnp.concatenate([positive, sampled], axis=-1) / temperature
+    per_position = jax.nn.logsumexp(logits, axis=-1) - logits[..., 0]
+    supervised = targets > 0
+    return jnp.sum(jnp.where(supervised, per_position, 0.0)), jnp.sum(supervised).astype(jnp.float32)
+
+
+def full_softmax_loss(
+    outputs: jax.Array, targets: jax.Array, candidates: jax.Array, temperature: float
+) -> tuple[jax.Array, jax.Array]:
+    """Cross-entropy of the target among all items 1..V (exact; for small catalogues).
+
+    outputs: (..., D); targets: (...), 0 = no loss; candidates: (V + 1, D), row 0 never a class.
+    """
+    logits = jnp.einsum("...d,vd->...v", outputs.astype(jnp.float32), candidates.astype(jnp.float32)) / temperature
+    logits = logits.at[..., 0].set(-jnp.inf)
+    per_position = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    supervised = targets > 0
+    return jnp.sum(jnp.where(supervised, per_position, 0.0)), jnp.sum(supervised).astype(jnp.float32)

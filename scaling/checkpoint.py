@@ -1,0 +1,33 @@
+"""Orbax checkpoints of a trial: train state (sharded arrays) + data iterator state, keep-N,
+automatic resume, restore onto any mesh by passing the target shardings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+
+def manager(directory: epath.PathLike, keep: int, asynchronous: bool = True) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=asynchronous, create=True)
+    return ocp.CheckpointManager(epath.Path(directory), options=options, item_names=("state", "data"))
+
+
+def save(checkpoints: ocp.CheckpointManager, step: int, state: Any, data_state: dict) -> None:
+    """Start saving (asynchronously when the manager is); wait_until_finished() before exit."""
+    checkpoints.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                   data=ocp.args.JsonSave(data_state)))
+
+
+def restore(checkpoints: ocp.CheckpointManager, step: int, abstract_state: Any) -> tuple[Any, dict]:
+    """(state laid out as abstract_state's shardings say, data iterator state) of `step`."""
+    restored = checkpoints.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                                                 data=ocp.args.JsonRestore()))
+    return restored["state"], restored["data"]
+
+
+def abstract_like(state: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs of `state` (arrays or abstract values) carrying `shardings`."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)

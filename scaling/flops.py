@@ -1,0 +1,81 @@
+"""Analytic FLOP counts of a training step (../shared/specs/flops_mfu.md).
+
+Two numbers, kept apart:
+- model FLOPs (the MFU numerator): matmuls of the model's math on real tokens only, causal
+  attention counted as half the square (n^2 / 2 per segment of n tokens), embedding lookups
+  free, the scoring matmul counted (sampled softmax 2 D (1 + R) per supervised position, full
+  softmax 2 D V), forward x 3 for forward + backward, rematerialisation not counted;
+- executed FLOPs: the matmuls the compiled dense step really runs: every row position, the full
+  L x L attention square, the scoring matmul as implemented. This is what XLA's cost_analysis
+  counts for dot operations, and what tests compare to it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from models.config import ModelConfig
+
+FLOP_CONVENTION = "v1: matmul-only, causal attention n^2/2, padding excluded, fwd x3"
+TRAIN_MULTIPLIER = 3  # backward = 2 x forward for every matmul
+
+
+def _block_linear_flops_per_token(model: ModelConfig) -> float:
+    """Forward matmul FLOPs per token of one block, attention excluded."""
+    d, h = model.d_model, model.heads
+    if model.family == "hstu":
+        return 2.0 * d * (2 * h * model.head_dim_v + 2 * h * model.head_dim_qk) + 2.0 * h * model.head_dim_v * d
+    return 2.0 * d * 3 * d + 2.0 * d * d + 2.0 * 2 * d * model.ffn_width
+
+
+def _attention_flops_per_query_key(model: ModelConfig) -> float:
+    """Forward FLOPs of one (query, key) pair of one block: QK^T and AV over all heads."""
+    if model.family == "hstu":
+        return 2.0 * model.heads * (model.head_dim_qk + model.head_dim_v)
+    return 2.0 * 2 * model.d_model
+
+
+def scoring_flops_per_position(model: ModelConfig, loss: str, negatives: int, num_items: int) -> float:
+    return 2.0 * model.d_model * (num_items if loss == "full_softmax" else 1 + negatives)
+
+
+def non_embedding_params(model: ModelConfig) -> int:
+    """Parameters outside the item and position tables (the Kaplan N)."""
+    d, h = model.d_model, model.heads
+    if model.family == "hstu":
+        per_block = d * (2 * h * model.head_dim_v + 2 * h * model.head_dim_qk) + h * model.head_dim_v * d + d
+        per_block += (2 * model.max_positions - 1) + (model.time_buckets + 1)
+        return model.blocks * per_block
+    f = model.ffn_width
+    per_block = 3 * d * d + 3 * d + d * d + d + d * f + f + f * d + d + 4 * d
+    return model.blocks * per_block + 2 * d
+
+
+def model_flops(model: ModelConfig, segment_lengths: np.ndarray, loss: str, negatives: int, num_items: int,
+                supervised_positions: int | None = None) -> float:
+    """Training model FLOPs for segments of the given real lengths (each predicts n - 1 targets)."""
+    n = np.asarray(segment_lengths, dtype=np.float64)
+    tokens = n.sum()
+    supervised = float(np.sum(np.maximum(n - 1, 0))) if supervised_positions is None else float(supervised_positions)
+    forward = model.blocks * (_block_linear_flops_per_token(model) * tokens
+                              + _attention_flops_per_query_key(model) * np.sum(n * n) / 2.0)
+    forward += scoring_flops_per_position(model, loss, negatives, num_items) * supervised
+    return TRAIN_MULTIPLIER * float(forward)
+
+
+def executed_flops(model: ModelConfig, rows: int, row_len: int, loss: str, negatives: int, num_items: int,
+                   score_all_items: bool) -> float:
+    """Matmul FLOPs the compiled dense training step executes on a (rows, row_len) batch."""
+    tokens = float(rows * row_len)
+    forward = model.blocks * (_block_linear_flops_per_token(model) * tokens
+                              + _attention_flops_per_query_key(model) * rows * row_len * row_len)
+    if loss == "full_softmax" or score_all_items:
+        forward += 2.0 * model.d_model * (num_items + 1) * tokens
+    else:
+        forward += 2.0 * model.d_model * (1 + negatives) * tokens
+    return TRAIN_MULTIPLIER * forward
+
+
+def six_n_d(params_non_embedding: int, tokens: float) -> float:
+    """The Kaplan/Chinchilla shorthand C = 6 N D, stored beside the detailed count."""
+    return 6.0 * params_non_embedding * tokens

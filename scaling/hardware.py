@@ -1,0 +1,86 @@
+"""Peak FLOP/s per device: a datasheet table for accelerators, a measured matmul rate on a CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+# Dense bf16 peak per JAX device, FLOP/s (../shared/specs/flops_mfu.md; vendor datasheets).
+PEAK_BF16 = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,  # v5e
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,  # v6e (Trillium)
+    "TPU v6e": 918e12,
+    "NVIDIA A100": 312e12,
+    "NVIDIA H100": 989e12,  # SXM; 1979e12 assumes 2:4 sparsity
+    "NVIDIA H200": 989e12,
+}
+# fp32 where it differs from bf16 (A100/H100 use TF32 tensor cores for fp32 matmuls by default).
+PEAK_FP32 = {"NVIDIA A100": 156e12, "NVIDIA H100": 495e12, "NVIDIA H200": 495e12}
+
+
+class UnknownDevice(ValueError):
+    """A device kind with no peak in the table: MFU would be meaningless, so say so."""
+
+
+def datasheet_peak(device_kind: str, dtype: str) -> float:
+    """Peak FLOP/s of one device of this kind; the longest table key that prefixes it wins."""
+    matches = [k for k in PEAK_BF16 if device_kind.startswith(k)]
+    if not matches:
+        raise UnknownDevice(f"no peak FLOP/s known for device kind {device_kind!r}; add it to scaling/hardware.py")
+    key = max(matches, key=len)
+    if dtype == "float32" and key in PEAK_FP32:
+        return PEAK_FP32[key]
+    return PEAK_BF16[key]
+
+
+def measure_matmul_rate(dtype: str = "float32", size: int = 2048, repeats: int = 7) -> float:
+    """Median FLOP/s of a jitted size^3 matmul on the default device, after warm-up."""
+    a = jnp.ones((size, size), jnp.dtype(dtype))
+    b = jnp.ones((size, size), jnp.dtype(dtype))
+    matmul = jax.jit(lambda x, y: x @ y)
+    matmul(a, b).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a, b).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return 2.0 * size**3 / statistics.median(times)
+
+
+def _cache_file() -> Path:
+    root = Path(os.environ.get("SCALING_LAB_CACHE", Path.home() / ".cache" / "scaling-lab"))
+    return root / "peak_flops.json"
+
+
+def peak_flops_per_device(dtype: str = "float32", remeasure: bool = False) -> tuple[float, str]:
+    """(peak FLOP/s of one device, where the number came from).
+
+    CPU: the measured rate of the whole processor (one matmul uses every core), cached, divided
+    by the number of (simulated) host devices, so peak x devices is the processor's rate.
+    """
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        return datasheet_peak(device.device_kind, dtype), f"datasheet:{device.device_kind}:{dtype}"
+    cache = _cache_file()
+    key = f"cpu:{dtype}:{os.cpu_count()}"
+    known = {}
+    if cache.is_file():
+        try:
+            known = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            known = {}
+    if remeasure or key not in known:
+        known[key] = measure_matmul_rate(dtype)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(known, indent=1, sort_keys=True))
+    return float(known[key]) / jax.local_device_count(), f"measured:2048^3 matmul:{dtype}"

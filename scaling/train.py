@@ -1,0 +1,359 @@
+"""`python -m scaling.train`: train HSTU or SASRec on a device mesh, evaluate, write results.
+
+WORKDIR/config.json     the trial configuration (its hash is the trial id)
+WORKDIR/metrics.jsonl   one line per log step ("learning/", "perf/") and per eval ("eval/")
+WORKDIR/result.json     one flat object: sizes, tokens, FLOPs, MFU, losses, test metrics, status
+WORKDIR/checkpoints/    orbax: train state + data iterator state; a rerun resumes from the last
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import math
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from data.dataset import prepare
+from data.errors import DataError
+from data.pipeline import PipelineConfig, epoch_plan, eval_dataset, train_dataset
+from data.ranking import ranking_metrics
+from data.sequences import PreprocessOptions
+from data.split import EvalTargets, leave_one_out
+from models.decoder import build_model
+from scaling import checkpoint, flops, hardware
+from scaling.batches import EVAL_FIELDS, TRAIN_FIELDS, segment_lengths, to_global
+from scaling.config import ConfigError, TrialConfig, from_json, with_overrides
+from scaling.mesh import LOGICAL_AXIS_RULES, batch_sharding, logical_names, make_mesh
+from scaling.presets import PRESETS, preset
+from scaling.shardings import state_shardings
+from scaling.steps import StepFunctions, boxed_params, init_state, make_optimizer
+
+
+def log(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, file=sys.stderr, flush=True)
+
+
+class MetricsLog:
+    """Appends one JSON object per line to WORKDIR/metrics.jsonl (process 0 only)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def write(self, record: dict) -> None:
+        if jax.process_index() == 0:
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def _global_sum(value: float) -> float:
+    """Sum of a host-side number over processes (each process counts its own rows)."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    return float(np.sum(multihost_utils.process_allgather(np.asarray(value, np.float64))))
+
+
+def _example_batch(row_len: int) -> dict[str, np.ndarray]:
+    return {name: np.zeros((1, row_len), np.int32) for name in ("items", "timestamps", "next_timestamps",
+                                                                "segment_ids", "positions")}
+
+
+def evaluate(step_fn: Any, params: Any, targets: EvalTargets, config: TrialConfig, mesh: Any) -> dict[str, float]:
+    """Full-ranking metrics and full-softmax loss over every user's target."""
+    ranks, losses = [], []
+    for host_batch in eval_dataset(targets, config.data.row_len, config.train.eval_batch_size,
+                                   history_len=config.data.max_len):
+        out = step_fn(params, to_global(host_batch, mesh, EVAL_FIELDS))
+        valid = np.asarray(out["valid"])
+        ranks.append(np.asarray(out["rank"])[valid])
+        losses.append(np.asarray(out["loss"])[valid])
+    metrics = ranking_metrics(np.concatenate(ranks))
+    metrics["loss"] = float(np.mean(np.concatenate(losses)))
+    return metrics
+
+
+def run(config: TrialConfig, workdir: Path) -> dict[str, Any]:
+    """Train one trial to completion (resuming if WORKDIR has checkpoints); returns result.json."""
+    started = time.perf_counter()
+    workdir.mkdir(parents=True, exist_ok=True)
+    train_cfg, data_cfg = config.train, config.data
+
+    # ---- Data -------------------------------------------------------------------------------
+    prepared = prepare(data_cfg.name, format=data_cfg.format or None,
+                       columns=_columns(data_cfg.columns), options=PreprocessOptions(data_cfg.user_core, data_cfg.item_core))
+    split = leave_one_out(prepared.sequences, data_cfg.split)
+    num_items = prepared.sequences.num_items
+    pipeline = PipelineConfig(batch_size=train_cfg.batch_size, max_len=data_cfg.row_len, packed=data_cfg.packed,
+                              window=data_cfg.window, seed=train_cfg.seed)
+    rows_per_epoch = epoch_plan(split.train, pipeline, 0).num_rows
+    total_steps = train_cfg.steps or math.ceil(train_cfg.epochs * rows_per_epoch / train_cfg.batch_size)
+    log(f"data {data_cfg.name}: {split.train.num_users} users, {num_items} items, {rows_per_epoch} rows/epoch, "
+        f"{total_steps} steps")
+
+    # ---- Mesh, model, optimizer, sharded state ----------------------------------------------
+    mesh = make_mesh(config.mesh.spec)
+    batch_split = mesh.shape["data"] * mesh.shape["fsdp"]
+    for name, rows in (("train.batch_size / train.grad_accum", train_cfg.batch_size // train_cfg.grad_accum),
+                       ("train.eval_batch_size", train_cfg.eval_batch_size)):
+        if rows % batch_split or rows % jax.process_count():
+            raise ConfigError(f"{name} = {rows} rows do not split over data x fsdp = {batch_split} of mesh {config.mesh.spec!r}")
+    model = build_model(config.model, num_items)
+    optimizer = make_optimizer(train_cfg, total_steps)
+    functions = StepFunctions(model, optimizer, train_cfg, num_items)
+    seed_key = jax.random.key(train_cfg.seed)
+    init_key, step_key = jax.random.split(seed_key)
+    example = _example_batch(data_cfg.row_len)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+        boxed = jax.eval_shape(functools.partial(boxed_params, model), init_key, example)
+        abstract_state = jax.eval_shape(functools.partial(init_state, model, optimizer), init_key, example)
+        shardings = state_shardings(abstract_state, boxed, mesh)
+        train_shardings = {name: batch_sharding(mesh, 2) for name in TRAIN_FIELDS}
+        eval_shardings = {name: batch_sharding(mesh, 2 if name in TRAIN_FIELDS else 1) for name in EVAL_FIELDS}
+        train_step = jax.jit(functions.train_step, in_shardings=(shardings, train_shardings, replicated),
+                             out_shardings=(shardings, replicated), donate_argnums=(0,))
+        eval_step = jax.jit(functions.eval_step, in_shardings=(shardings["params"], eval_shardings),
+                            out_shardings=replicated)
+        params_total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state["params"]))
+        (workdir / "param_axes.json").write_text(json.dumps(logical_names(boxed), indent=1, sort_keys=True)) \
+            if jax.process_index() == 0 else None
+
+        # ---- Restore or initialise ----------------------------------------------------------
+        checkpoints = checkpoint.manager(workdir / "checkpoints", train_cfg.keep_checkpoints)
+        iterator = iter(train_dataset(split.train, pipeline))
+        resumed_from = checkpoints.latest_step()
+        if resumed_from is not None:
+            state, data_state = checkpoint.restore(checkpoints, resumed_from, checkpoint.abstract_like(abstract_state, shardings))
+            iterator.set_state(data_state)
+            log(f"resumed from step {resumed_from}")
+        else:
+            state = jax.jit(functools.partial(init_state, model, optimizer), out_shardings=shardings)(init_key, example)
+
+        # ---- Train --------------------------------------------------------------------------
+        peak_per_device, peak_source = hardware.peak_flops_per_device(config.model.compute_dtype)
+        peak_total = peak_per_device * jax.device_count()
+        metrics_log = MetricsLog(workdir / "metrics.jsonl")
+        step = int(state["step"])
+        tokens_total = flops_total = 0.0
+        window = {"loss_sum": 0.0, "positions": 0.0, "tokens": 0.0, "flops": 0.0, "seconds": 0.0}
+        step_times: list[float] = []
+        final_train_loss = float("nan")
+        pending = None  # (step, metrics future, tokens, flops): read one step late
+        last_done = time.perf_counter()
+
+        def finish(entry: tuple) -> None:
+            nonlocal last_done, final_train_loss, tokens_total, flops_total
+            done_step, metrics, tokens, step_flops = entry
+            loss_sum, positions = float(metrics["loss_sum"]), float(metrics["positions"])
+            now = time.perf_counter()
+            seconds, last_done = now - last_done, now
+            if done_step > (resumed_from or 0) + 1:  # the first step of a process includes compilation
+                step_times.append(seconds)
+                window["seconds"] += seconds
+                window["flops"] += step_flops
+            window["loss_sum"] += loss_sum
+            window["positions"] += positions
+            window["tokens"] += tokens
+            tokens_total += tokens
+            flops_total += step_flops
+            if done_step % train_cfg.log_every == 0 or done_step == total_steps:
+                loss = window["loss_sum"] / max(window["positions"], 1.0)
+                final_train_loss = loss
+                rate = window["flops"] / window["seconds"] if window["seconds"] else float("nan")
+                record = {"step": done_step, "learning/loss": loss, "learning/grad_norm": float(metrics["grad_norm"]),
+                          "perf/step_seconds": statistics.median(step_times[-train_cfg.log_every:]) if step_times else None,
+                          "perf/tokens_per_second": window["tokens"] / window["seconds"] if window["seconds"] else None,
+                          "perf/mfu": rate / peak_total if window["seconds"] else None,
+                          "progress/tokens": tokens_total, "progress/train_flops": flops_total}
+                metrics_log.write(record)
+                log(f"step {done_step}/{total_steps}  loss {loss:.4f}  "
+                    + (f"{record['perf/tokens_per_second']:.0f} tok/s  MFU {record['perf/mfu']:.1%}" if window["seconds"] else "compiling"))
+                window.update(loss_sum=0.0, positions=0.0, tokens=0.0, flops=0.0, seconds=0.0)
+
+        while step < total_steps:
+            host_batch = next(iterator)
+            lengths = segment_lengths(host_batch)
+            step_flops = _global_sum(flops.model_flops(config.model, lengths, train_cfg.loss, train_cfg.negatives, num_items,
+                                                       int(np.sum(host_batch["targets"] > 0))))
+            tokens = _global_sum(float(lengths.sum()))
+            state, metrics = train_step(state, to_global(host_batch, mesh, TRAIN_FIELDS), step_key)
+            step += 1
+            if pending is not None:
+                finish(pending)
+            pending = (step, metrics, tokens, step_flops)
+            if train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0:
+                finish(pending)
+                pending = None
+                checkpoint.save(checkpoints, step, state, iterator.get_state())
+            if train_cfg.eval_every and step % train_cfg.eval_every == 0 and step < total_steps:
+                if pending is not None:
+                    finish(pending)
+                    pending = None
+                eval_started = time.perf_counter()
+                valid = evaluate(eval_step, state["params"], split.valid, config, mesh)
+                metrics_log.write({"step": step, **{f"eval/valid_{k}": v for k, v in valid.items()}})
+                log(f"eval step {step}: valid hr@10 {valid['hr@10']:.4f} ndcg@10 {valid['ndcg@10']:.4f}")
+                last_done += time.perf_counter() - eval_started
+        if pending is not None:
+            finish(pending)
+        if step > (resumed_from or 0) and (not train_cfg.checkpoint_every or step % train_cfg.checkpoint_every):
+            checkpoint.save(checkpoints, step, state, iterator.get_state())
+        checkpoints.wait_until_finished()
+        checkpoints.close()
+
+        # ---- Final evaluation ---------------------------------------------------------------
+        test = evaluate(eval_step, state["params"], split.test, config, mesh)
+        valid = evaluate(eval_step, state["params"], split.valid, config, mesh)
+    metrics_log.write({"step": step, **{f"eval/test_{k}": v for k, v in test.items()},
+                       **{f"eval/valid_{k}": v for k, v in valid.items()}})
+    measured_seconds = sum(step_times)
+    measured_flops = flops_total if not step_times else None
+    mfu = None
+    if step_times:
+        timed_flops = flops_total * len(step_times) / max(step - (resumed_from or 0), 1)
+        mfu = timed_flops / measured_seconds / peak_total
+    del measured_flops
+    non_embedding = flops.non_embedding_params(config.model)
+    result = {
+        "trial_id": config.trial_id,
+        "status": "ok",
+        "model": config.model.family,
+        "data": data_cfg.name,
+        "split": data_cfg.split,
+        "params": params_total,
+        "params_non_embedding": non_embedding,
+        "d_model": config.model.d_model,
+        "blocks": config.model.blocks,
+        "heads": config.model.heads,
+        "max_len": data_cfg.max_len,
+        "packed": data_cfg.packed,
+        "seed": train_cfg.seed,
+        "batch_size": train_cfg.batch_size,
+        "steps": step,
+        "epochs": step * train_cfg.batch_size / rows_per_epoch,
+        "tokens": tokens_total,
+        "train_flops": flops_total,
+        "six_n_d": flops.six_n_d(non_embedding, tokens_total),
+        "flop_convention": flops.FLOP_CONVENTION,
+        "wall_seconds": time.perf_counter() - started,
+        "step_seconds": statistics.median(step_times) if step_times else None,
+        "tokens_per_second": tokens_total * len(step_times) / max(step - (resumed_from or 0), 1) / measured_seconds
+        if step_times else None,
+        "mfu": mfu,
+        "peak_flops": peak_total,
+        "peak_flops_source": peak_source,
+        "device_kind": jax.devices()[0].device_kind,
+        "devices": jax.device_count(),
+        "processes": jax.process_count(),
+        "mesh": dict(mesh.shape),
+        "final_train_loss": final_train_loss,
+        "eval_loss": valid["loss"],
+        "test_loss": test["loss"],
+        **{key: test[key] for key in ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "hr@200", "ndcg@200", "mrr")},
+        **{f"valid_{key}": valid[key] for key in ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr")},
+        "resumed_from_step": resumed_from,
+    }
+    return result
+
+
+def _columns(text: str) -> dict[str, str] | None:
+    if not text:
+        return None
+    from data.readers.tabular import parse_column_mapping
+
+    return parse_column_mapping(text)
+
+
+def config_from_args(args: argparse.Namespace) -> TrialConfig:
+    if args.config:
+        try:
+            config = from_json(Path(args.config).read_text())
+        except OSError as error:
+            raise ConfigError(f"{args.config}: cannot read: {error.strerror}") from None
+    else:
+        config = preset(args.preset or f"{args.model or 'hstu'}-ml1m", args.model)
+    overrides = list(args.set or [])
+    if args.model:
+        overrides.insert(0, f"model.family={args.model}")
+    if args.data:
+        overrides.append(f"data.name={args.data}")
+    if args.steps is not None:
+        overrides += [f"train.steps={args.steps}"]
+    if args.epochs is not None:
+        overrides += ["train.steps=0", f"train.epochs={args.epochs}"]
+    for flag, key in (("seed", "train.seed"), ("checkpoint_every", "train.checkpoint_every"),
+                      ("eval_every", "train.eval_every"), ("mesh", "mesh.spec")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    return with_overrides(config, overrides).validate()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m scaling.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["hstu", "sasrec"], help="model family (default: the preset's)")
+    parser.add_argument("--data", help="dataset name or path (default: the preset's, ml-100k)")
+    parser.add_argument("--workdir", required=True, help="where config, metrics, checkpoints and result go")
+    parser.add_argument("--preset", help=f"one of {', '.join(PRESETS)} (default: MODEL-ml1m)")
+    parser.add_argument("--config", help="a config.json to start from instead of a preset")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--steps", type=int, help="training steps")
+    group.add_argument("--epochs", type=float, help="training epochs (rows of the training data / batch)")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0 = only at the end)")
+    parser.add_argument("--eval-every", type=int, help="steps between validation evals (0 = only at the end)")
+    parser.add_argument("--mesh", help='"auto" or e.g. "data=2,fsdp=2,tensor=2"')
+    parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
+    parser.add_argument("--json", action="store_true", help="print result.json as the last line of stdout")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    workdir = Path(args.workdir)
+    try:
+        config = config_from_args(args)
+        saved = workdir / "config.json"
+        if saved.is_file():
+            previous = from_json(saved.read_text())
+            if previous.trial_id != config.trial_id:
+                raise ConfigError(f"{saved} holds a different trial ({previous.trial_id}, this is {config.trial_id}); "
+                                  f"use another --workdir")
+        workdir.mkdir(parents=True, exist_ok=True)
+        if jax.process_index() == 0:
+            saved.write_text(config.to_json())
+        result = run(config, workdir)
+        code = 0
+    except (ConfigError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # a failed trial still leaves a result saying why
+        traceback.print_exc(file=sys.stderr)
+        result = {"status": f"failed: {type(error).__name__}: {error}".splitlines()[0]}
+        code = 1
+    if jax.process_index() == 0:
+        (workdir / "result.json").write_text(json.dumps(result, indent=1, sort_keys=True))
+        if args.json:
+            print(json.dumps(result, sort_keys=True))
+        else:
+            print(f"wrote {workdir / 'result.json'}: status {result['status']}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
