@@ -7,7 +7,7 @@ resumed run draws exactly the numbers an uninterrupted one would.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -98,7 +98,7 @@ class StepFunctions:
         grads, loss_sum, count = self.gradients(params, batch, rng)
         updates, opt_state = self.optimizer.update(grads, state["opt_state"], params)
         new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state, "step": state["step"] + 1}
-        metrics = {"loss_sum": loss_sum, "positions": count, "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss_sum": loss_sum, "positions": count, "grad_norm": optax.tree.norm(grads)}
         return new_state, metrics
 
     def eval_step(self, params: Any, batch: Batch) -> dict:

@@ -9,8 +9,6 @@ WORKDIR/checkpoints/    orbax: train state + data iterator state; a rerun resume
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import functools
 import json
 import math
 import statistics
@@ -20,11 +18,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from data.dataset import prepare
 from data.errors import DataError
@@ -32,14 +27,12 @@ from data.pipeline import PipelineConfig, epoch_plan, eval_dataset, train_datase
 from data.ranking import ranking_metrics
 from data.sequences import PreprocessOptions
 from data.split import EvalTargets, leave_one_out
-from models.decoder import build_model
 from scaling import checkpoint, flops, hardware
 from scaling.batches import EVAL_FIELDS, TRAIN_FIELDS, segment_lengths, to_global
 from scaling.config import ConfigError, TrialConfig, from_json, with_overrides
-from scaling.mesh import LOGICAL_AXIS_RULES, batch_sharding, logical_names, make_mesh
+from scaling.mesh import logical_names, make_mesh
 from scaling.presets import PRESETS, preset
-from scaling.shardings import state_shardings
-from scaling.steps import StepFunctions, boxed_params, init_state, make_optimizer
+from scaling.trainer import build_trainer
 
 
 def log(message: str) -> None:
@@ -66,11 +59,6 @@ def _global_sum(value: float) -> float:
     from jax.experimental import multihost_utils
 
     return float(np.sum(multihost_utils.process_allgather(np.asarray(value, np.float64))))
-
-
-def _example_batch(row_len: int) -> dict[str, np.ndarray]:
-    return {name: np.zeros((1, row_len), np.int32) for name in ("items", "timestamps", "next_timestamps",
-                                                                "segment_ids", "positions")}
 
 
 def evaluate(step_fn: Any, params: Any, targets: EvalTargets, config: TrialConfig, mesh: Any) -> dict[str, float]:
@@ -101,48 +89,29 @@ def run(config: TrialConfig, workdir: Path) -> dict[str, Any]:
     pipeline = PipelineConfig(batch_size=train_cfg.batch_size, max_len=data_cfg.row_len, packed=data_cfg.packed,
                               window=data_cfg.window, seed=train_cfg.seed)
     rows_per_epoch = epoch_plan(split.train, pipeline, 0).num_rows
-    total_steps = train_cfg.steps or math.ceil(train_cfg.epochs * rows_per_epoch / train_cfg.batch_size)
+    steps_per_epoch = math.ceil(rows_per_epoch / train_cfg.batch_size)  # the reference counts a partial batch
+    total_steps = train_cfg.steps or math.ceil(train_cfg.epochs * steps_per_epoch)
     log(f"data {data_cfg.name}: {split.train.num_users} users, {num_items} items, {rows_per_epoch} rows/epoch, "
         f"{total_steps} steps")
 
-    # ---- Mesh, model, optimizer, sharded state ----------------------------------------------
+    # ---- Mesh, compiled steps, restored or fresh state --------------------------------------
     mesh = make_mesh(config.mesh.spec)
-    batch_split = mesh.shape["data"] * mesh.shape["fsdp"]
-    for name, rows in (("train.batch_size / train.grad_accum", train_cfg.batch_size // train_cfg.grad_accum),
-                       ("train.eval_batch_size", train_cfg.eval_batch_size)):
-        if rows % batch_split or rows % jax.process_count():
-            raise ConfigError(f"{name} = {rows} rows do not split over data x fsdp = {batch_split} of mesh {config.mesh.spec!r}")
-    model = build_model(config.model, num_items)
-    optimizer = make_optimizer(train_cfg, total_steps)
-    functions = StepFunctions(model, optimizer, train_cfg, num_items)
-    seed_key = jax.random.key(train_cfg.seed)
-    init_key, step_key = jax.random.split(seed_key)
-    example = _example_batch(data_cfg.row_len)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
-        boxed = jax.eval_shape(functools.partial(boxed_params, model), init_key, example)
-        abstract_state = jax.eval_shape(functools.partial(init_state, model, optimizer), init_key, example)
-        shardings = state_shardings(abstract_state, boxed, mesh)
-        train_shardings = {name: batch_sharding(mesh, 2) for name in TRAIN_FIELDS}
-        eval_shardings = {name: batch_sharding(mesh, 2 if name in TRAIN_FIELDS else 1) for name in EVAL_FIELDS}
-        train_step = jax.jit(functions.train_step, in_shardings=(shardings, train_shardings, replicated),
-                             out_shardings=(shardings, replicated), donate_argnums=(0,))
-        eval_step = jax.jit(functions.eval_step, in_shardings=(shardings["params"], eval_shardings),
-                            out_shardings=replicated)
-        params_total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state["params"]))
-        (workdir / "param_axes.json").write_text(json.dumps(logical_names(boxed), indent=1, sort_keys=True)) \
-            if jax.process_index() == 0 else None
-
-        # ---- Restore or initialise ----------------------------------------------------------
+    trainer = build_trainer(config, num_items, mesh, total_steps)
+    init_key, step_key = jax.random.split(jax.random.key(train_cfg.seed))
+    if jax.process_index() == 0:
+        (workdir / "param_axes.json").write_text(json.dumps(logical_names(trainer.boxed_params), indent=1, sort_keys=True))
+    with trainer.context():
         checkpoints = checkpoint.manager(workdir / "checkpoints", train_cfg.keep_checkpoints)
         iterator = iter(train_dataset(split.train, pipeline))
         resumed_from = checkpoints.latest_step()
         if resumed_from is not None:
-            state, data_state = checkpoint.restore(checkpoints, resumed_from, checkpoint.abstract_like(abstract_state, shardings))
+            target = checkpoint.abstract_like(trainer.abstract_state, trainer.shardings)
+            state, data_state = checkpoint.restore(checkpoints, resumed_from, target)
             iterator.set_state(data_state)
             log(f"resumed from step {resumed_from}")
         else:
-            state = jax.jit(functools.partial(init_state, model, optimizer), out_shardings=shardings)(init_key, example)
+            state = trainer.init(init_key)
+        train_step, eval_step = trainer.train_step, trainer.eval_step
 
         # ---- Train --------------------------------------------------------------------------
         peak_per_device, peak_source = hardware.peak_flops_per_device(config.model.compute_dtype)
@@ -222,12 +191,10 @@ def run(config: TrialConfig, workdir: Path) -> dict[str, Any]:
     metrics_log.write({"step": step, **{f"eval/test_{k}": v for k, v in test.items()},
                        **{f"eval/valid_{k}": v for k, v in valid.items()}})
     measured_seconds = sum(step_times)
-    measured_flops = flops_total if not step_times else None
     mfu = None
     if step_times:
         timed_flops = flops_total * len(step_times) / max(step - (resumed_from or 0), 1)
         mfu = timed_flops / measured_seconds / peak_total
-    del measured_flops
     non_embedding = flops.non_embedding_params(config.model)
     result = {
         "trial_id": config.trial_id,
@@ -235,7 +202,7 @@ def run(config: TrialConfig, workdir: Path) -> dict[str, Any]:
         "model": config.model.family,
         "data": data_cfg.name,
         "split": data_cfg.split,
-        "params": params_total,
+        "params": trainer.param_count,
         "params_non_embedding": non_embedding,
         "d_model": config.model.d_model,
         "blocks": config.model.blocks,
@@ -245,7 +212,7 @@ def run(config: TrialConfig, workdir: Path) -> dict[str, Any]:
         "seed": train_cfg.seed,
         "batch_size": train_cfg.batch_size,
         "steps": step,
-        "epochs": step * train_cfg.batch_size / rows_per_epoch,
+        "epochs": step / steps_per_epoch,
         "tokens": tokens_total,
         "train_flops": flops_total,
         "six_n_d": flops.six_n_d(non_embedding, tokens_total),

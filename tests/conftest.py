@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+# 8 simulated host devices for the sharding tests; must be set before jax is imported.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+
 import shutil
 from pathlib import Path
 

@@ -1,0 +1,92 @@
+"""Everything a run compiles for one mesh: sharded init, train step, eval step."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from models.decoder import build_model
+from scaling.batches import EVAL_FIELDS, TRAIN_FIELDS
+from scaling.config import ConfigError, TrialConfig
+from scaling.mesh import LOGICAL_AXIS_RULES, batch_sharding
+from scaling.shardings import state_shardings
+from scaling.steps import StepFunctions, boxed_params, init_state, make_optimizer
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    """Jitted functions with explicit shardings; call them inside `trainer.context()`."""
+
+    config: TrialConfig
+    mesh: Mesh
+    functions: StepFunctions
+    boxed_params: Any  # abstract parameters boxed with logical names
+    abstract_state: Any
+    shardings: Any
+    init: Callable[[jax.Array], Any]
+    train_step: Callable[[Any, dict, jax.Array], tuple[Any, dict]]
+    eval_step: Callable[[Any, dict], dict]
+
+    def context(self):
+        """The mesh and logical-axis rules the jitted functions trace under."""
+        return _Context(self.mesh)
+
+    @property
+    def param_count(self) -> int:
+        return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.abstract_state["params"]))
+
+
+class _Context:
+    def __init__(self, mesh: Mesh):
+        self.mesh_context = jax.set_mesh(mesh)
+        self.rules_context = nn.logical_axis_rules(LOGICAL_AXIS_RULES)
+
+    def __enter__(self):
+        self.mesh_context.__enter__()
+        self.rules_context.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.rules_context.__exit__(*exc)
+        return self.mesh_context.__exit__(*exc)
+
+
+def _example_batch(row_len: int) -> dict[str, np.ndarray]:
+    names = ("items", "timestamps", "next_timestamps", "segment_ids", "positions")
+    return {name: np.zeros((1, row_len), np.int32) for name in names}
+
+
+def check_batch_fits_mesh(config: TrialConfig, mesh: Mesh) -> None:
+    batch_split = mesh.shape["data"] * mesh.shape["fsdp"]
+    for name, rows in (("train.batch_size / train.grad_accum", config.train.batch_size // config.train.grad_accum),
+                       ("train.eval_batch_size", config.train.eval_batch_size)):
+        if rows % batch_split or rows % jax.process_count():
+            raise ConfigError(f"{name} = {rows} rows do not split over data x fsdp = {batch_split} "
+                              f"and {jax.process_count()} processes")
+
+
+def build_trainer(config: TrialConfig, num_items: int, mesh: Mesh, total_steps: int) -> Trainer:
+    check_batch_fits_mesh(config, mesh)
+    model = build_model(config.model, num_items)
+    optimizer = make_optimizer(config.train, total_steps)
+    functions = StepFunctions(model, optimizer, config.train, num_items)
+    example = _example_batch(config.data.row_len)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    with _Context(mesh):
+        key = jax.random.key(0)
+        boxed = jax.eval_shape(functools.partial(boxed_params, model), key, example)
+        abstract_state = jax.eval_shape(functools.partial(init_state, model, optimizer), key, example)
+    shardings = state_shardings(abstract_state, boxed, mesh)
+    train_batch = {name: batch_sharding(mesh, 2) for name in TRAIN_FIELDS}
+    eval_batch = {name: batch_sharding(mesh, 2 if name in TRAIN_FIELDS else 1) for name in EVAL_FIELDS}
+    init = jax.jit(lambda rng: init_state(model, optimizer, rng, example), out_shardings=shardings)
+    train_step = jax.jit(functions.train_step, in_shardings=(shardings, train_batch, replicated),
+                         out_shardings=(shardings, replicated), donate_argnums=(0,))
+    eval_step = jax.jit(functions.eval_step, in_shardings=(shardings["params"], eval_batch), out_shardings=replicated)
+    return Trainer(config, mesh, functions, boxed, abstract_state, shardings, init, train_step, eval_step)
