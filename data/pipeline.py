@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import grain
 import numpy as np

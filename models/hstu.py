@@ -10,7 +10,6 @@ P = max_positions, one (w_pos, w_ts) pair per block shared by all heads.
 
 from __future__ import annotations
 
-import math
 from typing import Mapping
 
 import einops
