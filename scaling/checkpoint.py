@@ -15,14 +15,14 @@ def manager(directory: epath.PathLike, keep: int, asynchronous: bool = True) -> 
     return ocp.CheckpointManager(epath.Path(directory), options=options, item_names=("state", "data"))
 
 
-def save(checkpoints: ocp.CheckpointManager, step: int, state: Any, data_state: dict) -> None:
+def save(checkpoints: ocp.CheckpointManager, step: int, state: Any, progress: dict) -> None:
     """Start saving (asynchronously when the manager is); wait_until_finished() before exit."""
     checkpoints.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                   data=ocp.args.JsonSave(data_state)))
+                                                   data=ocp.args.JsonSave(progress)))
 
 
 def restore(checkpoints: ocp.CheckpointManager, step: int, abstract_state: Any) -> tuple[Any, dict]:
-    """(state laid out as abstract_state's shardings say, data iterator state) of `step`."""
+    """(state laid out as abstract_state's shardings say, the JSON saved beside it) of `step`."""
     restored = checkpoints.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                                                  data=ocp.args.JsonRestore()))
     return restored["state"], restored["data"]

@@ -106,8 +106,8 @@ def run(config: TrialConfig, workdir: Path) -> dict[str, Any]:
         resumed_from = checkpoints.latest_step()
         if resumed_from is not None:
             target = checkpoint.abstract_like(trainer.abstract_state, trainer.shardings)
-            state, data_state = checkpoint.restore(checkpoints, resumed_from, target)
-            iterator.set_state(data_state)
+            state, saved = checkpoint.restore(checkpoints, resumed_from, target)
+            iterator.set_state(saved["iterator"])
             log(f"resumed from step {resumed_from}")
         else:
             state = trainer.init(init_key)
@@ -118,7 +118,8 @@ def run(config: TrialConfig, workdir: Path) -> dict[str, Any]:
         peak_total = peak_per_device * jax.device_count()
         metrics_log = MetricsLog(workdir / "metrics.jsonl")
         step = int(state["step"])
-        tokens_total = flops_total = 0.0
+        tokens_total = saved["tokens"] if resumed_from is not None else 0.0
+        flops_total = saved["train_flops"] if resumed_from is not None else 0.0
         window = {"loss_sum": 0.0, "positions": 0.0, "tokens": 0.0, "flops": 0.0, "seconds": 0.0}
         step_times: list[float] = []
         final_train_loss = float("nan")
@@ -154,36 +155,42 @@ def run(config: TrialConfig, workdir: Path) -> dict[str, Any]:
                     + (f"{record['perf/tokens_per_second']:.0f} tok/s  MFU {record['perf/mfu']:.1%}" if window["seconds"] else "compiling"))
                 window.update(loss_sum=0.0, positions=0.0, tokens=0.0, flops=0.0, seconds=0.0)
 
-        while step < total_steps:
-            host_batch = next(iterator)
-            lengths = segment_lengths(host_batch)
-            step_flops = _global_sum(flops.model_flops(config.model, lengths, train_cfg.loss, train_cfg.negatives, num_items,
-                                                       int(np.sum(host_batch["targets"] > 0))))
-            tokens = _global_sum(float(lengths.sum()))
-            state, metrics = train_step(state, to_global(host_batch, mesh, TRAIN_FIELDS), step_key)
-            step += 1
-            if pending is not None:
-                finish(pending)
-            pending = (step, metrics, tokens, step_flops)
-            if train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0:
-                finish(pending)
-                pending = None
-                checkpoint.save(checkpoints, step, state, iterator.get_state())
-            if train_cfg.eval_every and step % train_cfg.eval_every == 0 and step < total_steps:
+        def progress() -> dict:
+            """What a resumed run needs besides the train state: data position, cumulative counts."""
+            return {"iterator": iterator.get_state(), "tokens": tokens_total, "train_flops": flops_total}
+
+        try:
+            while step < total_steps:
+                host_batch = next(iterator)
+                lengths = segment_lengths(host_batch)
+                step_flops = _global_sum(flops.model_flops(config.model, lengths, train_cfg.loss, train_cfg.negatives, num_items,
+                                                           int(np.sum(host_batch["targets"] > 0))))
+                tokens = _global_sum(float(lengths.sum()))
+                state, metrics = train_step(state, to_global(host_batch, mesh, TRAIN_FIELDS), step_key)
+                step += 1
                 if pending is not None:
                     finish(pending)
+                pending = (step, metrics, tokens, step_flops)
+                if train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0:
+                    finish(pending)
                     pending = None
-                eval_started = time.perf_counter()
-                valid = evaluate(eval_step, state["params"], split.valid, config, mesh)
-                metrics_log.write({"step": step, **{f"eval/valid_{k}": v for k, v in valid.items()}})
-                log(f"eval step {step}: valid hr@10 {valid['hr@10']:.4f} ndcg@10 {valid['ndcg@10']:.4f}")
-                last_done += time.perf_counter() - eval_started
-        if pending is not None:
-            finish(pending)
-        if step > (resumed_from or 0) and (not train_cfg.checkpoint_every or step % train_cfg.checkpoint_every):
-            checkpoint.save(checkpoints, step, state, iterator.get_state())
-        checkpoints.wait_until_finished()
-        checkpoints.close()
+                    checkpoint.save(checkpoints, step, state, progress())
+                if train_cfg.eval_every and step % train_cfg.eval_every == 0 and step < total_steps:
+                    if pending is not None:
+                        finish(pending)
+                        pending = None
+                    eval_started = time.perf_counter()
+                    valid = evaluate(eval_step, state["params"], split.valid, config, mesh)
+                    metrics_log.write({"step": step, **{f"eval/valid_{k}": v for k, v in valid.items()}})
+                    log(f"eval step {step}: valid hr@10 {valid['hr@10']:.4f} ndcg@10 {valid['ndcg@10']:.4f}")
+                    last_done += time.perf_counter() - eval_started
+            if pending is not None:
+                finish(pending)
+            if step > (resumed_from or 0) and (not train_cfg.checkpoint_every or step % train_cfg.checkpoint_every):
+                checkpoint.save(checkpoints, step, state, progress())
+        finally:  # an interrupted run still completes the checkpoint it started
+            checkpoints.wait_until_finished()
+            checkpoints.close()
 
         # ---- Final evaluation ---------------------------------------------------------------
         test = evaluate(eval_step, state["params"], split.test, config, mesh)

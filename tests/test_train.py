@@ -1,0 +1,105 @@
+"""The training entry point end to end on ML-100K with the tiny preset: outputs, resume, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scaling import train as train_module
+from scaling.config import TrainConfig
+from scaling.presets import preset
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULT_KEYS = {"model", "params", "params_non_embedding", "tokens", "steps", "train_flops", "wall_seconds", "mfu",
+               "peak_flops", "final_train_loss", "eval_loss", "hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr", "status",
+               "resumed_from_step"}
+
+
+def tiny(steps: int = 12, checkpoint_every: int = 0):
+    config = preset("tiny")
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, steps=steps, log_every=4,
+                                                                 checkpoint_every=checkpoint_every))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, lab_cache, ml100k):
+    workdir = tmp_path_factory.mktemp("run")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SCALING_LAB_CACHE", str(lab_cache))
+        result = train_module.run(tiny(), workdir)
+    return workdir, result
+
+
+def test_result_has_every_field_with_sane_values(finished_run) -> None:
+    workdir, result = finished_run
+    assert RESULT_KEYS <= set(result)
+    assert result["status"] == "ok" and result["steps"] == 12 and result["resumed_from_step"] is None
+    assert 0 < result["mfu"] < 1 and result["peak_flops"] > 0
+    assert 0 <= result["ndcg@10"] <= result["hr@10"] <= result["hr@50"] <= 1
+    assert result["params"] > result["params_non_embedding"] > 0
+    # 12 steps x 32 rows of up to 21 real tokens each; padding excluded.
+    assert 12 * 32 * 2 <= result["tokens"] <= 12 * 32 * 21
+    assert result["train_flops"] > 0 and np.isfinite(result["final_train_loss"]) and np.isfinite(result["eval_loss"])
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    logged = [line["step"] for line in lines if "learning/loss" in line]
+    assert logged == [4, 8, 12]
+    assert lines[-1]["eval/test_hr@10"] == result["hr@10"]
+    axes = json.loads((workdir / "param_axes.json").read_text())
+    assert axes["item_embedding"] == ["vocab", "embed"] and axes["block_0/uvqk"] == ["embed", "qkv"]
+
+
+def test_interrupted_run_resumes_bitwise(tmp_path, lab_cache, monkeypatch, finished_run) -> None:
+    """A run killed after its step-6 checkpoint, restarted, ends exactly where an uninterrupted run does."""
+    monkeypatch.setenv("SCALING_LAB_CACHE", str(lab_cache))
+    calls = {"n": 0}
+    real_to_global = train_module.to_global
+
+    def dies_at_step_8(batch, mesh, fields):
+        calls["n"] += 1
+        if calls["n"] == 8 and "eval_target" not in fields:
+            raise KeyboardInterrupt("simulated preemption")
+        return real_to_global(batch, mesh, fields)
+
+    monkeypatch.setattr(train_module, "to_global", dies_at_step_8)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.run(tiny(checkpoint_every=6), tmp_path)
+    monkeypatch.setattr(train_module, "to_global", real_to_global)
+    resumed = train_module.run(tiny(checkpoint_every=6), tmp_path)
+    assert resumed["resumed_from_step"] == 6 and resumed["steps"] == 12
+    _, uninterrupted = finished_run
+    for key in ("hr@10", "ndcg@10", "mrr", "eval_loss", "test_loss", "tokens", "train_flops"):
+        assert resumed[key] == uninterrupted[key], key
+
+
+def test_cli_rejects_bad_config_with_one_line(tmp_path) -> None:
+    env = dict(os.environ, XLA_FLAGS="")
+    command = [sys.executable, "-m", "scaling.train", "--preset", "tiny", "--workdir", str(tmp_path)]
+    for extra, message in ((["--set", "model.blockz=2"], "error: unknown config key model.blockz; known: "),
+                           (["--set", "train.batch_size=ten"], "error: train.batch_size='ten' is not an integer"),
+                           (["--mesh", "data=3"], "error: mesh spec 'data=3' needs 3 devices, but 1 are available")):
+        done = subprocess.run(command + extra, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip().splitlines()[-1].startswith(message)
+        assert "Traceback" not in done.stderr
+
+
+def test_train_config_json_round_trip_and_overrides() -> None:
+    from scaling.config import ConfigError, from_json, with_overrides
+
+    config = preset("hstu-large-ml1m")
+    assert from_json(config.to_json()) == config
+    changed = with_overrides(config, ["model.blocks=4", "train.learning_rate=3e-4", "data.packed=true"])
+    assert (changed.model.blocks, changed.train.learning_rate, changed.data.packed) == (4, 3e-4, True)
+    assert changed.trial_id != config.trial_id
+    with pytest.raises(ConfigError, match="train.loss='hinge'; allowed: sampled_softmax, full_softmax"):
+        with_overrides(config, ["train.loss=hinge"])
+    with pytest.raises(ConfigError, match="unknown config key train.lr"):
+        from_json(json.dumps({"train": {"lr": 1}}))
+    assert isinstance(changed.train, TrainConfig)
