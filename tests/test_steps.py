@@ -1,0 +1,87 @@
+"""Train-step mechanics: gradient accumulation, bf16 compute, the learning-rate schedules."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from models.config import ModelConfig
+from scaling.batches import TRAIN_FIELDS, to_global
+from scaling.config import DataConfig, MeshConfig, TrainConfig, TrialConfig
+from scaling.mesh import make_mesh
+from scaling.steps import make_optimizer
+from scaling.trainer import build_trainer
+
+ROWS, ROW_LEN, ITEMS = 8, 12, 40
+
+
+def batch() -> dict:
+    rng = np.random.default_rng(0)
+    segments = np.where(np.arange(ROW_LEN) < rng.integers(3, ROW_LEN + 1, (ROWS, 1)), 1, 0).astype(np.int32)
+    items = np.where(segments > 0, rng.integers(1, ITEMS + 1, (ROWS, ROW_LEN)), 0).astype(np.int32)
+    times = np.cumsum(rng.integers(1, 10**5, (ROWS, ROW_LEN)), axis=1) * (segments > 0)
+    targets = np.where(np.roll(segments, -1, axis=1) > 0, np.roll(items, -1, axis=1), 0).astype(np.int32)
+    targets[:, -1] = 0
+    return {"items": items, "timestamps": times, "next_timestamps": np.roll(times, -1, axis=1), "targets": targets,
+            "segment_ids": segments, "positions": np.broadcast_to(np.arange(ROW_LEN), (ROWS, ROW_LEN)).astype(np.int32) * segments}
+
+
+def trainer_for(**train_changes):
+    config = TrialConfig(
+        data=DataConfig(max_len=ROW_LEN - 1),
+        model=ModelConfig(family="hstu", d_model=16, blocks=1, heads=2, max_positions=ROW_LEN, dropout=0.0, input_dropout=0.0),
+        train=TrainConfig(batch_size=ROWS, steps=3, eval_batch_size=ROWS, loss="full_softmax", **train_changes),
+        mesh=MeshConfig("data=1"),
+    )
+    return build_trainer(config, ITEMS, make_mesh("data=1", jax.devices()[:1]), total_steps=3)
+
+
+def gradients(trainer, host_batch):
+    with trainer.context():
+        state = trainer.init(jax.random.key(0))
+        return jax.device_get(jax.jit(trainer.functions.gradients)(
+            state["params"], to_global(host_batch, trainer.mesh, TRAIN_FIELDS), jax.random.key(1)))
+
+
+def test_gradient_accumulation_equals_one_big_batch() -> None:
+    host_batch = batch()
+    whole, loss_whole, count_whole = gradients(trainer_for(grad_accum=1), host_batch)
+    accumulated, loss_acc, count_acc = gradients(trainer_for(grad_accum=4), host_batch)
+    assert count_whole == count_acc and loss_whole == pytest.approx(loss_acc, rel=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), accumulated, whole)
+
+
+def test_bfloat16_compute_tracks_float32() -> None:
+    host_batch = batch()
+    trainer32 = trainer_for()
+    config16 = dataclasses.replace(trainer32.config, model=dataclasses.replace(trainer32.config.model, compute_dtype="bfloat16"))
+    trainer16 = build_trainer(config16, ITEMS, trainer32.mesh, total_steps=3)
+    _, loss32, count = gradients(trainer32, host_batch)
+    grads16, loss16, _ = gradients(trainer16, host_batch)
+    assert loss16 / count == pytest.approx(loss32 / count, rel=0.03)
+    assert all(g.dtype == np.float32 for g in jax.tree.leaves(grads16))  # parameters stay float32
+
+
+def step_sizes(train: TrainConfig, total_steps: int, count: int) -> np.ndarray:
+    """|update| per step for a constant gradient of 1: Adam's normalised step, i.e. the rate."""
+    optimizer = make_optimizer(train, total_steps)
+    params = {"w": np.float32(0.0)}
+    state = optimizer.init(params)
+    sizes = []
+    for _ in range(count):
+        updates, state = optimizer.update({"w": np.float32(1.0)}, state, params)
+        sizes.append(abs(float(updates["w"])))
+    return np.array(sizes)
+
+
+def test_schedules() -> None:
+    constant = step_sizes(TrainConfig(learning_rate=1e-3), 100, 5)
+    np.testing.assert_allclose(constant, 1e-3, rtol=1e-4)
+    cosine = step_sizes(TrainConfig(learning_rate=1.0, schedule="cosine", warmup_steps=10), 110, 111)
+    assert cosine[0] == 0.0 and cosine[5] == pytest.approx(0.5, rel=1e-3) and cosine[10] == pytest.approx(1.0, rel=1e-3)
+    assert cosine[60] == pytest.approx(0.5, rel=1e-3) and cosine[110] == pytest.approx(0.0, abs=1e-6)
+    warmup_only = step_sizes(TrainConfig(learning_rate=1.0, warmup_steps=4), 100, 8)
+    np.testing.assert_allclose(warmup_only, [0, 0.25, 0.5, 0.75, 1, 1, 1, 1], rtol=1e-3, atol=1e-6)
