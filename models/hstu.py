@@ -56,10 +56,12 @@ class HSTUBlock(nn.Module):
         q = einops.rearrange(q, "b l (h d) -> b l h d", h=heads)
         k = einops.rearrange(k, "b l (h d) -> b l h d", h=heads)
 
-        positions = context["positions"]
-        relative = positions[:, None, :] - positions[:, :, None] + positions_count - 1
-        rab = jnp.take(w_pos, jnp.clip(relative, 0, 2 * positions_count - 2), axis=0)
-        rab = rab + jnp.take(w_time, context["time_buckets"], axis=0)  # (B, L, L)
+        # Inside a segment p_j - p_i = j - i (its tokens are contiguous), so the position bias is
+        # one (L, L) table for every row, packed or not; pairs across segments are masked anyway.
+        length = x.shape[1]
+        relative = jnp.arange(length)[None, :] - jnp.arange(length)[:, None] + positions_count - 1
+        rab_position = jnp.take(w_pos, jnp.clip(relative, 0, 2 * positions_count - 2), axis=0)
+        rab = rab_position[None] + jnp.take(w_time, context["time_buckets"], axis=0)  # (B, L, L)
 
         scores = jnp.einsum("bihd,bjhd->bhij", q, k) + rab[:, None].astype(dtype)
         weights = jnp.where(context["mask"][:, None], jax.nn.silu(scores) / cfg.divisor, 0.0).astype(dtype)
