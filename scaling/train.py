@@ -287,7 +287,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="a config.json to start from instead of a preset")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--steps", type=int, help="training steps")
-    group.add_argument("--epochs", type=float, help="training epochs (rows of the training data / batch)")
+    group.add_argument("--epochs", type=float, help="training epochs of ceil(rows / batch) steps (a partial batch is a step, as in the reference)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0 = only at the end)")
     parser.add_argument("--eval-every", type=int, help="steps between validation evals (0 = only at the end)")
