@@ -48,8 +48,8 @@ class SequentialRecommender(nn.Module):
         cfg = self.config
         dtype = jnp.dtype(cfg.compute_dtype)
         real = (batch["segment_ids"] > 0)[..., None]
-        x = jnp.take(self.item_table, batch["items"], axis=0) * math.sqrt(cfg.d_model)
-        x = x + jnp.take(self.position_table, batch["positions"], axis=0)
+        x = jnp.take(self.item_table, batch["items"], axis=0, mode="clip") * math.sqrt(cfg.d_model)
+        x = x + jnp.take(self.position_table, batch["positions"], axis=0, mode="clip")
         x = self.input_dropout(x, deterministic=deterministic)
         x = nn.with_logical_constraint(jnp.where(real, x, 0.0).astype(dtype), (axes.BATCH, axes.LENGTH, axes.EMBED))
         context = {

@@ -60,8 +60,8 @@ class HSTUBlock(nn.Module):
         # one (L, L) table for every row, packed or not; pairs across segments are masked anyway.
         length = x.shape[1]
         relative = jnp.arange(length)[None, :] - jnp.arange(length)[:, None] + positions_count - 1
-        rab_position = jnp.take(w_pos, jnp.clip(relative, 0, 2 * positions_count - 2), axis=0)
-        rab = rab_position[None] + jnp.take(w_time, context["time_buckets"], axis=0)  # (B, L, L)
+        rab_position = jnp.take(w_pos, jnp.clip(relative, 0, 2 * positions_count - 2), axis=0, mode="clip")
+        rab = rab_position[None] + jnp.take(w_time, context["time_buckets"], axis=0, mode="clip")  # (B, L, L)
 
         scores = jnp.einsum("bihd,bjhd->bhij", q, k) + rab[:, None].astype(dtype)
         weights = jnp.where(context["mask"][:, None], jax.nn.silu(scores) / cfg.divisor, 0.0).astype(dtype)
