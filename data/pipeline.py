@@ -116,17 +116,19 @@ def plan_row(plan: RowPlan, train: Sequences, row_index: int) -> Batch:
 
 
 class TrainRows(grain.IterDataset):
-    """The training rows of one process: global rows p, p + P, p + 2P, ... of the epoch stream.
+    """The training rows of one process, in global batches of config.batch_size rows.
 
     The global stream concatenates epochs; each epoch has its own shuffle, windows and packing.
-    Striding the global stream keeps every process within one row of the others, whatever the
-    number of rows per epoch.
+    Global batch k is stream rows [k B, (k + 1) B); process p feeds its contiguous slice
+    [k B + p b, k B + (p + 1) b) with b = B / P. So a global batch holds the same rows in the same
+    order whatever the number of processes, and every process yields the same number of rows.
     """
 
     def __init__(self, train: Sequences, config: PipelineConfig, process_index: int, process_count: int):
         super().__init__()
         self.train, self.config = train, config
         self.process_index, self.process_count = process_index, process_count
+        self.local_rows = config.batch_size // process_count
 
     @functools.lru_cache(maxsize=2)
     def plan(self, epoch: int) -> RowPlan:
@@ -140,15 +142,19 @@ class TrainRows(grain.IterDataset):
 
 
 class _TrainRowIterator(grain.DatasetIterator):
+    """State: (epoch, row) of the next stream row this process yields, and how many rows of the
+    current local slice it has yielded."""
+
     def __init__(self, rows: TrainRows):
         super().__init__()
         self._rows = rows
-        self._epoch, self._row = 0, rows.process_index
-        self._settle()
+        self._epoch, self._row, self._in_slice = 0, 0, 0
+        self._advance(rows.process_index * rows.local_rows)
 
-    def _settle(self) -> None:
-        """Move (epoch, row) forward past the ends of epochs."""
+    def _advance(self, count: int) -> None:
+        """Move `count` rows forward in the stream, across epoch ends."""
         config = self._rows.config
+        self._row += count
         while config.num_epochs is None or self._epoch < config.num_epochs:
             num_rows = self._rows.plan(self._epoch).num_rows
             if num_rows == 0:
@@ -159,20 +165,23 @@ class _TrainRowIterator(grain.DatasetIterator):
             self._epoch += 1
 
     def __next__(self) -> Batch:
-        config = self._rows.config
-        if config.num_epochs is not None and self._epoch >= config.num_epochs:
+        rows = self._rows
+        if rows.config.num_epochs is not None and self._epoch >= rows.config.num_epochs:
             raise StopIteration
-        row = plan_row(self._rows.plan(self._epoch), self._rows.train, self._row)
-        self._row += self._rows.process_count
-        self._settle()
+        row = plan_row(rows.plan(self._epoch), rows.train, self._row)
+        self._in_slice += 1
+        skip = 0
+        if self._in_slice == rows.local_rows:  # jump over the other processes' slices
+            self._in_slice, skip = 0, (rows.process_count - 1) * rows.local_rows
+        self._advance(1 + skip)
         return row
 
     def get_state(self) -> dict[str, Any]:
-        return {"epoch": self._epoch, "row": self._row}
+        return {"epoch": self._epoch, "row": self._row, "in_slice": self._in_slice}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self._epoch, self._row = int(state["epoch"]), int(state["row"])
-        self._settle()
+        self._epoch, self._row, self._in_slice = int(state["epoch"]), int(state["row"]), int(state["in_slice"])
+        self._advance(0)
 
 
 def _this_process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -197,7 +206,7 @@ def train_dataset(
     process_index, process_count = _this_process(process_index, process_count)
     _check(config, process_count)
     rows = TrainRows(train, config, process_index, process_count)
-    return rows.batch(config.batch_size // process_count, drop_remainder=True)
+    return rows.batch(rows.local_rows, drop_remainder=True)
 
 
 def eval_row(targets: EvalTargets, user: int, max_len: int, history_len: int | None = None) -> Batch:
