@@ -82,5 +82,7 @@ def peak_flops_per_device(dtype: str = "float32", remeasure: bool = False) -> tu
     if remeasure or key not in known:
         known[key] = measure_matmul_rate(dtype)
         cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(known, indent=1, sort_keys=True))
+        partial = cache.with_name(f"{cache.name}.{os.getpid()}")
+        partial.write_text(json.dumps(known, indent=1, sort_keys=True))
+        partial.replace(cache)  # atomic: concurrent processes never read half a file
     return float(known[key]) / jax.local_device_count(), f"measured:2048^3 matmul:{dtype}"

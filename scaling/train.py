@@ -27,7 +27,7 @@ from data.pipeline import PipelineConfig, epoch_plan, eval_dataset, train_datase
 from data.ranking import ranking_metrics
 from data.sequences import PreprocessOptions
 from data.split import EvalTargets, leave_one_out
-from scaling import checkpoint, flops, hardware
+from scaling import checkpoint, distributed, flops, hardware
 from scaling.batches import EVAL_FIELDS, TRAIN_FIELDS, segment_lengths, to_global
 from scaling.config import ConfigError, TrialConfig, from_json, with_overrides
 from scaling.mesh import logical_names, make_mesh
@@ -294,6 +294,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--mesh", help='"auto" or e.g. "data=2,fsdp=2,tensor=2"')
     parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
     parser.add_argument("--json", action="store_true", help="print result.json as the last line of stdout")
+    multi = parser.add_argument_group("multi-process (one process per host)")
+    multi.add_argument("--coordinator", help="HOST:PORT of process 0 (or $SCALING_LAB_COORDINATOR)")
+    multi.add_argument("--num-processes", type=int, help="processes in the job (or $SCALING_LAB_NUM_PROCESSES)")
+    multi.add_argument("--process-id", type=int, help="this process's index (or $SCALING_LAB_PROCESS_ID)")
+    multi.add_argument("--distributed", action="store_true",
+                       help="call jax.distributed.initialize() with no arguments (TPU VM pods)")
     return parser
 
 
@@ -301,6 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     workdir = Path(args.workdir)
     try:
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
         config = config_from_args(args)
         saved = workdir / "config.json"
         if saved.is_file():

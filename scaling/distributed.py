@@ -1,0 +1,34 @@
+"""Multi-process start-up: one JAX process per host (TPU VM worker, GPU node, or local CPU process).
+
+TPU VMs: `jax.distributed.initialize()` with no arguments finds its peers. Elsewhere the
+coordinator address, process count and index come from flags or from the environment variables
+SCALING_LAB_COORDINATOR, SCALING_LAB_NUM_PROCESSES, SCALING_LAB_PROCESS_ID.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+from scaling.config import ConfigError
+
+
+def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
+               auto: bool = False, timeout_seconds: int = 120) -> None:
+    """Join the multi-process job, if this process is one of several; a no-op otherwise."""
+    coordinator = coordinator or os.environ.get("SCALING_LAB_COORDINATOR")
+    if num_processes is None and "SCALING_LAB_NUM_PROCESSES" in os.environ:
+        num_processes = int(os.environ["SCALING_LAB_NUM_PROCESSES"])
+    if process_id is None and "SCALING_LAB_PROCESS_ID" in os.environ:
+        process_id = int(os.environ["SCALING_LAB_PROCESS_ID"])
+    if coordinator:
+        if num_processes is None or process_id is None:
+            raise ConfigError("--coordinator needs --num-processes and --process-id (or SCALING_LAB_* variables)")
+        if not 0 <= process_id < num_processes:
+            raise ConfigError(f"--process-id {process_id} is outside 0..{num_processes - 1}")
+        if num_processes > 1:
+            jax.distributed.initialize(coordinator, num_processes, process_id,
+                                       initialization_timeout=timeout_seconds)
+    elif auto:
+        jax.distributed.initialize()
