@@ -15,11 +15,11 @@ import statistics
 import sys
 import time
 import traceback
-from pathlib import Path
 from typing import Any, Sequence
 
 import jax
 import numpy as np
+from etils import epath
 
 from data.dataset import prepare
 from data.errors import DataError
@@ -41,15 +41,24 @@ def log(message: str) -> None:
 
 
 class MetricsLog:
-    """Appends one JSON object per line to WORKDIR/metrics.jsonl (process 0 only)."""
+    """One JSON object per line in WORKDIR/metrics.jsonl (process 0 only). Local files are
+    appended to; object stores (gs://), which cannot append, get the whole file rewritten."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: epath.Path):
         self.path = path
+        self.appendable = not str(path).startswith(("gs://", "s3://"))
+        self.lines = path.read_text().splitlines() if path.exists() and not self.appendable else []
 
     def write(self, record: dict) -> None:
-        if jax.process_index() == 0:
+        if jax.process_index() != 0:
+            return
+        line = json.dumps(record, sort_keys=True)
+        if self.appendable:
             with open(self.path, "a") as handle:
-                handle.write(json.dumps(record, sort_keys=True) + "\n")
+                handle.write(line + "\n")
+        else:
+            self.lines.append(line)
+            self.path.write_text("\n".join(self.lines) + "\n")
 
 
 def _global_sum(value: float) -> float:
@@ -75,7 +84,7 @@ def evaluate(step_fn: Any, params: Any, targets: EvalTargets, config: TrialConfi
     return metrics
 
 
-def run(config: TrialConfig, workdir: Path) -> dict[str, Any]:
+def run(config: TrialConfig, workdir: epath.Path) -> dict[str, Any]:
     """Train one trial to completion (resuming if WORKDIR has checkpoints); returns result.json."""
     started = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -256,7 +265,7 @@ def _columns(text: str) -> dict[str, str] | None:
 def config_from_args(args: argparse.Namespace) -> TrialConfig:
     if args.config:
         try:
-            config = from_json(Path(args.config).read_text())
+            config = from_json(epath.Path(args.config).read_text())
         except OSError as error:
             raise ConfigError(f"{args.config}: cannot read: {error.strerror}") from None
     else:
@@ -305,7 +314,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    workdir = Path(args.workdir)
+    workdir = epath.Path(args.workdir)
     try:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
         config = config_from_args(args)

@@ -1,0 +1,176 @@
+"""`python -m sweeps show|run|status SPEC`: expand a sweep spec, run its trials, report laws.
+
+  show SPEC                   the expanded trials, one line each, before anything runs
+  run SPEC [--launcher L]     run what is not done yet (local: one subprocess per trial), then
+                              fit and plot the results into WORKDIR/report/
+  status SPEC                 done / running / failed / pending per trial
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from typing import Any, Sequence
+
+from etils import epath
+
+from data.errors import DataError
+from scaling.config import ConfigError
+from sweeps import runner
+from sweeps.results import ResultsStore
+from sweeps.spec import Sweep, describe, format_number, load_spec
+
+LAUNCHERS = ("local", "tpu-vm", "queued-resources", "xpk")
+LAUNCHER_FLAGS = ("accelerator_type", "zone", "project", "runtime_version", "cluster", "num_slices", "tpu_name")
+
+
+def _workdir(args: argparse.Namespace, sweep: Sweep) -> epath.Path:
+    return epath.Path(args.workdir or f"workdirs/{sweep.name}")
+
+
+def _num_items(sweep: Sweep) -> int | None:
+    """The catalogue size of the sweep's dataset when it can be read here (for FLOP estimates)."""
+    from data.dataset import prepare
+
+    try:
+        return prepare(sweep.base.data.name).sequences.num_items
+    except DataError:
+        return None
+
+
+def cmd_show(args: argparse.Namespace) -> dict[str, Any]:
+    sweep = load_spec(args.spec)
+    trials = runner.select(sweep.trials(), args.only)
+    num_items = _num_items(sweep)
+    rows = [describe(trial, num_items) for trial in trials]
+    if not args.json:
+        print(f"# sweep {sweep.name}: {len(rows)} trials on {sweep.base.data.name}" +
+              ("" if num_items else " (dataset not readable here: no FLOP estimates)"))
+        for row in rows:
+            print("  ".join(f"{k}={format_number(v)}" for k, v in row.items()))
+    return {"sweep": sweep.name, "trials": rows}
+
+
+def cmd_status(args: argparse.Namespace) -> dict[str, Any]:
+    sweep = load_spec(args.spec)
+    trials = runner.select(sweep.trials(), args.only)
+    states = runner.status_of(_workdir(args, sweep), trials)
+    counts = {state: list(states.values()).count(state) for state in ("done", "running", "failed", "pending")}
+    if not args.json:
+        for trial in trials:
+            labels = " ".join(f"{k}={v}" for k, v in trial.labels.items())
+            print(f"{states[trial.trial_id]:<8} {trial.trial_id} {labels}")
+        print("  ".join(f"{k}: {v}" for k, v in counts.items()))
+    return {"sweep": sweep.name, **counts, "trials": states}
+
+
+def _launcher(args: argparse.Namespace, sweep: Sweep):
+    from sweeps import launchers
+
+    flags = {name: getattr(args, name) for name in LAUNCHER_FLAGS if getattr(args, name) is not None}
+    if args.spot:
+        flags["spot"] = True
+    if args.reserved:
+        flags["reserved"] = True
+    settings = launchers.settings_from(flags, dict(sweep.launcher))
+    return launchers.make_launcher(args.launcher, settings)
+
+
+def write_report(workdir: epath.Path) -> str | None:
+    """Fits and figures of the results into WORKDIR/report (via `python -m analysis report`)."""
+    results = workdir / "results.jsonl"
+    report = workdir / "report"
+    command = [sys.executable, "-m", "analysis", "report", str(results), "--out", str(report)]
+    done = subprocess.run(command, cwd=str(runner.REPO_ROOT), capture_output=True, text=True)
+    if done.returncode != 0:
+        runner.log(f"report failed: {(done.stderr.strip().splitlines() or ['no output'])[-1]}")
+        return None
+    runner.log(f"report written to {report}")
+    return str(report)
+
+
+def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
+    sweep = load_spec(args.spec)
+    workdir = _workdir(args, sweep)
+    trials = runner.select(sweep.trials(), args.only)
+    if args.launcher == "local":
+        if args.dry_run:
+            for trial in trials:
+                print(shlex.join([sys.executable, "-m", "scaling.train", *runner.train_args(workdir, trial)]))
+            return {"sweep": sweep.name, "dry_run": True, "trials": len(trials)}
+        run_one = lambda trial: runner.run_local_trial(workdir, trial)
+    else:
+        launcher = _launcher(args, sweep)
+        if args.dry_run:
+            for trial in trials:
+                print(f"# trial {trial.trial_id} " + " ".join(f"{k}={v}" for k, v in trial.labels.items()))
+                for argv in launcher.plan(trial.trial_id, runner.train_args(workdir, trial), str(workdir)):
+                    print(shlex.join(argv))
+            return {"sweep": sweep.name, "dry_run": True, "trials": len(trials)}
+
+        def run_one(trial):
+            outcome = launcher.run(trial.trial_id, runner.train_args(workdir, trial), str(workdir))
+            result_path = runner.trial_dir(workdir, trial) / "result.json"
+            result = json.loads(result_path.read_text()) if result_path.exists() else {}
+            if outcome.status != "ok":
+                result["status"] = outcome.status
+            return result
+    workdir.mkdir(parents=True, exist_ok=True)
+    finished = runner.run_trials(sweep, workdir, trials, args.parallel, run_one)
+    records = ResultsStore(workdir).load()
+    ok = sum(1 for r in records.values() if r["status"] == "ok")
+    report = write_report(workdir) if ok and not args.no_report else None
+    return {"sweep": sweep.name, "workdir": str(workdir), "ran": len(finished), "ok": ok,
+            "failed": sum(1 for r in records.values() if r["status"] != "ok"),
+            "results": str(workdir / "results.jsonl"), "report": report}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sweeps", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, run, text in (("show", cmd_show, "list the expanded trials"),
+                            ("run", cmd_run, "run the trials that are not done"),
+                            ("status", cmd_status, "done / running / failed / pending")):
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.set_defaults(run=run)
+        sub.add_argument("spec", help="a sweep spec file, e.g. sweeps/configs/ml100k_hstu.py")
+        sub.add_argument("--only", help="run/show only trials whose id or label=value text matches this glob")
+        sub.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+        if name != "show":
+            sub.add_argument("--workdir", help="where trials and results go (default: workdirs/SWEEP_NAME; gs:// ok)")
+    run_parser = commands.choices["run"]
+    run_parser.add_argument("--launcher", choices=LAUNCHERS, default="local")
+    run_parser.add_argument("--dry-run", action="store_true", help="print the exact commands, run nothing")
+    run_parser.add_argument("--parallel", type=int, default=1, help="trials at once (local launcher)")
+    run_parser.add_argument("--no-report", action="store_true", help="skip the fits and plots at the end")
+    tpu = run_parser.add_argument_group("TPU launchers (flags win over the spec's launcher block)")
+    tpu.add_argument("--accelerator-type", help="e.g. v5litepod-16, v5p-32")
+    tpu.add_argument("--zone")
+    tpu.add_argument("--project")
+    tpu.add_argument("--runtime-version")
+    tpu.add_argument("--cluster", help="xpk cluster")
+    tpu.add_argument("--num-slices", type=int, help="xpk slices")
+    tpu.add_argument("--tpu-name", help="tpu-vm launcher: an existing TPU VM")
+    tpu.add_argument("--spot", action="store_true")
+    tpu.add_argument("--reserved", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        result = args.run(args)
+    except (ConfigError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    return 0 if result.get("failed", 0) == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

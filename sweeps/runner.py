@@ -1,0 +1,145 @@
+"""Running a sweep's trials: locally (one subprocess per trial) or through a TPU launcher."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import fnmatch
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+from etils import epath
+
+from sweeps.results import ResultsStore
+from sweeps.spec import Sweep, Trial
+
+REPO_ROOT = epath.Path(__file__).parent.parent
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def trial_dir(workdir: epath.Path, trial: Trial) -> epath.Path:
+    return workdir / "trials" / trial.trial_id
+
+
+def train_args(workdir: epath.Path, trial: Trial) -> list[str]:
+    """Arguments of `python -m scaling.train` for one trial."""
+    folder = trial_dir(workdir, trial)
+    return ["--config", str(folder / "config.json"), "--workdir", str(folder), "--json"]
+
+
+def prepare_trial(workdir: epath.Path, trial: Trial) -> None:
+    folder = trial_dir(workdir, trial)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(trial.config.to_json())
+    (folder / "labels.json").write_text(json.dumps(dict(trial.labels), sort_keys=True))
+
+
+def select(trials: Sequence[Trial], pattern: str | None) -> list[Trial]:
+    """Trials whose id or `label=value` text matches the glob pattern (all when None)."""
+    if not pattern:
+        return list(trials)
+    def text(trial: Trial) -> str:
+        return trial.trial_id + " " + " ".join(f"{k}={v}" for k, v in trial.labels.items())
+    return [t for t in trials if fnmatch.fnmatch(text(t), f"*{pattern}*")]
+
+
+def make_record(sweep: Sweep, trial: Trial, result: dict[str, Any]) -> dict[str, Any]:
+    """result.json's fields, the trial id and status, and the trial's axis values."""
+    record = {**result, "trial_id": trial.trial_id, "sweep": sweep.name}
+    record.setdefault("status", "failed: no result")
+    for key, value in trial.labels.items():
+        record[key] = value
+    return record
+
+
+def status_of(workdir: epath.Path, trials: Sequence[Trial]) -> dict[str, str]:
+    """trial_id -> done | failed | running | pending."""
+    records = ResultsStore(workdir).load()
+    states = {}
+    for trial in trials:
+        record = records.get(trial.trial_id)
+        marker = trial_dir(workdir, trial) / "running.json"
+        if record and record["status"] == "ok":
+            states[trial.trial_id] = "done"
+        elif marker.exists() and _marker_alive(json.loads(marker.read_text())):
+            states[trial.trial_id] = "running"
+        elif record:
+            states[trial.trial_id] = "failed"
+        else:
+            states[trial.trial_id] = "pending"
+    return states
+
+
+def _marker_alive(marker: dict) -> bool:
+    if marker.get("host") != socket.gethostname():
+        return True  # another machine's trial: trust the marker
+    try:
+        os.kill(int(marker["pid"]), 0)
+    except (OSError, ValueError, KeyError):
+        return False
+    return True
+
+
+def run_local_trial(workdir: epath.Path, trial: Trial, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """One trial in its own process (crash isolation); resumes from its checkpoints if any."""
+    folder = trial_dir(workdir, trial)
+    command = [sys.executable, "-m", "scaling.train", *train_args(workdir, trial)]
+    with open(folder / "train.log", "ab") as train_log:
+        process = subprocess.Popen(command, cwd=str(REPO_ROOT), stdout=subprocess.PIPE, stderr=train_log,
+                                   env=env or os.environ.copy())
+        (folder / "running.json").write_text(json.dumps({"pid": process.pid, "host": socket.gethostname(),
+                                                         "started": time.time()}))
+        stdout, _ = process.communicate()
+    (folder / "running.json").unlink(missing_ok=True)
+    lines = stdout.decode(errors="replace").strip().splitlines()
+    try:
+        result = json.loads(lines[-1]) if lines else {}
+    except json.JSONDecodeError:
+        result = {}
+    if process.returncode != 0 and result.get("status", "ok") == "ok":
+        tail = (folder / "train.log").read_text().strip().splitlines()[-1:] or ["no output"]
+        result = {"status": f"failed: exit {process.returncode}: {tail[0][:300]}"}
+    return result
+
+
+def run_trials(sweep: Sweep, workdir: epath.Path, trials: Sequence[Trial], parallel: int,
+               run_one: Callable[[Trial], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run the trials that have no ok record yet, `parallel` at a time, recording each as it ends."""
+    store = ResultsStore(workdir)
+    done = {tid for tid, record in store.load().items() if record["status"] == "ok"}
+    todo = [t for t in trials if t.trial_id not in done]
+    log(f"sweep {sweep.name}: {len(trials)} trials, {len(trials) - len(todo)} already done, {len(todo)} to run")
+    lock = threading.Lock()
+    finished: list[dict[str, Any]] = []
+    started = time.perf_counter()
+
+    def one(trial: Trial) -> None:
+        prepare_trial(workdir, trial)
+        trial_started = time.perf_counter()
+        try:
+            result = run_one(trial)
+        except Exception as error:  # a launcher bug must not stop the sweep
+            result = {"status": f"failed: {type(error).__name__}: {error}"}
+        record = make_record(sweep, trial, result)
+        with lock:
+            store.record(record)
+            finished.append(record)
+            elapsed = time.perf_counter() - started
+            remaining = elapsed / len(finished) * (len(todo) - len(finished))
+            labels = " ".join(f"{k}={v}" for k, v in trial.labels.items())
+            summary = f"eval_loss {record['eval_loss']:.4f} hr@10 {record['hr@10']:.4f}" if record["status"] == "ok" \
+                else record["status"]
+            log(f"[{len(finished)}/{len(todo)}] {trial.trial_id} {labels}: {summary} "
+                f"({time.perf_counter() - trial_started:.0f}s, ETA {remaining:.0f}s)")
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(parallel, 1)) as pool:
+        list(pool.map(one, todo))
+    return finished

@@ -1,0 +1,169 @@
+"""Sweep specs: a base trial config plus axes, expanded into trials.
+
+A spec is a Python file (sweeps/configs/*.py) that defines `SWEEP = Sweep(...)`. Axes are lists
+of Points; each Point carries config overrides ("model.blocks": 4) and the labels that name it in
+results ("size": "d64x4"). grid() takes products, zipped() pairs axes element by element,
+ladder() scales several keys together, isoflop() gives each size the steps that spend a budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import itertools
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from scaling import flops
+from scaling.config import ConfigError, TrialConfig, with_overrides
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """One value of one or more axes: config overrides and the labels recorded with results."""
+
+    overrides: Mapping[str, Any]
+    labels: Mapping[str, Any]
+
+    def merge(self, other: "Point") -> "Point":
+        clash = set(self.overrides) & set(other.overrides)
+        if clash:
+            raise ConfigError(f"two axes both set {sorted(clash)[0]}")
+        return Point({**self.overrides, **other.overrides}, {**self.labels, **other.labels})
+
+
+def axis(name: str, key: str, values: Sequence[Any], labels: Sequence[Any] | None = None) -> list[Point]:
+    """One config key over `values` (e.g. axis("seq_len", "data.max_len", [50, 200]))."""
+    labels = list(values) if labels is None else list(labels)
+    if len(labels) != len(values):
+        raise ConfigError(f"axis {name}: {len(values)} values but {len(labels)} labels")
+    return [Point({key: value}, {name: label}) for value, label in zip(values, labels)]
+
+
+def ladder(name: str, rungs: Sequence[Mapping[str, Any]], labels: Sequence[str] | None = None) -> list[Point]:
+    """Several keys scaled together, e.g. model size as (blocks, d_model, heads) rungs."""
+    labels = list(labels) if labels is not None else [
+        "-".join(f"{key.split('.')[-1]}{value}" for key, value in rung.items()) for rung in rungs]
+    return [Point(dict(rung), {name: label}) for rung, label in zip(rungs, labels)]
+
+
+def grid(*axes: Sequence[Point]) -> list[Point]:
+    """Every combination of the axes' points."""
+    points = []
+    for combo in itertools.product(*axes):
+        merged = Point({}, {})
+        for point in combo:
+            merged = merged.merge(point)
+        points.append(merged)
+    return points
+
+
+def zipped(*axes: Sequence[Point]) -> list[Point]:
+    """The i-th points of every axis together; the axes must have equal lengths."""
+    lengths = {len(a) for a in axes}
+    if len(lengths) != 1:
+        raise ConfigError(f"zipped axes have different lengths {sorted(lengths)}")
+    points = []
+    for combo in zip(*axes):
+        merged = Point({}, {})
+        for point in combo:
+            merged = merged.merge(point)
+        points.append(merged)
+    return points
+
+
+def train_flops_per_step(config: TrialConfig, num_items: int) -> float:
+    """Model FLOPs of one step with every row full of one user's window (packed rows, or users
+    with at least max_len + 1 interactions): the planning estimate behind isoflop()."""
+    lengths = np.full(config.train.batch_size, config.data.row_len)
+    return flops.model_flops(config.model, lengths, config.train.loss, config.train.negatives, num_items)
+
+
+def isoflop(budgets: Sequence[float], sizes: Sequence[Point], base: TrialConfig, num_items: int) -> list[Point]:
+    """For each compute budget C and size, the steps that spend C: steps = C / FLOPs per step."""
+    points = []
+    for budget in budgets:
+        for size in sizes:
+            config = with_overrides(base, [f"{k}={v}" for k, v in size.overrides.items()])
+            steps = max(1, round(budget / train_flops_per_step(config, num_items)))
+            points.append(size.merge(Point({"train.steps": steps}, {"budget": budget})))
+    return points
+
+
+@dataclasses.dataclass(frozen=True)
+class Trial:
+    config: TrialConfig
+    labels: Mapping[str, Any]
+
+    @property
+    def trial_id(self) -> str:
+        return self.config.trial_id
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """name: used in resource names and reports. analysis: what the report fits, e.g.
+    {"x": ["params_non_embedding", "train_flops"], "y": ["eval_loss", "hr@10"], "group": "seq_len"}.
+    launcher: defaults for TPU launchers (accelerator_type, zone, ...), overridable by flags."""
+
+    name: str
+    base: TrialConfig
+    points: Sequence[Point]
+    analysis: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    launcher: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    description: str = ""
+
+    def trials(self) -> list[Trial]:
+        trials, seen = [], set()
+        for point in self.points or [Point({}, {})]:
+            overrides = [f"{key}={value}" for key, value in point.overrides.items()]
+            config = with_overrides(self.base, overrides).validate()
+            if config.trial_id in seen:
+                raise ConfigError(f"sweep {self.name}: two points give the same trial ({dict(point.labels)})")
+            seen.add(config.trial_id)
+            trials.append(Trial(config, dict(point.labels)))
+        return trials
+
+
+def load_spec(path: str | Path) -> Sweep:
+    """Execute a spec file and return its SWEEP."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such sweep spec file")
+    module_spec = importlib.util.spec_from_file_location(f"sweep_spec_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    except Exception as error:  # the spec is user code: name it, do not dump a traceback
+        raise ConfigError(f"{path}: {type(error).__name__}: {error}") from None
+    sweep = getattr(module, "SWEEP", None)
+    if not isinstance(sweep, Sweep):
+        raise ConfigError(f"{path}: defines no SWEEP = Sweep(...)")
+    return sweep
+
+
+def describe(trial: Trial, num_items: int | None = None) -> dict[str, Any]:
+    """One line of `show`: id, labels, size, sequence length, planned tokens and FLOPs."""
+    config = trial.config
+    steps = config.train.steps
+    row = {"trial_id": trial.trial_id, **trial.labels,
+           "params_non_embedding": flops.non_embedding_params(config.model),
+           "max_len": config.data.max_len, "steps": steps or f"{config.train.epochs:g} epochs"}
+    if steps:
+        row["tokens_max"] = steps * config.train.batch_size * config.data.row_len
+        if num_items:
+            row["flops_max"] = steps * train_flops_per_step(config, num_items)
+    return row
+
+
+def format_number(value: Any) -> str:
+    if isinstance(value, float) and value >= 1e5:
+        return f"{value:.3g}"
+    if isinstance(value, int) and value >= 10**6:
+        return f"{value:.3g}"
+    return str(value)
+
