@@ -14,7 +14,7 @@ from etils import epath
 def _atomic_write(path: epath.Path, text: str) -> None:
     partial = path.parent / f".{path.name}.{os.getpid()}.partial"
     partial.write_text(text)
-    partial.rename(path)
+    partial.replace(path)
 
 
 class ResultsStore:

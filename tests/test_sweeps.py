@@ -1,0 +1,130 @@
+"""Sweep specs expand as written; the runner skips done trials, records failures and goes on;
+results.jsonl never holds a partial or duplicate line; status tells done/failed/pending."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from etils import epath
+
+from models.config import ModelConfig
+from scaling.config import ConfigError, DataConfig, TrainConfig, TrialConfig
+from sweeps import runner
+from sweeps.results import ResultsStore
+from sweeps.spec import Sweep, axis, grid, isoflop, ladder, load_spec, train_flops_per_step, zipped
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BASE = TrialConfig(data=DataConfig(max_len=20), model=ModelConfig(d_model=16, blocks=1, heads=1, max_positions=64),
+                   train=TrainConfig(batch_size=8, steps=5))
+SIZES = ladder("size", [{"model.d_model": 16, "model.blocks": 1}, {"model.d_model": 32, "model.blocks": 2}], ["s", "m"])
+
+
+def test_grid_zip_ladder_expand_to_distinct_trials() -> None:
+    points = grid(SIZES, axis("seq_len", "data.max_len", [20, 40]))
+    trials = Sweep("t", BASE, points).trials()
+    assert [(t.labels["size"], t.labels["seq_len"]) for t in trials] == [("s", 20), ("s", 40), ("m", 20), ("m", 40)]
+    assert [(t.config.model.d_model, t.config.model.blocks, t.config.data.max_len) for t in trials] == \
+        [(16, 1, 20), (16, 1, 40), (32, 2, 20), (32, 2, 40)]
+    assert len({t.trial_id for t in trials}) == 4
+    paired = zipped(SIZES, axis("seed", "train.seed", [1, 2]))
+    assert [(p.labels["size"], p.overrides["train.seed"]) for p in paired] == [("s", 1), ("m", 2)]
+    with pytest.raises(ConfigError, match="different lengths"):
+        zipped(SIZES, axis("seed", "train.seed", [1, 2, 3]))
+    with pytest.raises(ConfigError, match="two axes both set model.d_model"):
+        grid(SIZES, axis("width", "model.d_model", [8]))
+
+
+def test_isoflop_gives_each_size_the_steps_that_spend_the_budget() -> None:
+    points = isoflop([1e9, 4e9], SIZES, BASE, num_items=100)
+    trials = Sweep("iso", BASE, points).trials()
+    for trial in trials:
+        spent = trial.config.train.steps * train_flops_per_step(trial.config, 100)
+        assert spent == pytest.approx(trial.labels["budget"], rel=0.05)
+    small, medium = trials[0].config.train.steps, trials[1].config.train.steps
+    assert small > medium  # the smaller model gets more steps for the same budget
+
+
+def test_results_store_keeps_one_line_per_trial(tmp_path: Path) -> None:
+    store = ResultsStore(epath.Path(tmp_path))
+    store.record({"trial_id": "a", "status": "failed: x"})
+    store.record({"trial_id": "b", "status": "ok", "eval_loss": 1.0})
+    store.record({"trial_id": "a", "status": "ok", "eval_loss": 2.0})
+    lines = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [(r["trial_id"], r["status"]) for r in lines] == [("a", "ok"), ("b", "ok")]
+    assert not [p for p in tmp_path.rglob("*") if "partial" in p.name]
+
+
+def test_runner_skips_done_records_failures_and_goes_on(tmp_path: Path) -> None:
+    sweep = Sweep("t", BASE, grid(SIZES, axis("seq_len", "data.max_len", [20, 40])))
+    trials = sweep.trials()
+    calls: list[str] = []
+
+    def fake(trial):
+        calls.append(trial.trial_id)
+        if trial.labels["size"] == "m" and trial.labels["seq_len"] == 40:
+            raise RuntimeError("boom")
+        return {"status": "ok", "eval_loss": 1.0, "hr@10": 0.1}
+
+    workdir = epath.Path(tmp_path)
+    runner.run_trials(sweep, workdir, trials, parallel=2, run_one=fake)
+    assert sorted(calls) == sorted(t.trial_id for t in trials)
+    records = ResultsStore(workdir).load()
+    assert records[trials[3].trial_id]["status"] == "failed: RuntimeError: boom"
+    assert records[trials[0].trial_id]["size"] == "s" and records[trials[0].trial_id]["seq_len"] == 20
+    states = runner.status_of(workdir, trials)
+    assert sorted(states.values()) == ["done", "done", "done", "failed"]
+    calls.clear()
+    runner.run_trials(sweep, workdir, trials, parallel=1, run_one=fake)
+    assert calls == [trials[3].trial_id]  # only the failed one runs again
+    assert runner.status_of(workdir, Sweep("t2", BASE, []).trials())  # an empty sweep is one default trial
+    assert runner.select(trials, "size=m*seq_len=20") == [trials[2]]
+
+
+def test_bad_spec_files_fail_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "nothing.py").write_text("x = 1\n")
+    with pytest.raises(ConfigError, match="defines no SWEEP"):
+        load_spec(tmp_path / "nothing.py")
+    (tmp_path / "typo.py").write_text(textwrap.dedent("""
+        from sweeps.spec import Sweep, axis
+        from scaling.config import TrialConfig
+        SWEEP = Sweep("typo", TrialConfig(), axis("d", "model.widht", [8]))
+    """))
+    sweep = load_spec(tmp_path / "typo.py")
+    with pytest.raises(ConfigError, match="unknown config key model.widht"):
+        sweep.trials()
+    with pytest.raises(ConfigError, match="no such sweep spec file"):
+        load_spec(tmp_path / "missing.py")
+
+
+@pytest.mark.slow
+def test_local_sweep_end_to_end(tmp_path: Path, lab_cache: Path, ml100k) -> None:
+    spec = tmp_path / "tiny_sweep.py"
+    spec.write_text(textwrap.dedent("""
+        import dataclasses
+        from scaling.presets import preset
+        from sweeps.spec import Sweep, axis
+        base = preset("tiny")
+        base = dataclasses.replace(base, train=dataclasses.replace(base.train, steps=4, log_every=2))
+        SWEEP = Sweep("tiny_sweep", base, axis("data", "data.name", ["ml-100k", "no-such-dataset"], ["ml", "bad"]))
+    """))
+    env = dict(os.environ, SCALING_LAB_CACHE=str(lab_cache), XLA_FLAGS="")
+    command = [sys.executable, "-m", "sweeps", "run", str(spec), "--workdir", str(tmp_path / "wd"), "--no-report", "--json"]
+    first = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 1, first.stderr  # one trial failed; the sweep went on
+    summary = json.loads(first.stdout.strip().splitlines()[-1])
+    assert (summary["ok"], summary["failed"]) == (1, 1)
+    records = {r["data"]: r for r in map(json.loads, (tmp_path / "wd" / "results.jsonl").read_text().splitlines())}
+    assert records["ml"]["status"] == "ok" and records["ml"]["steps"] == 4
+    assert records["bad"]["status"].startswith("failed: exit 2: error: no-such-dataset: no such file")
+    again = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert "1 already done, 1 to run" in again.stderr
+    status = subprocess.run([sys.executable, "-m", "sweeps", "status", str(spec), "--workdir", str(tmp_path / "wd"),
+                             "--json"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    counts = json.loads(status.stdout.strip().splitlines()[-1])
+    assert (counts["done"], counts["failed"], counts["pending"]) == (1, 1, 0)
