@@ -44,6 +44,17 @@ def is_named_dataset(name: str) -> bool:
     return name == "ml-100k" or name in GROUPLENS_RELEASES or name.startswith("synthetic:")
 
 
+def readable_offline(name_or_path: str) -> bool:
+    """Whether reading this dataset needs no download (files present, cached, or generated)."""
+    if name_or_path.startswith("synthetic:"):
+        return True
+    if name_or_path == "ml-100k":
+        return (cache_dir() / "ml-100k" / "ml-100k.inter").is_file() or (cache_dir() / "wheels" / RECBOLE_WHEEL).is_file()
+    if name_or_path in GROUPLENS_RELEASES:
+        return (cache_dir() / name_or_path).is_dir() or (cache_dir() / "downloads" / f"{name_or_path}.zip").is_file()
+    return Path(name_or_path).exists()
+
+
 def load_interactions(
     name_or_path: str,
     format: str | None = None,

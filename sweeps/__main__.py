@@ -32,9 +32,12 @@ def _workdir(args: argparse.Namespace, sweep: Sweep) -> epath.Path:
 
 
 def _num_items(sweep: Sweep) -> int | None:
-    """The catalogue size of the sweep's dataset when it can be read here (for FLOP estimates)."""
+    """The catalogue size of the sweep's dataset when it can be read here without a download."""
     from data.dataset import prepare
+    from data.sources import readable_offline
 
+    if not readable_offline(sweep.base.data.name):
+        return None
     try:
         return prepare(sweep.base.data.name).sequences.num_items
     except DataError:
@@ -48,7 +51,7 @@ def cmd_show(args: argparse.Namespace) -> dict[str, Any]:
     rows = [describe(trial, num_items) for trial in trials]
     if not args.json:
         print(f"# sweep {sweep.name}: {len(rows)} trials on {sweep.base.data.name}" +
-              ("" if num_items else " (dataset not readable here: no FLOP estimates)"))
+              ("" if num_items else " (dataset not readable here)"))
         for row in rows:
             print("  ".join(f"{k}={format_number(v)}" for k, v in row.items()))
     return {"sweep": sweep.name, "trials": rows}

@@ -82,7 +82,8 @@ def train_flops_per_step(config: TrialConfig, num_items: int) -> float:
 
 
 def isoflop(budgets: Sequence[float], sizes: Sequence[Point], base: TrialConfig, num_items: int) -> list[Point]:
-    """For each compute budget C and size, the steps that spend C: steps = C / FLOPs per step."""
+    """For each compute budget C and point (a size, or any combination of axes applied to base),
+    the steps that spend C: steps = C / FLOPs per step of that point's config."""
     points = []
     for budget in budgets:
         for size in sizes:
@@ -155,8 +156,8 @@ def describe(trial: Trial, num_items: int | None = None) -> dict[str, Any]:
            "max_len": config.data.max_len, "steps": steps or f"{config.train.epochs:g} epochs"}
     if steps:
         row["tokens_max"] = steps * config.train.batch_size * config.data.row_len
-        if num_items:
-            row["flops_max"] = steps * train_flops_per_step(config, num_items)
+        if num_items or config.train.loss == "sampled_softmax":  # sampled: no term depends on the catalogue
+            row["flops_max"] = steps * train_flops_per_step(config, num_items or 0)
     return row
 
 
