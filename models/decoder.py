@@ -32,17 +32,15 @@ class SequentialRecommender(nn.Module):
         cfg = self.config
         self.item_table = logical_param(self, "item_embedding", truncated_normal(0.02),
                                         (self.num_items + 1, cfg.d_model), (axes.VOCAB, axes.EMBED))
-        self.position_table = logical_param(self, "position_embedding", truncated_normal(math.sqrt(1.0 / cfg.d_model)),
+        # The reference HSTU re-initialises its positional table Xavier-normal (HSTU.reset_params
+        # skips only the blocks and the item table); its SASRec keeps the truncated N(0, 1/D).
+        position_init = (nn.initializers.variance_scaling(1.0, "fan_avg", "normal") if cfg.family == "hstu"
+                         else truncated_normal(math.sqrt(1.0 / cfg.d_model)))
+        self.position_table = logical_param(self, "position_embedding", position_init,
                                             (cfg.max_positions, cfg.d_model), (axes.POSITIONS, axes.EMBED))
         block = HSTUBlock if cfg.family == "hstu" else SASRecBlock
         self.blocks = [block(cfg, name=f"block_{i}") for i in range(cfg.blocks)]
         self.input_dropout = nn.Dropout(cfg.input_dropout)
-        if cfg.family == "sasrec":
-            self.final_norm = nn.LayerNorm(
-                epsilon=1e-8, dtype=jnp.dtype(cfg.compute_dtype), param_dtype=jnp.float32,
-                scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axes.EMBED,)),
-                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes.EMBED,)),
-            )
 
     def __call__(self, batch: Mapping[str, jax.Array], deterministic: bool = True) -> jax.Array:
         cfg = self.config
@@ -60,8 +58,6 @@ class SequentialRecommender(nn.Module):
             context["time_buckets"] = time_buckets(batch["next_timestamps"], batch["timestamps"], cfg.time_buckets)
         for block in self.blocks:
             x = block(x, context, deterministic=deterministic)
-        if cfg.family == "sasrec":
-            x = self.final_norm(x)
         x = jnp.where(real, x, 0.0)
         return l2_normalize(x.astype(jnp.float32))
 

@@ -18,7 +18,7 @@ def logical_param(module: nn.Module, name: str, init: Initializer, shape: Sequen
 
 
 def layer_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
-    """LayerNorm over the last axis with no learned scale or shift (HSTU's), computed in float32."""
+    """LayerNorm over the last axis with no learned scale or shift, computed in float32."""
     x32 = x.astype(jnp.float32)
     mean = jnp.mean(x32, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)

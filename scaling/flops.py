@@ -47,8 +47,8 @@ def non_embedding_params(model: ModelConfig) -> int:
         per_block += (2 * model.max_positions - 1) + (model.time_buckets + 1)
         return model.blocks * per_block
     f = model.ffn_width
-    per_block = 3 * d * d + 3 * d + d * d + d + d * f + f + f * d + d + 4 * d
-    return model.blocks * per_block + 2 * d
+    per_block = 3 * d * d + 3 * d + d * d + d + d * f + f + f * d + d  # LayerNorms have no parameters
+    return model.blocks * per_block
 
 
 def model_flops(model: ModelConfig, segment_lengths: np.ndarray, loss: str, negatives: int, num_items: int,

@@ -77,3 +77,15 @@ def test_model_flops_exclude_padding_and_halve_causal_attention():
         flops.model_flops(model, np.array([12]), "sampled_softmax", 16, 100)
     assert packed_rows == pytest.approx(one_row_each)  # segments, not rows, are what count
     assert packed_rows < flops.executed_flops(model, 1, 22, "sampled_softmax", 16, 100, score_all_items=False)
+
+
+@pytest.mark.parametrize("family", ["hstu", "sasrec"])
+def test_non_embedding_params_count_every_parameter_outside_the_tables(family):
+    from models.decoder import build_model
+
+    model = ModelConfig(family=family, d_model=16, blocks=2, heads=2, max_positions=16, ffn_dim=24)
+    example = {k: jnp.zeros((1, 12), jnp.int32) for k in ("items", "timestamps", "next_timestamps", "segment_ids", "positions")}
+    params = build_model(model, 30).init(jax.random.key(0), example)["params"]
+    tables = params.pop("item_embedding").value.size + params.pop("position_embedding").value.size
+    assert tables == 31 * 16 + 16 * 16
+    assert sum(leaf.size for leaf in jax.tree.leaves(params)) == flops.non_embedding_params(model)
