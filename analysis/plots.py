@@ -1,0 +1,259 @@
+"""Figures of runs and fitted laws, each written as PNG and SVG. Log axes wherever the law is a power.
+
+Every function takes plain arrays (and a FitResult where a law is drawn) and an output stem
+(path without suffix); it returns the written paths.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+
+from analysis import bootstrap as boot  # noqa: E402
+from analysis import chinchilla, isoflop, power  # noqa: E402
+from analysis.result import FitResult  # noqa: E402
+
+# Axis labels with units, keyed by the column they show.
+UNITS = {
+    "train_flops": "training compute C (FLOP)",
+    "Training FLOP": "training compute C (FLOP)",
+    "params": "parameters N (count)",
+    "params_non_embedding": "non-embedding parameters N (count)",
+    "Model Size": "parameters N (count)",
+    "tokens": "training tokens D (count)",
+    "eval_loss": "eval loss (nats / prediction)",
+    "final_train_loss": "final train loss (nats / prediction)",
+    "loss": "loss (nats / token)",
+    "seq_len": "sequence length (items)",
+    "max_len": "sequence length (items)",
+    "mfu": "MFU (fraction of peak FLOP/s)",
+    "wall_seconds": "wall time (s)",
+}
+
+
+def axis_label(column: str) -> str:
+    if column in UNITS:
+        return UNITS[column]
+    if column.startswith(("hr@", "ndcg@", "valid_hr@", "valid_ndcg@")) or column in ("mrr", "valid_mrr"):
+        return f"{column} (fraction of test users)"
+    return column
+
+
+def _save(figure: plt.Figure, stem: str | Path) -> list[Path]:
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    figure.savefig(paths[0], dpi=130)
+    figure.savefig(paths[1])
+    plt.close(figure)
+    return paths
+
+
+def _grid(values: np.ndarray, log: bool, points: int = 200, stretch: float = 1.0) -> np.ndarray:
+    low, high = float(np.min(values)), float(np.max(values)) * stretch
+    return np.geomspace(low, high, points) if log else np.linspace(low, high, points)
+
+
+def _draw_law(ax: plt.Axes, grid: np.ndarray, result: FitResult, predict: Callable[[dict], np.ndarray],
+              label: str, color: str = "C3") -> None:
+    ax.plot(grid, predict(result.params), color=color, label=label)
+    names = list(result.params)
+    band = boot.band(lambda row: predict(dict(zip(names, row))), result.samples, result.ci_level)
+    if band is not None:
+        ax.fill_between(grid, *band, color=color, alpha=0.2, label=f"{result.ci_level:.0%} bootstrap band")
+
+
+def law_text(result: FitResult, digits: int = 3) -> str:
+    """The fitted parameters with their intervals, one line (for legends and titles)."""
+    parts = []
+    for name, value in result.params.items():
+        interval = result.ci.get(name)
+        parts.append(f"{name}={value:.{digits}g}" + (f" [{interval[0]:.{digits}g}, {interval[1]:.{digits}g}]" if interval else ""))
+    return ", ".join(parts)
+
+
+def loss_vs_compute(compute: np.ndarray, loss: np.ndarray, on_front: np.ndarray, fit: FitResult | None,
+                    stem: str | Path, x_label: str = "train_flops", y_label: str = "eval_loss") -> list[Path]:
+    """All runs, the lower envelope, and the frontier law with its band."""
+    figure, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter(compute, loss, s=18, color="0.6", label="runs")
+    order = np.argsort(compute[on_front])
+    ax.plot(compute[on_front][order], loss[on_front][order], "o-", color="C0", ms=5, label="frontier (lower envelope)")
+    if fit is not None:
+        grid = _grid(compute, log=True, stretch=2.0)
+        _draw_law(ax, grid, fit, lambda p: power.predict(p, grid, "falling"),
+                  f"L = E + A C^-alpha: E={fit.params['E']:.3g}, alpha={fit.params['alpha']:.3g}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(axis_label(x_label))
+    ax.set_ylabel(axis_label(y_label))
+    ax.set_title("Loss vs compute")
+    ax.legend(fontsize=8)
+    return _save(figure, stem)
+
+
+def fitted_curve(x: np.ndarray, y: np.ndarray, fit: FitResult, predict: Callable[[dict, np.ndarray], np.ndarray],
+                 stem: str | Path, x_label: str, y_label: str, log_y: bool) -> list[Path]:
+    """Points and a fitted law of one variable (power or loglinear) with its bootstrap band."""
+    figure, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter(x, y, s=20, color="C0", label="runs", zorder=3)
+    grid = _grid(x, log=True)
+    _draw_law(ax, grid, fit, lambda p: predict(p, grid), f"{fit.form}: {law_text(fit)}")
+    ax.set_xscale("log")
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(axis_label(x_label))
+    ax.set_ylabel(axis_label(y_label))
+    ax.set_title(f"{y_label} vs {x_label}")
+    ax.legend(fontsize=7)
+    return _save(figure, stem)
+
+
+def isoflop_curves(n: np.ndarray, loss: np.ndarray, compute: np.ndarray, labels: np.ndarray, fit: FitResult,
+                   stem: str | Path) -> list[Path]:
+    """Left: loss vs N per budget (`labels` 0..k-1) with its parabola and vertex. Right: N*(C) and the power law."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    colors = plt.cm.viridis(np.linspace(0, 0.9, max(labels.max() + 1, 1)))
+    minima = {round(np.log10(m.compute), 6): m for m in isoflop.budget_minima(fit)}
+    for label in np.unique(labels):
+        rows = labels == label
+        budget = float(np.exp(np.mean(np.log(compute[rows]))))
+        color = colors[label]
+        left.scatter(n[rows], loss[rows], s=16, color=color, label=f"C = {budget:.2g} FLOP")
+        minimum = minima.get(round(np.log10(budget), 6))
+        if minimum is not None:
+            grid = np.geomspace(n[rows].min(), n[rows].max(), 100)
+            left.plot(grid, np.polyval(minimum.coefficients, np.log(grid)), color=color, lw=1)
+            left.plot(minimum.n_opt, minimum.loss_opt, "*", color=color, ms=11, mec="k")
+    left.set_xscale("log")
+    left.set_xlabel(axis_label("params"))
+    left.set_ylabel("final loss (nats)")
+    left.set_title("IsoFLOP profiles")
+    left.legend(fontsize=7)
+    budgets = np.array([m.compute for m in minima.values()])
+    right.scatter(budgets, [m.n_opt for m in minima.values()], marker="*", s=80, color="C1", ec="k", label="N* per budget", zorder=3)
+    grid = _grid(budgets, log=True, stretch=10.0)
+    _draw_law(right, grid, fit, lambda p: isoflop.predict_n_opt(p, grid),
+              f"N_opt = k C^a, a={fit.params['a_opt']:.3f}")
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set_xlabel(axis_label("train_flops"))
+    right.set_ylabel("loss-optimal parameters N* (count)")
+    right.set_title("Compute-optimal size")
+    right.legend(fontsize=7)
+    return _save(figure, stem)
+
+
+def chinchilla_allocation(n: np.ndarray, d: np.ndarray, loss: np.ndarray, fit: FitResult, stem: str | Path) -> list[Path]:
+    """Runs in (C, N) coloured by loss, with N_opt(C) from the joint law; and fitted vs observed loss."""
+    compute = 6 * n * d
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    points = left.scatter(compute, n, c=loss, cmap="magma", s=16, norm=matplotlib.colors.LogNorm())
+    figure.colorbar(points, ax=left, label="final loss (nats)")
+    grid = _grid(compute, log=True, stretch=10.0)
+    _draw_law(left, grid, fit, lambda p: chinchilla.compute_optimal(p, grid)[0],
+              f"N_opt = G (C/6)^a, a={fit.params['a_opt']:.3f}")
+    left.set_xscale("log")
+    left.set_yscale("log")
+    left.set_xlabel("training compute C = 6ND (FLOP)")
+    left.set_ylabel(axis_label("params"))
+    left.set_title("Compute-optimal allocation")
+    left.legend(fontsize=7)
+    predicted = chinchilla.predict_loss(fit.params, n, d)
+    right.scatter(loss, predicted, s=12)
+    line = [min(loss.min(), predicted.min()), max(loss.max(), predicted.max())]
+    right.plot(line, line, "k--", lw=1)
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set_xlabel("observed loss (nats)")
+    right.set_ylabel("L(N, D) fitted (nats)")
+    right.set_title("Joint law fit")
+    return _save(figure, stem)
+
+
+def residuals(x: np.ndarray, observed: np.ndarray, predicted: np.ndarray, stem: str | Path,
+              x_label: str, title: str) -> list[Path]:
+    """Relative residuals (predicted - observed) / observed against x."""
+    figure, ax = plt.subplots(figsize=(7, 3.5))
+    ax.axhline(0, color="k", lw=0.8)
+    ax.scatter(x, 100 * (predicted - observed) / observed, s=16)
+    ax.set_xscale("log")
+    ax.set_xlabel(axis_label(x_label))
+    ax.set_ylabel("residual (% of observed)")
+    ax.set_title(title)
+    return _save(figure, stem)
+
+
+def _points_and_best(ax: plt.Axes, x: np.ndarray, metric: np.ndarray, color, label: str) -> None:
+    """Every run as a faint point; a line through the best (highest) metric at each x, since runs at
+    one x may differ in training length."""
+    ax.scatter(x, metric, s=14, color=color, alpha=0.35)
+    xs = np.unique(x)
+    ax.plot(xs, [metric[x == value].max() for value in xs], "o-", color=color, label=f"{label} (best run)")
+
+
+def metric_vs_params(params: np.ndarray, metric: np.ndarray, seq_len: np.ndarray, stem: str | Path,
+                     metric_name: str, params_name: str = "params") -> list[Path]:
+    """Metric against model size, one colour per sequence length."""
+    figure, ax = plt.subplots(figsize=(7, 4.5))
+    lengths = np.unique(seq_len)
+    colors = plt.cm.plasma(np.linspace(0, 0.85, len(lengths)))
+    for color, length in zip(colors, lengths):
+        rows = seq_len == length
+        _points_and_best(ax, params[rows], metric[rows], color, f"length {length:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel(axis_label(params_name))
+    ax.set_ylabel(axis_label(metric_name))
+    ax.set_title(f"{metric_name} vs model size, by sequence length")
+    ax.legend(fontsize=8)
+    return _save(figure, stem)
+
+
+def metric_vs_seq_len(seq_len: np.ndarray, metric: np.ndarray, params: np.ndarray, stem: str | Path,
+                      metric_name: str, seq_name: str = "max_len") -> list[Path]:
+    """Metric against sequence length, one line per model size."""
+    figure, ax = plt.subplots(figsize=(7, 4.5))
+    sizes = np.unique(params)
+    colors = plt.cm.viridis(np.linspace(0, 0.9, len(sizes)))
+    for color, size in zip(colors, sizes):
+        rows = params == size
+        _points_and_best(ax, seq_len[rows], metric[rows], color, f"N = {size:.3g}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(axis_label(seq_name))
+    ax.set_ylabel(axis_label(metric_name))
+    ax.set_title(f"{metric_name} vs sequence length, by model size")
+    ax.legend(fontsize=8)
+    return _save(figure, stem)
+
+
+def mfu_vs_size(params: np.ndarray, mfu: np.ndarray, stem: str | Path, groups: np.ndarray | None = None,
+                group_name: str = "", params_name: str = "params") -> list[Path]:
+    """Model FLOPs utilisation against model size (optionally one colour per group, e.g. device kind)."""
+    figure, ax = plt.subplots(figsize=(7, 4.5))
+    if groups is None:
+        ax.scatter(params, mfu, s=20)
+    else:
+        for value in _unique(groups):
+            rows = groups == value
+            ax.scatter(params[rows], mfu[rows], s=20, label=f"{group_name} {value}")
+        ax.legend(fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel(axis_label(params_name))
+    ax.set_ylabel(axis_label("mfu"))
+    ax.set_title("MFU vs model size")
+    return _save(figure, stem)
+
+
+def _unique(values: np.ndarray) -> Sequence:
+    seen = []
+    for value in values:
+        if value not in seen:
+            seen.append(value)
+    return seen

@@ -1,0 +1,308 @@
+"""A sweep report: fits, tables and figures from a results file, as Markdown and HTML in one folder.
+
+Every section is attempted; one whose columns are missing or whose data cannot support the fit is
+listed under "Skipped" with the reason instead of failing the report.
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from analysis import frontier, isoflop, loglinear, plots, records
+from analysis.errors import FitError
+from analysis.result import FitResult
+from analysis.run import Columns, FitOptions, fit_table
+
+RUN_COLUMNS = ("trial_id", "model", "params", "params_non_embedding", "max_len", "seq_len", "d_model", "blocks",
+               "tokens", "train_flops", "wall_seconds", "mfu", "final_train_loss", "eval_loss", "hr@10", "ndcg@10", "mrr")
+FIGURES = "figures"
+
+
+@dataclass
+class Report:
+    """Sections in order; rendered to Markdown and HTML from the same blocks."""
+    blocks: list[tuple] = field(default_factory=list)
+    figures: list[Path] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    fits: dict[str, dict] = field(default_factory=dict)
+
+    def heading(self, text: str) -> None:
+        self.blocks.append(("h2", text))
+
+    def text(self, text: str) -> None:
+        self.blocks.append(("p", text))
+
+    def table(self, header: list[str], rows: list[list[str]]) -> None:
+        self.blocks.append(("table", header, rows))
+
+    def figure(self, paths: list[Path], caption: str, out: Path) -> None:
+        self.figures.extend(paths)
+        png = next(p for p in paths if p.suffix == ".png")
+        svg = next(p for p in paths if p.suffix == ".svg")
+        self.blocks.append(("img", png.relative_to(out).as_posix(), svg.relative_to(out).as_posix(), caption))
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    metric: str = "hr@10"
+    bootstrap: int = 100
+    seed: int = 0
+    holdout: int = 1
+    columns: Columns = Columns()
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, (float, np.floating)):
+        if not np.isfinite(value):
+            return "–"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _complete(table: pd.DataFrame, needed: list[str], what: str, report: Report) -> pd.DataFrame | None:
+    """Rows of `table` with a number in every `needed` column, or None (noted as skipped) if a column is missing."""
+    missing = [name for name in needed if name not in table.columns]
+    if missing:
+        report.skipped.append(f"{what}: column(s) {', '.join(map(repr, missing))} missing from the results")
+        return None
+    values = table[needed].apply(pd.to_numeric, errors="coerce")
+    keep = values.notna().all(axis=1).to_numpy()
+    if not keep.all():
+        report.text(f"{what}: {int((~keep).sum())} run(s) without a value in {', '.join(needed)} left out.")
+    subset = table[keep].reset_index(drop=True)
+    subset.attrs.update(table.attrs)
+    return subset
+
+
+def _fit_rows(name: str, fit: FitResult, target: str) -> list[list[str]]:
+    rows = []
+    for param, value in fit.params.items():
+        interval = fit.ci.get(param)
+        rows.append([name, target, param, _fmt(value), f"[{_fmt(interval[0])}, {_fmt(interval[1])}]" if interval else "–",
+                     str(fit.n_points), _fmt(fit.goodness.get("r2", fit.goodness.get("r2_log", float("nan")))),
+                     _fmt(fit.goodness.get("rmse_log", float("nan")))])
+    return rows
+
+
+def _attempt(report: Report, what: str, step: Callable[[], None]) -> None:
+    try:
+        step()
+    except FitError as error:
+        report.skipped.append(f"{what}: {error}")
+
+
+def build_report(results: str | Path, out: str | Path, options: ReportOptions = ReportOptions(),
+                 progress: Callable[[str], None] | None = None) -> Report:
+    """Write `out`/report.md, `out`/report.html and `out`/figures/*.{png,svg} from a results file."""
+    say = progress or (lambda message: None)
+    out = Path(out)
+    figures = out / FIGURES
+    figures.mkdir(parents=True, exist_ok=True)
+    report = Report()
+    notes: list[str] = []
+    table = records.load_table(results, note=lambda m: (notes.append(m), say(m)))
+    cols = options.columns
+    fit_options = FitOptions(bootstrap=options.bootstrap, seed=options.seed)
+    fit_rows: list[list[str]] = []
+    holdout_rows: list[list[str]] = []
+
+    report.text(f"Source: `{results}`, {len(table)} run(s) with status ok. "
+                f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} by "
+                f"`python -m analysis report`; {options.bootstrap} bootstrap resamples, 95% percentile intervals.")
+    for note in notes:
+        report.text(note)
+
+    report.heading("Runs")
+    shown = [c for c in RUN_COLUMNS if c in table.columns]
+    report.table(shown, [[_fmt(v) for v in row] for row in table[shown].itertuples(index=False)])
+
+    try:
+        loss_col = records.pick_column(table, cols.loss, records.LOSS_COLUMNS, "loss")
+        compute_col = records.pick_column(table, cols.c, records.COMPUTE_COLUMNS, "compute")
+    except FitError as error:
+        loss_col = compute_col = None
+        report.skipped.append(f"loss vs compute, frontier, Chinchilla and IsoFLOP fits: {error}")
+    size_col = next((c for c in ((cols.n,) if cols.n else records.PARAMS_COLUMNS) if c in table.columns), "params")
+    seq_col = next((c for c in records.SEQ_LEN_COLUMNS if c in table.columns), "max_len")
+
+    report.heading("Loss vs compute: frontier and its law")
+    if loss_col and (data := _complete(table, [compute_col, loss_col], "loss vs compute", report)) is not None:
+        def frontier_section() -> None:
+            say("report: frontier fit ...")
+            c, loss = records.numeric(data, compute_col), records.numeric(data, loss_col)
+            on_front = frontier.lower_envelope(c, loss)
+            fit = None
+            try:
+                fitted = fit_table(data, "frontier", Columns(c=compute_col, loss=loss_col, n=cols.n),
+                                   FitOptions(bootstrap=options.bootstrap, seed=options.seed,
+                                              holdout=options.holdout if on_front.sum() > 4 else 0))
+                fit = fitted.result
+            except FitError as error:
+                report.skipped.append(f"frontier law fit: {error}")
+            report.figure(plots.loss_vs_compute(c, loss, on_front, fit, figures / "loss_vs_compute", compute_col, loss_col),
+                          "Final loss of every run against training compute; the lower envelope and the power "
+                          "law fitted to it, with its bootstrap band.", out)
+            if fit is not None:
+                report.fits["frontier"] = fit.to_json()
+                fit_rows.extend(_fit_rows("frontier L(C)", fit, loss_col))
+                report.figure(plots.residuals(c[on_front], loss[on_front], plots.power.predict(fit.params, c[on_front]),
+                                              figures / "residuals_frontier", compute_col, "Frontier law residuals"),
+                              "Residuals of the frontier law on the frontier runs.", out)
+                _holdout_row(holdout_rows, "frontier L(C)", fit)
+        _attempt(report, "frontier", frontier_section)
+
+    report.heading("Joint law L(N, D) and compute-optimal allocation")
+    if loss_col:
+        def chinchilla_section() -> None:
+            say("report: Chinchilla joint law ...")
+            fitted = fit_table(table, "chinchilla", Columns(n=cols.n, d=cols.d, c=cols.c, loss=loss_col),
+                               FitOptions(bootstrap=options.bootstrap, seed=options.seed, holdout=options.holdout))
+            fit = fitted.result
+            report.fits["chinchilla"] = fit.to_json()
+            fit_rows.extend(_fit_rows("Chinchilla L(N, D)", fit, loss_col))
+            report.figure(plots.chinchilla_allocation(fitted.data["n"], fitted.data["d"], fitted.data["loss"], fit,
+                                                      figures / "chinchilla_allocation"),
+                          f"Runs in (C, N) coloured by loss with N_opt(C) from the joint law; fitted vs observed "
+                          f"loss (N = {fitted.columns['n']}, D = {fitted.columns['d']}).", out)
+            _holdout_row(holdout_rows, "Chinchilla L(N, D)", fit)
+        _attempt(report, "Chinchilla joint law", chinchilla_section)
+
+    report.heading("IsoFLOP profiles (approach 2)")
+    if loss_col:
+        def isoflop_section() -> None:
+            say("report: IsoFLOP ...")
+            fitted = fit_table(table, "isoflop", Columns(n=cols.n, d=cols.d, c=cols.c, loss=loss_col), fit_options)
+            fit = fitted.result
+            report.fits["isoflop"] = fit.to_json()
+            fit_rows.extend(_fit_rows("IsoFLOP N_opt(C)", fit, "N*"))
+            report.figure(plots.isoflop_curves(fitted.data["n"], fitted.data["loss"], fitted.data["c"],
+                                               fitted.data["budget"], fit, figures / "isoflop"),
+                          "Loss against size per compute budget with the fitted parabolas and their minima; the "
+                          "power law through the minima.", out)
+            minima = isoflop.budget_minima(fit)
+            report.table(["budget C (FLOP)", "runs", "N* (params)", "loss at N*", "N* inside sampled sizes"],
+                         [[_fmt(m.compute), str(m.runs), _fmt(m.n_opt), _fmt(m.loss_opt), "yes" if m.interior else "NO"]
+                          for m in minima])
+            outside = sum(not m.interior for m in minima)
+            if outside:
+                report.text(f"Caution: {outside} of {len(minima)} budget minima lie outside the sizes trained at that "
+                            "budget; they are extrapolations of the parabola.")
+            for reason in fit.extra["skipped_budgets"]:
+                report.text(f"Budget left out: {reason}.")
+        _attempt(report, "IsoFLOP", isoflop_section)
+
+    report.heading(f"{options.metric}: scaling with compute, size and sequence length")
+    if compute_col and (data := _complete(table, [compute_col, options.metric], f"{options.metric} law", report)) is not None:
+        def metric_law_section() -> None:
+            fitted = fit_table(data, "loglinear", Columns(x=compute_col, y=options.metric),
+                               FitOptions(bootstrap=options.bootstrap, seed=options.seed, holdout=options.holdout))
+            fit = fitted.result
+            report.fits[f"{options.metric}_loglinear"] = fit.to_json()
+            fit_rows.extend(_fit_rows(f"{options.metric} = a + b ln C", fit, options.metric))
+            report.figure(plots.fitted_curve(fitted.data["x"], fitted.data["y"], fit, loglinear.predict,
+                                             figures / "metric_vs_compute", compute_col, options.metric, log_y=False),
+                          f"{options.metric} against training compute with the log-linear law (HSTU form).", out)
+            _holdout_row(holdout_rows, f"{options.metric} = a + b ln C", fit)
+        _attempt(report, f"{options.metric} log-linear law", metric_law_section)
+    if (data := _complete(table, [size_col, options.metric, seq_col], f"{options.metric} vs size", report)) is not None:
+        report.figure(plots.metric_vs_params(records.numeric(data, size_col), records.numeric(data, options.metric),
+                                             records.numeric(data, seq_col), figures / "metric_vs_params",
+                                             options.metric, size_col),
+                      f"{options.metric} against model size, one colour per sequence length.", out)
+        report.figure(plots.metric_vs_seq_len(records.numeric(data, seq_col), records.numeric(data, options.metric),
+                                              records.numeric(data, size_col), figures / "metric_vs_seq_len",
+                                              options.metric, seq_col),
+                      f"{options.metric} against sequence length, one line per model size.", out)
+
+    report.heading("Hardware efficiency")
+    if (data := _complete(table, [size_col, "mfu"], "MFU vs size", report)) is not None:
+        groups = data["device_kind"].astype(str).to_numpy() if "device_kind" in data.columns else None
+        report.figure(plots.mfu_vs_size(records.numeric(data, size_col), records.numeric(data, "mfu"),
+                                        figures / "mfu_vs_size", groups, "device", size_col),
+                      "Model FLOPs utilisation against model size.", out)
+
+    report.heading("Fitted laws")
+    if fit_rows:
+        report.table(["law", "target", "parameter", "estimate", "95% CI", "points", "R²", "RMSE (log)"], fit_rows)
+    else:
+        report.text("No law could be fitted; see Skipped.")
+    report.heading("Held-out extrapolation")
+    if holdout_rows:
+        report.text(f"Each law refitted without the {options.holdout} largest-compute run(s), then asked to "
+                    "predict them.")
+        report.table(["law", "held-out compute (FLOP)", "observed", "predicted", "error (%)"], holdout_rows)
+    else:
+        report.text("No held-out forecast was possible.")
+    report.heading("Skipped")
+    if report.skipped:
+        for reason in report.skipped:
+            report.text(f"- {reason}")
+    else:
+        report.text("Nothing was skipped.")
+
+    (out / "report.md").write_text(render_markdown(report))
+    (out / "report.html").write_text(render_html(report, title=f"Scaling report: {Path(results).name}"))
+    return report
+
+
+def _holdout_row(rows: list[list[str]], name: str, fit: FitResult) -> None:
+    forecast = fit.extra.get("holdout")
+    if not forecast:
+        return
+    for c, observed, predicted, error in zip(forecast["compute"], forecast["observed"], forecast["predicted"],
+                                             forecast["relative_error"]):
+        rows.append([name, _fmt(c), _fmt(observed), _fmt(predicted), f"{100 * error:+.2f}"])
+
+
+def render_markdown(report: Report, title: str = "Scaling report") -> str:
+    lines = [f"# {title}", ""]
+    for block in report.blocks:
+        kind = block[0]
+        if kind == "h2":
+            lines += [f"## {block[1]}", ""]
+        elif kind == "p":
+            lines += [block[1], ""]
+        elif kind == "table":
+            header, rows = block[1], block[2]
+            lines.append("| " + " | ".join(header) + " |")
+            lines.append("|" + "---|" * len(header))
+            lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+            lines.append("")
+        elif kind == "img":
+            lines += [f"![{block[3]}]({block[1]})", "", f"*{block[3]}* ([SVG]({block[2]}))", ""]
+    return "\n".join(lines)
+
+
+def render_html(report: Report, title: str = "Scaling report") -> str:
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    for block in report.blocks:
+        kind = block[0]
+        if kind == "h2":
+            body.append(f"<h2>{html.escape(block[1])}</h2>")
+        elif kind == "p":
+            body.append(f"<p>{_inline_code(block[1])}</p>")
+        elif kind == "table":
+            header = "".join(f"<th>{html.escape(h)}</th>" for h in block[1])
+            rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in block[2])
+            body.append(f"<table><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table>")
+        elif kind == "img":
+            body.append(f'<figure><img src="{html.escape(block[2])}" alt="{html.escape(block[3])}">'
+                        f"<figcaption>{html.escape(block[3])}</figcaption></figure>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;font-size:0.85em;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
+             "img{max-width:100%}figcaption{font-style:italic;font-size:0.9em}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def _inline_code(text: str) -> str:
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))

@@ -1,0 +1,140 @@
+"""`python -m analysis`: the --json last-line contract, exit status 2 on bad input, plots and reports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analysis import synthetic
+from analysis.__main__ import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _csv(path: Path, columns: dict[str, np.ndarray]) -> Path:
+    names = list(columns)
+    rows = zip(*(columns[n] for n in names))
+    path.write_text(",".join(names) + "\n" + "".join(",".join(repr(float(v)) for v in row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture
+def power_csv(tmp_path) -> Path:
+    x = np.geomspace(1e6, 1e10, 10)
+    return _csv(tmp_path / "runs.csv", {"compute": x, "hr": synthetic.power_law(x, 0.4, 3.0, 0.25, "rising", 0.003, 0)})
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "analysis", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_fit_json_is_the_last_line_of_stdout(power_csv):
+    done = _run("fit", "--form", "power", "--csv", str(power_csv), "--x-col", "compute", "--y-col", "hr",
+                "--bootstrap", "30", "--seed", "3", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["direction"] == "rising"
+    assert set(result["ci"]) == {"E", "A", "alpha"}
+    for name in ("E", "A", "alpha"):
+        low, high = result["ci"][name]
+        assert low <= result[name] <= high
+    assert result["n_points"] == 10 and result["objective"] >= 0 and result["bootstrap"] == 30
+    assert result["E"] == pytest.approx(0.4, rel=0.05)
+    assert "fitting power" in done.stderr  # progress goes to stderr, not stdout
+
+
+def test_bad_input_is_one_line_and_status_2(power_csv):
+    done = _run("fit", "--form", "loglinear", "--csv", str(power_csv), "--x-col", "flops", "--y-col", "hr")
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {power_csv}: missing column 'flops' (have: compute, hr)"]
+    assert "Traceback" not in done.stderr
+
+
+def test_chinchilla_json_keys_and_bootstrap_zero(tmp_path, capsys):
+    planted = synthetic.CHINCHILLA_LIKE
+    n, d = (v.ravel() for v in np.meshgrid(np.geomspace(1e7, 1e10, 6), np.geomspace(1e9, 1e12, 6)))
+    path = _csv(tmp_path / "runs.csv", {"N": n, "C": 6 * n * d, "loss": synthetic.joint_law_runs(planted, n, d, 0.003, 0)})
+    assert main(["fit", "--form", "chinchilla", "--csv", str(path), "--n-col", "N", "--c-col", "C",
+                 "--loss-col", "loss", "--bootstrap", "0", "--drop-highest-loss", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"E", "A", "B", "alpha", "beta", "a_opt", "b_opt", "G", "n_points", "objective"} <= set(result)
+    assert result["ci"] == {} and result["n_points"] == 35
+    assert result["columns"]["d"] == "C / (6 N)"
+    assert result["a_opt"] == pytest.approx(result["beta"] / (result["alpha"] + result["beta"]))
+
+
+@pytest.mark.parametrize("argv", [["fit", "--form", "power", "--csv", "x.csv", "--bootstrap", "-1"],
+                                  ["fit", "--form", "power", "--results", "absent.jsonl"]])
+def test_in_process_errors_return_2(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:")
+
+
+@pytest.mark.parametrize("command", [[], ["fit"], ["plot"], ["report"]])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--help"])
+    assert exit_.value.code == 0
+    assert "usage: python -m analysis" in capsys.readouterr().out
+
+
+def test_plot_writes_png_and_svg(power_csv, tmp_path, capsys):
+    out = tmp_path / "figs"
+    assert main(["plot", "--form", "power", "--csv", str(power_csv), "--x-col", "compute", "--y-col", "hr",
+                 "--bootstrap", "10", "--out", str(out), "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["figures"]
+    assert sorted(Path(p).name for p in figures) == ["power.png", "power.svg", "power_residuals.png", "power_residuals.svg"]
+    assert all(Path(p).stat().st_size > 1000 for p in figures)
+
+
+def _results(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_report_from_a_synthetic_sweep(tmp_path, capsys):
+    results = _results(tmp_path / "results.jsonl", synthetic.sweep_records(seed=0))
+    out = tmp_path / "report"
+    assert main(["report", str(results), "--out", str(out), "--bootstrap", "10", "--json"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert "skipped 1 record(s) whose status is not ok" in captured.err
+    assert summary["skipped"] == []
+    assert set(summary["fits"]) == {"frontier", "chinchilla", "isoflop", "hr@10_loglinear"}
+    names = {Path(p).name for p in summary["figures"]}
+    for stem in ("loss_vs_compute", "residuals_frontier", "chinchilla_allocation", "isoflop", "metric_vs_compute",
+                 "metric_vs_params", "metric_vs_seq_len", "mfu_vs_size"):
+        assert {f"{stem}.png", f"{stem}.svg"} <= names
+    markdown = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    for path in summary["figures"]:
+        relative = Path(path).relative_to(out).as_posix()
+        assert relative in markdown  # every figure is linked from the page
+        assert Path(path).is_file()
+    assert "| frontier L(C) | eval_loss | alpha |" in markdown
+    assert "Held-out extrapolation" in markdown and "<table>" in html and "<img src=\"figures/" in html
+    runs_section = markdown.split("## Runs")[1].split("## ")[0]
+    assert "d256-l200-s3200" in runs_section and "d512" not in runs_section  # the failed trial is not a run
+    assert "skipped 1 record(s)" in markdown.split("## Runs")[0]  # but the page says it was left out
+
+
+def test_report_degrades_when_columns_are_missing(tmp_path, capsys):
+    keep = ("trial_id", "status", "train_flops", "eval_loss", "hr@10")
+    rows = [{k: v for k, v in row.items() if k in keep} for row in synthetic.sweep_records(seed=1)]
+    out = tmp_path / "report"
+    assert main(["report", str(_results(tmp_path / "results.jsonl", rows)), "--out", str(out),
+                 "--bootstrap", "0", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    skipped = "\n".join(summary["skipped"])
+    assert "Chinchilla joint law: " in skipped and "no parameter-count (N) column" in skipped
+    assert "MFU vs size: column(s) 'params', 'mfu' missing" in skipped
+    assert "hr@10 vs size: column(s) 'params', 'max_len' missing" in skipped
+    assert set(summary["fits"]) == {"frontier", "hr@10_loglinear"}
+    assert "MFU vs size" in (out / "report.md").read_text()  # the page says what was skipped and why
