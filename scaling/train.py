@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
 import time
 import traceback
@@ -31,6 +30,7 @@ from scaling import checkpoint, distributed, flops, hardware
 from scaling.batches import EVAL_FIELDS, TRAIN_FIELDS, segment_lengths, to_global
 from scaling.config import ConfigError, TrialConfig, from_json, with_overrides
 from scaling.mesh import logical_names, make_mesh
+from scaling.meter import StepMeter, format_record
 from scaling.presets import PRESETS, preset
 from scaling.trainer import build_trainer
 
@@ -127,74 +127,44 @@ def run(config: TrialConfig, workdir: epath.Path) -> dict[str, Any]:
         peak_total = peak_per_device * jax.device_count()
         metrics_log = MetricsLog(workdir / "metrics.jsonl")
         step = int(state["step"])
-        tokens_total = saved["tokens"] if resumed_from is not None else 0.0
-        flops_total = saved["train_flops"] if resumed_from is not None else 0.0
-        window = {"loss_sum": 0.0, "positions": 0.0, "tokens": 0.0, "flops": 0.0, "seconds": 0.0}
-        step_times: list[float] = []
-        final_train_loss = float("nan")
-        pending = None  # (step, metrics future, tokens, flops): read one step late
-        last_done = time.perf_counter()
+        meter = StepMeter(first_timed_step=step + 2, log_every=train_cfg.log_every, total_steps=total_steps,
+                          peak_flops=peak_total, tokens=saved["tokens"] if resumed_from is not None else 0.0,
+                          flops=saved["train_flops"] if resumed_from is not None else 0.0)
+        pending: list[tuple] = []  # the last dispatched step, read after the next one is dispatched
 
-        def finish(entry: tuple) -> None:
-            nonlocal last_done, final_train_loss, tokens_total, flops_total
-            done_step, metrics, tokens, step_flops = entry
-            loss_sum, positions = float(metrics["loss_sum"]), float(metrics["positions"])
-            now = time.perf_counter()
-            seconds, last_done = now - last_done, now
-            if done_step > (resumed_from or 0) + 1:  # the first step of a process includes compilation
-                step_times.append(seconds)
-                window["seconds"] += seconds
-                window["flops"] += step_flops
-            window["loss_sum"] += loss_sum
-            window["positions"] += positions
-            window["tokens"] += tokens
-            tokens_total += tokens
-            flops_total += step_flops
-            if done_step % train_cfg.log_every == 0 or done_step == total_steps:
-                loss = window["loss_sum"] / max(window["positions"], 1.0)
-                final_train_loss = loss
-                rate = window["flops"] / window["seconds"] if window["seconds"] else float("nan")
-                record = {"step": done_step, "learning/loss": loss, "learning/grad_norm": float(metrics["grad_norm"]),
-                          "perf/step_seconds": statistics.median(step_times[-train_cfg.log_every:]) if step_times else None,
-                          "perf/tokens_per_second": window["tokens"] / window["seconds"] if window["seconds"] else None,
-                          "perf/mfu": rate / peak_total if window["seconds"] else None,
-                          "progress/tokens": tokens_total, "progress/train_flops": flops_total}
-                metrics_log.write(record)
-                log(f"step {done_step}/{total_steps}  loss {loss:.4f}  "
-                    + (f"{record['perf/tokens_per_second']:.0f} tok/s  MFU {record['perf/mfu']:.1%}" if window["seconds"] else "compiling"))
-                window.update(loss_sum=0.0, positions=0.0, tokens=0.0, flops=0.0, seconds=0.0)
+        def drain() -> None:
+            while pending:
+                record = meter.record(*pending.pop())
+                if record is not None:
+                    metrics_log.write(record)
+                    log(format_record(record, total_steps))
 
         def progress() -> dict:
             """What a resumed run needs besides the train state: data position, cumulative counts."""
-            return {"iterator": iterator.get_state(), "tokens": tokens_total, "train_flops": flops_total}
+            return {"iterator": iterator.get_state(), "tokens": meter.tokens, "train_flops": meter.flops}
 
         try:
             while step < total_steps:
                 host_batch = next(iterator)
                 lengths = segment_lengths(host_batch)
-                step_flops = _global_sum(flops.model_flops(config.model, lengths, train_cfg.loss, train_cfg.negatives, num_items,
-                                                           int(np.sum(host_batch["targets"] > 0))))
+                step_flops = _global_sum(flops.model_flops(config.model, lengths, train_cfg.loss, train_cfg.negatives,
+                                                           num_items, int(np.sum(host_batch["targets"] > 0))))
                 tokens = _global_sum(float(lengths.sum()))
                 state, metrics = train_step(state, to_global(host_batch, mesh, TRAIN_FIELDS), step_key)
                 step += 1
-                if pending is not None:
-                    finish(pending)
-                pending = (step, metrics, tokens, step_flops)
+                drain()
+                pending.append((step, metrics, tokens, step_flops))
                 if train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0:
-                    finish(pending)
-                    pending = None
+                    drain()
                     checkpoint.save(checkpoints, step, state, progress())
                 if train_cfg.eval_every and step % train_cfg.eval_every == 0 and step < total_steps:
-                    if pending is not None:
-                        finish(pending)
-                        pending = None
+                    drain()
                     eval_started = time.perf_counter()
                     valid = evaluate(eval_step, state["params"], split.valid, config, mesh)
                     metrics_log.write({"step": step, **{f"eval/valid_{k}": v for k, v in valid.items()}})
                     log(f"eval step {step}: valid hr@10 {valid['hr@10']:.4f} ndcg@10 {valid['ndcg@10']:.4f}")
-                    last_done += time.perf_counter() - eval_started
-            if pending is not None:
-                finish(pending)
+                    meter.exclude(time.perf_counter() - eval_started)
+            drain()
             if step > (resumed_from or 0) and (not train_cfg.checkpoint_every or step % train_cfg.checkpoint_every):
                 checkpoint.save(checkpoints, step, state, progress())
         finally:  # an interrupted run still completes the checkpoint it started
@@ -206,11 +176,6 @@ def run(config: TrialConfig, workdir: epath.Path) -> dict[str, Any]:
         valid = evaluate(eval_step, state["params"], split.valid, config, mesh)
     metrics_log.write({"step": step, **{f"eval/test_{k}": v for k, v in test.items()},
                        **{f"eval/valid_{k}": v for k, v in valid.items()}})
-    measured_seconds = sum(step_times)
-    mfu = None
-    if step_times:
-        timed_flops = flops_total * len(step_times) / max(step - (resumed_from or 0), 1)
-        mfu = timed_flops / measured_seconds / peak_total
     non_embedding = flops.non_embedding_params(config.model)
     result = {
         "trial_id": config.trial_id,
@@ -229,22 +194,19 @@ def run(config: TrialConfig, workdir: epath.Path) -> dict[str, Any]:
         "batch_size": train_cfg.batch_size,
         "steps": step,
         "epochs": step / steps_per_epoch,
-        "tokens": tokens_total,
-        "train_flops": flops_total,
-        "six_n_d": flops.six_n_d(non_embedding, tokens_total),
+        "tokens": meter.tokens,
+        "train_flops": meter.flops,
+        "six_n_d": flops.six_n_d(non_embedding, meter.tokens),
         "flop_convention": flops.FLOP_CONVENTION,
         "wall_seconds": time.perf_counter() - started,
-        "step_seconds": statistics.median(step_times) if step_times else None,
-        "tokens_per_second": tokens_total * len(step_times) / max(step - (resumed_from or 0), 1) / measured_seconds
-        if step_times else None,
-        "mfu": mfu,
+        **meter.summary(),
         "peak_flops": peak_total,
         "peak_flops_source": peak_source,
         "device_kind": jax.devices()[0].device_kind,
         "devices": jax.device_count(),
         "processes": jax.process_count(),
         "mesh": dict(mesh.shape),
-        "final_train_loss": final_train_loss,
+        "final_train_loss": meter.final_loss,
         "eval_loss": valid["loss"],
         "test_loss": test["loss"],
         **{key: test[key] for key in ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "hr@200", "ndcg@200", "mrr")},

@@ -1,0 +1,34 @@
+"""Step accounting: untimed compile step, loss windows, cumulative totals, excluded eval time."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from scaling.meter import StepMeter, format_record
+
+
+def metrics(loss_sum: float, positions: float) -> dict:
+    return {"loss_sum": loss_sum, "positions": positions, "grad_norm": 1.0}
+
+
+def test_windows_totals_and_timing() -> None:
+    meter = StepMeter(first_timed_step=2, log_every=2, total_steps=5, peak_flops=1e6, tokens=100.0, flops=1e3)
+    assert meter.record(1, metrics(10.0, 5.0), tokens=10, flops=1e5) is None  # compile step: not timed
+    time.sleep(0.02)
+    record = meter.record(2, metrics(2.0, 5.0), tokens=20, flops=2e5)
+    assert record["learning/loss"] == pytest.approx(12.0 / 10.0)  # sums over the window, then divides
+    assert record["progress/tokens"] == 130 and record["progress/train_flops"] == pytest.approx(1e3 + 3e5)
+    assert record["perf/tokens_per_second"] == pytest.approx(20 / meter.step_times[0])
+    assert len(meter.step_times) == 1 and meter.step_times[0] >= 0.02
+    meter.exclude(10.0)  # an eval that took 10 s must not count as step time
+    assert meter.record(3, metrics(1.0, 1.0), tokens=5, flops=1e5) is None
+    assert meter.step_times[-1] < 1.0
+    last = meter.record(5, metrics(3.0, 1.0), tokens=5, flops=1e5)  # the final step always logs
+    assert last["learning/loss"] == pytest.approx(4.0 / 2.0) and meter.final_loss == last["learning/loss"]
+    summary = meter.summary()
+    assert summary["mfu"] == pytest.approx(4e5 / sum(meter.step_times) / 1e6)
+    assert "MFU" in format_record(last, 5)
+    first = StepMeter(2, 1, 3, 1e6)
+    assert format_record(first.record(1, metrics(1.0, 1.0), 1, 1), 3).endswith("(compiling)")
