@@ -1,0 +1,166 @@
+"""`python -m benchmarks.throughput`: time the training step, count its FLOPs, report MFU.
+
+  --preset hstu-large-ml1m --data ml-100k --batch 128 --packed   the step scaling.train runs
+  --model hstu --d-model 256 --blocks 4 --heads 4 --seq-len 200 --batch 64   random ids, full rows
+
+Step time is the median of --repeats steps after --warmup steps, each waited for with
+block_until_ready. MFU = model FLOPs per second / peak; on a CPU the peak is the measured median
+rate of a jitted 2048^3 matmul in the compute dtype.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from data.errors import DataError
+from models.config import ModelConfig
+from models.losses import scores_all_items
+from scaling import flops, hardware, xla_cost
+from scaling.batches import TRAIN_FIELDS, segment_lengths, to_global
+from scaling.config import ConfigError, DataConfig, TrainConfig, TrialConfig, with_overrides
+from scaling.mesh import make_mesh
+from scaling.presets import preset
+from scaling.trainer import build_trainer
+
+
+def random_batch(rows: int, row_len: int, num_items: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Full rows of random items (one user per row, no padding), increasing timestamps."""
+    rng = np.random.default_rng(seed)
+    items = rng.integers(1, num_items + 1, (rows, row_len)).astype(np.int32)
+    times = 1_000_000 + np.cumsum(rng.integers(1, 100_000, (rows, row_len)), axis=1)
+    targets = np.concatenate([items[:, 1:], np.zeros((rows, 1), np.int32)], axis=1)
+    return {"items": items, "timestamps": times, "next_timestamps": np.concatenate([times[:, 1:], times[:, -1:]], axis=1),
+            "targets": targets, "segment_ids": np.ones((rows, row_len), np.int32),
+            "positions": np.broadcast_to(np.arange(row_len, dtype=np.int32), (rows, row_len)).copy()}
+
+
+def data_batches(config: TrialConfig, count: int) -> tuple[list[dict[str, np.ndarray]], int]:
+    from data.dataset import prepare
+    from data.pipeline import PipelineConfig, train_dataset
+    from data.split import leave_one_out
+
+    prepared = prepare(config.data.name)
+    split = leave_one_out(prepared.sequences, config.data.split)
+    pipeline = PipelineConfig(batch_size=config.train.batch_size, max_len=config.data.row_len,
+                              packed=config.data.packed, seed=config.train.seed)
+    iterator = iter(train_dataset(split.train, pipeline))
+    return [next(iterator) for _ in range(count)], prepared.sequences.num_items
+
+
+def measure(config: TrialConfig, batches: list[dict[str, np.ndarray]], num_items: int, warmup: int) -> dict:
+    mesh = make_mesh(config.mesh.spec)
+    trainer = build_trainer(config, num_items, mesh, total_steps=len(batches))
+    rows, row_len = batches[0]["items"].shape
+    with trainer.context():
+        example = to_global(batches[0], mesh, TRAIN_FIELDS)
+        lowered = trainer.train_step.lower(trainer.abstract_state, example, jax.random.key(0))
+        compiled = lowered.compile()
+        state = trainer.init(jax.random.key(0))
+        times = []
+        for index, batch in enumerate(batches):
+            device_batch = to_global(batch, mesh, TRAIN_FIELDS)
+            jax.block_until_ready(device_batch)
+            started = time.perf_counter()
+            state, metrics = trainer.train_step(state, device_batch, jax.random.key(1))
+            jax.block_until_ready(metrics)
+            if index >= warmup:
+                times.append(time.perf_counter() - started)
+    model_flops = statistics.mean(
+        flops.model_flops(config.model, segment_lengths(b), config.train.loss, config.train.negatives, num_items,
+                          int(np.sum(b["targets"] > 0))) for b in batches)
+    executed = flops.executed_flops(config.model, rows, row_len, config.train.loss, config.train.negatives, num_items,
+                                    scores_all_items(num_items + 1, config.train.negatives))
+    step_seconds = statistics.median(times)
+    peak_per_device, peak_source = hardware.peak_flops_per_device(config.model.compute_dtype)
+    peak = peak_per_device * jax.device_count()
+    real_tokens = statistics.mean(float(np.sum(b["segment_ids"] > 0)) for b in batches)
+    memory = compiled.memory_analysis()
+    return {
+        "model": config.model.family, "d_model": config.model.d_model, "blocks": config.model.blocks,
+        "heads": config.model.heads, "seq_len": row_len, "batch": rows, "packed": config.data.packed,
+        "step_seconds": step_seconds, "step_seconds_all": times,
+        "train_flops_per_step": model_flops, "executed_flops_per_step": executed,
+        "xla_flops_per_step": xla_cost.total_flops(compiled), "xla_dot_flops_per_step": xla_cost.dot_flops(lowered.as_text()),
+        "mfu": model_flops / step_seconds / peak, "executed_utilisation": executed / step_seconds / peak,
+        "tokens_per_second": real_tokens / step_seconds,
+        "peak_flops": peak, "peak_flops_source": peak_source, "device_kind": jax.devices()[0].device_kind,
+        "devices": jax.device_count(), "padding_fraction": 1.0 - real_tokens / (rows * row_len),
+        "temp_bytes": getattr(memory, "temp_size_in_bytes", None) if memory is not None else None,
+        "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "flop_convention": flops.FLOP_CONVENTION,
+    }
+
+
+def config_from(args: argparse.Namespace) -> TrialConfig:
+    if args.preset:
+        config = preset(args.preset, args.model)
+        overrides = [f"train.batch_size={args.batch}", f"data.packed={args.packed}"]
+        if args.data:
+            overrides.append(f"data.name={args.data}")
+    else:
+        config = TrialConfig(
+            data=DataConfig(max_len=args.seq_len - 1, packed=args.packed),
+            model=ModelConfig(family=args.model or "hstu", d_model=args.d_model, blocks=args.blocks, heads=args.heads,
+                              max_positions=args.seq_len, dropout=0.0, input_dropout=0.0, compute_dtype=args.dtype),
+            train=TrainConfig(batch_size=args.batch, negatives=args.negatives),
+        )
+        overrides = []
+    overrides.append(f"mesh.spec={args.mesh}")
+    return with_overrides(config, overrides + list(args.set or [])).validate()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", help="a scaling.train preset; with --data, time its real batches")
+    parser.add_argument("--data", help="dataset for --preset (default: the preset's)")
+    parser.add_argument("--model", choices=["hstu", "sasrec"])
+    parser.add_argument("--d-model", type=int, default=256)
+    parser.add_argument("--blocks", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=200, help="tokens per row (random-id mode)")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--negatives", type=int, default=128)
+    parser.add_argument("--num-items", type=int, default=3706, help="catalogue size (random-id mode)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--packed", action="store_true")
+    parser.add_argument("--mesh", default="auto")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    args = parser.parse_args(argv)
+    try:
+        config = config_from(args)
+        count = args.warmup + args.repeats
+        if args.preset:
+            batches, num_items = data_batches(config, count)
+        else:
+            batches = [random_batch(args.batch, args.seq_len, args.num_items, seed) for seed in range(count)]
+            num_items = args.num_items
+    except (ConfigError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"timing {count} steps of {config.model.family} d{config.model.d_model}x{config.model.blocks} "
+          f"batch {args.batch}", file=sys.stderr)
+    result = measure(config, batches, num_items, args.warmup)
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        for key in ("step_seconds", "train_flops_per_step", "executed_flops_per_step", "xla_flops_per_step", "mfu",
+                    "tokens_per_second", "peak_flops", "padding_fraction"):
+            print(f"{key:<24} {result[key]:.4g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
