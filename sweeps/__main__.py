@@ -74,6 +74,7 @@ def _launcher(args: argparse.Namespace, sweep: Sweep):
     from sweeps import launchers
 
     flags = {name: getattr(args, name) for name in LAUNCHER_FLAGS if getattr(args, name) is not None}
+    flags["sweep_name"] = sweep.name
     if args.spot:
         flags["spot"] = True
     if args.reserved:
