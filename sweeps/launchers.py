@@ -87,8 +87,10 @@ def _setup_command(settings: LauncherSettings) -> str:
             f"'jax[tpu]=={settings.jax_version}' -f https://storage.googleapis.com/jax-releases/libtpu_releases.html")
 
 
-def _train_command(train_args: Sequence[str]) -> str:
-    return f"cd lab && python3 -m scaling.train {shlex.join(train_args)} --distributed"
+def _train_command(train_args: Sequence[str], in_checkout: bool = False) -> str:
+    """The trial on one worker; from the home directory unless already inside the checkout."""
+    run = f"python3 -m scaling.train {shlex.join(train_args)} --distributed"
+    return run if in_checkout else f"cd lab && {run}"
 
 
 class _Launcher:
@@ -210,7 +212,7 @@ class XpkLauncher(_Launcher):
         return [f"--cluster={self.settings.cluster}", f"--project={self.settings.project}", f"--zone={self.settings.zone}"]
 
     def _create(self, name: str, train_args: Sequence[str]) -> list[str]:
-        command = _setup_command(self.settings) + " && " + _train_command(train_args)
+        command = _setup_command(self.settings) + " && " + _train_command(train_args, in_checkout=True)
         return ["xpk", "workload", "create", *self._xpk_where(), f"--workload={name}",
                 f"--tpu-type={self.settings.accelerator_type}", f"--num-slices={self.settings.num_slices}",
                 f"--command={command}"]

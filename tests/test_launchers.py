@@ -50,7 +50,7 @@ def test_xpk_plan() -> None:
     where = ["--cluster=big", "--project=lab", "--zone=us-west4-a"]
     assert make_launcher("xpk", settings).plan("ab12cd34ef56", ARGS, "gs://b/s") == [
         ["xpk", "workload", "create", *where, "--workload=ml20m-ab12cd34ef56", "--tpu-type=v5litepod-16", "--num-slices=2",
-         f"--command={SETUP} && {TRAIN}"],
+         f"--command={SETUP} && {TRAIN.removeprefix('cd lab && ')}"],
         ["xpk", "workload", "list", *where, "--filter-by-job=ml20m-ab12cd34ef56"],
         ["xpk", "workload", "delete", *where, "--workload=ml20m-ab12cd34ef56"],
     ]
