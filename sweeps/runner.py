@@ -92,7 +92,7 @@ def run_local_trial(workdir: epath.Path, trial: Trial, env: dict[str, str] | Non
     """One trial in its own process (crash isolation); resumes from its checkpoints if any."""
     folder = trial_dir(workdir, trial)
     command = [sys.executable, "-m", "scaling.train", *train_args(workdir, trial)]
-    with open(folder / "train.log", "ab") as train_log:
+    with (folder / "train.log").open("ab") as train_log:
         process = subprocess.Popen(command, cwd=str(REPO_ROOT), stdout=subprocess.PIPE, stderr=train_log,
                                    env=env or os.environ.copy())
         (folder / "running.json").write_text(json.dumps({"pid": process.pid, "host": socket.gethostname(),
