@@ -10,7 +10,6 @@ import pandas as pd
 from data.errors import DataError
 from data.interactions import Interactions
 
-PAD_ITEM = 0  # dense item id 0 is padding; real items are 1..num_items
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

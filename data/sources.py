@@ -40,10 +40,6 @@ def known_names() -> list[str]:
     return ["ml-100k", *GROUPLENS_RELEASES, "synthetic:KEY=VALUE,..."]
 
 
-def is_named_dataset(name: str) -> bool:
-    return name == "ml-100k" or name in GROUPLENS_RELEASES or name.startswith("synthetic:")
-
-
 def readable_offline(name_or_path: str) -> bool:
     """Whether reading this dataset needs no download (files present, cached, or generated)."""
     if name_or_path.startswith("synthetic:"):

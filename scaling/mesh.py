@@ -99,7 +99,3 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     """Rows split over data x fsdp; every other axis whole."""
     return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))
 
-
-def flax_rules() -> tuple[tuple[str, Any], ...]:
-    """The rules in the form flax's with_logical_constraint expects inside `nn.logical_axis_rules`."""
-    return LOGICAL_AXIS_RULES
