@@ -158,10 +158,43 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
                 _holdout_row(holdout_rows, "frontier L(C)", fit)
         _attempt(report, "frontier", frontier_section)
 
+    report.heading("Loss vs model size, per sequence length")
+    if loss_col and (data := _complete(table, [size_col, loss_col, seq_col], "loss vs size", report)) is not None:
+        budget_col = "steps" if "steps" in data.columns else "tokens" if "tokens" in data.columns else None
+        for seq_value in sorted(pd.unique(records.numeric(data, seq_col))):
+            group = data[records.numeric(data, seq_col) == seq_value]
+            if budget_col:  # hold the data fixed: the runs with the most training of this length
+                budget = pd.to_numeric(group[budget_col], errors="coerce")
+                group = group[budget >= 0.95 * budget.max()]
+            group = group.reset_index(drop=True)
+            group.attrs.update(data.attrs)
+            label = f"L(N) at {seq_col}={_fmt(seq_value)}"
+
+            def size_section(group: pd.DataFrame = group, label: str = label, seq_value: float = seq_value) -> None:
+                say(f"report: {label} ...")
+                fitted = fit_table(group, "power", Columns(x=size_col, y=loss_col),
+                                   FitOptions(bootstrap=options.bootstrap, seed=options.seed, direction="falling"))
+                report.fits[label] = fitted.result.to_json()
+                fit_rows.extend(_fit_rows(label, fitted.result, loss_col))
+                report.figure(plots.fitted_curve(fitted.data["x"], fitted.data["y"], fitted.result, plots.power.predict,
+                                                 figures / f"loss_vs_size_{seq_col}{_fmt(seq_value)}", size_col, loss_col,
+                                                 log_y=True),
+                              f"Final {loss_col} against model size at {seq_col} = {_fmt(seq_value)} (the longest "
+                              f"training at that length), with the saturating power law L = E + A N^-alpha and its "
+                              f"bootstrap band.", out)
+            _attempt(report, label, size_section)
+
     report.heading("Joint law L(N, D) and compute-optimal allocation")
     if loss_col:
         def chinchilla_section() -> None:
             say("report: Chinchilla joint law ...")
+            from analysis.run import resolve_n_d_c
+
+            _, values = resolve_n_d_c(table, Columns(n=cols.n, d=cols.d, c=cols.c))
+            spread = {name: np.unique(np.round(np.log(values[name]), 3)).size for name in ("n", "d")}
+            if min(spread.values()) < 3:
+                raise FitError(f"needs at least 3 distinct values of both N and D (has {spread['n']} and "
+                               f"{spread['d']}); vary data as well as size")
             fitted = fit_table(table, "chinchilla", Columns(n=cols.n, d=cols.d, c=cols.c, loss=loss_col),
                                FitOptions(bootstrap=options.bootstrap, seed=options.seed, holdout=options.holdout))
             fit = fitted.result

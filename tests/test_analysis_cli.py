@@ -107,10 +107,14 @@ def test_report_from_a_synthetic_sweep(tmp_path, capsys):
     summary = json.loads(captured.out.strip().splitlines()[-1])
     assert "skipped 1 record(s) whose status is not ok" in captured.err
     assert summary["skipped"] == []
-    assert set(summary["fits"]) == {"frontier", "chinchilla", "isoflop", "hr@10_loglinear"}
+    per_length = {f"L(N) at max_len={length}" for length in (50, 100, 200)}
+    assert set(summary["fits"]) == {"frontier", "chinchilla", "isoflop", "hr@10_loglinear"} | per_length
+    assert all(summary["fits"][name]["n_points"] == 4 for name in per_length)  # 4 sizes at the longest training
+    alpha = summary["fits"]["L(N) at max_len=200"]["alpha"]
+    assert 0.1 < alpha < 0.6  # the planted N exponent is 0.3 (the D term adds a constant at fixed D)
     names = {Path(p).name for p in summary["figures"]}
     for stem in ("loss_vs_compute", "residuals_frontier", "chinchilla_allocation", "isoflop", "metric_vs_compute",
-                 "metric_vs_params", "metric_vs_seq_len", "mfu_vs_size"):
+                 "metric_vs_params", "metric_vs_seq_len", "mfu_vs_size", "loss_vs_size_max_len200"):
         assert {f"{stem}.png", f"{stem}.svg"} <= names
     markdown = (out / "report.md").read_text()
     html = (out / "report.html").read_text()
@@ -138,3 +142,16 @@ def test_report_degrades_when_columns_are_missing(tmp_path, capsys):
     assert "hr@10 vs size: column(s) 'params', 'max_len' missing" in skipped
     assert set(summary["fits"]) == {"frontier", "hr@10_loglinear"}
     assert "MFU vs size" in (out / "report.md").read_text()  # the page says what was skipped and why
+
+
+def test_report_declines_a_joint_law_when_data_never_varies(tmp_path, capsys):
+    rows = [r for r in synthetic.sweep_records(seed=2)  # 4 sizes x 2 lengths at one step count: 2 distinct D
+            if r.get("steps") == 3200 and r.get("max_len") in (50, 100)]
+    out = tmp_path / "report"
+    assert main(["report", str(_results(tmp_path / "results.jsonl", rows)), "--out", str(out),
+                 "--bootstrap", "0", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "Chinchilla joint law: needs at least 3 distinct values of both N and D (has 4 and 2); vary data as well " \
+        "as size" in summary["skipped"]
+    assert "chinchilla" not in summary["fits"]
+    assert {f"L(N) at max_len={length}" for length in (50, 100)} <= set(summary["fits"])
