@@ -24,7 +24,8 @@ from sweeps.results import ResultsStore
 from sweeps.spec import Sweep, describe, format_number, load_spec
 
 LAUNCHERS = ("local", "tpu-vm", "queued-resources", "xpk")
-LAUNCHER_FLAGS = ("accelerator_type", "zone", "project", "runtime_version", "cluster", "num_slices", "tpu_name")
+LAUNCHER_FLAGS = ("accelerator_type", "zone", "project", "runtime_version", "cluster", "num_slices", "tpu_name",
+                  "code_url", "code_ref")
 
 
 def _workdir(args: argparse.Namespace, sweep: Sweep) -> epath.Path:
@@ -159,6 +160,8 @@ def _parser() -> argparse.ArgumentParser:
     tpu.add_argument("--cluster", help="xpk cluster")
     tpu.add_argument("--num-slices", type=int, help="xpk slices")
     tpu.add_argument("--tpu-name", help="tpu-vm launcher: an existing TPU VM")
+    tpu.add_argument("--code-url", help="git URL of this repository that the TPU workers clone")
+    tpu.add_argument("--code-ref", help="commit or branch the workers check out (default main)")
     tpu.add_argument("--spot", action="store_true")
     tpu.add_argument("--reserved", action="store_true")
     return parser
