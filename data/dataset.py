@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 
 from data import sources
-from data.errors import DataError
 from data.sequences import PreprocessOptions, Sequences, build_sequences, item_metadata_in_dense_order
 
 CACHE_FORMAT_VERSION = 1
@@ -48,7 +47,9 @@ def prepare(
     key = cache_key(name_or_path, format, columns, options)
     folder = sources.cache_dir() / "sequences" / key
     if use_cache and (folder / "report.json").is_file():
-        return _load(folder, name_or_path)
+        cached = _load(folder, name_or_path)
+        if cached is not None:
+            return cached
     interactions = sources.load_interactions(name_or_path, format, columns)
     sequences, report = build_sequences(interactions, options)
     metadata = item_metadata_in_dense_order(sequences, interactions.item_metadata)
@@ -114,7 +115,8 @@ def _save(folder: Path, prepared: PreparedData) -> None:
     tmp.rename(folder)
 
 
-def _load(folder: Path, name: str) -> PreparedData:
+def _load(folder: Path, name: str) -> PreparedData | None:
+    """The cached entry, or None (after removing it) when it cannot be read."""
     try:
         meta = json.loads((folder / "report.json").read_text())
         with np.load(folder / "sequences.npz", allow_pickle=False) as arrays:
@@ -130,7 +132,7 @@ def _load(folder: Path, name: str) -> PreparedData:
         items_path = folder / "items.parquet"
         metadata = pd.read_parquet(items_path) if items_path.is_file() else None
     except (OSError, ValueError, KeyError) as error:
-        print(f"ignoring damaged cache {folder}: {error}", file=sys.stderr)
+        print(f"re-reading the source: damaged cache entry {folder} ({error})", file=sys.stderr)
         shutil.rmtree(folder, ignore_errors=True)
-        raise DataError(f"{folder}: damaged cache entry removed; run again") from None
+        return None
     return PreparedData(name, seqs, metadata, meta["report"], meta["properties"])

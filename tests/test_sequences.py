@@ -102,3 +102,15 @@ def test_cache_round_trip_skips_parsing(tmp_path: Path, monkeypatch: pytest.Monk
     assert second.report == first.report
     other_key = dataset_module.cache_key(str(data_file), "movielens", None, PreprocessOptions(user_core=2))
     assert other_key != dataset_module.cache_key(str(data_file), "movielens", None, PreprocessOptions())
+
+
+def test_damaged_cache_entry_is_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCALING_LAB_CACHE", str(tmp_path / "cache"))
+    data_file = tmp_path / "u.data"
+    data_file.write_text("".join(f"{u}\t{i}\t3\t{100 + i}\n" for u in (1, 2) for i in (4, 9, 7)))
+    first = prepare(str(data_file), format="movielens")
+    (entry,) = (tmp_path / "cache" / "sequences").iterdir()
+    (entry / "sequences.npz").write_bytes(b"truncated")
+    again = prepare(str(data_file), format="movielens")
+    assert np.array_equal(again.sequences.items, first.sequences.items)
+    assert (entry / "sequences.npz").stat().st_size > len(b"truncated")  # rewritten
