@@ -51,16 +51,22 @@ def non_embedding_params(model: ModelConfig) -> int:
     return model.blocks * per_block
 
 
+def model_flops_from_counts(model: ModelConfig, tokens: float, squared_lengths: float, supervised: float, loss: str,
+                            negatives: int, num_items: int) -> float:
+    """Training model FLOPs from a batch's real tokens, sum over segments of n^2, and supervised
+    positions (the counts the train step returns, so no per-step host work is needed)."""
+    forward = model.blocks * (_block_linear_flops_per_token(model) * tokens
+                              + _attention_flops_per_query_key(model) * squared_lengths / 2.0)
+    forward += scoring_flops_per_position(model, loss, negatives, num_items) * supervised
+    return TRAIN_MULTIPLIER * float(forward)
+
+
 def model_flops(model: ModelConfig, segment_lengths: np.ndarray, loss: str, negatives: int, num_items: int,
                 supervised_positions: int | None = None) -> float:
     """Training model FLOPs for segments of the given real lengths (each predicts n - 1 targets)."""
     n = np.asarray(segment_lengths, dtype=np.float64)
-    tokens = n.sum()
     supervised = float(np.sum(np.maximum(n - 1, 0))) if supervised_positions is None else float(supervised_positions)
-    forward = model.blocks * (_block_linear_flops_per_token(model) * tokens
-                              + _attention_flops_per_query_key(model) * np.sum(n * n) / 2.0)
-    forward += scoring_flops_per_position(model, loss, negatives, num_items) * supervised
-    return TRAIN_MULTIPLIER * float(forward)
+    return model_flops_from_counts(model, float(n.sum()), float(np.sum(n * n)), supervised, loss, negatives, num_items)
 
 
 def executed_flops(model: ModelConfig, rows: int, row_len: int, loss: str, negatives: int, num_items: int,

@@ -33,7 +33,8 @@ class StepMeter:
         self._last += seconds
 
     def record(self, step: int, metrics: Mapping[str, Any], tokens: float, flops: float) -> dict | None:
-        """Account for a finished step; at log steps return the record to log."""
+        """Account for a finished step (its real tokens and model FLOPs); at log steps return the
+        record to log."""
         now = time.perf_counter()
         seconds, self._last = now - self._last, now
         window = self._window

@@ -98,7 +98,11 @@ class StepFunctions:
         grads, loss_sum, count = self.gradients(params, batch, rng)
         updates, opt_state = self.optimizer.update(grads, state["opt_state"], params)
         new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state, "step": state["step"] + 1}
-        metrics = {"loss_sum": loss_sum, "positions": count, "grad_norm": optax.tree.norm(grads)}
+        real = batch["segment_ids"] > 0
+        # sum over segments of n^2 = sum over their tokens of (2 p + 1), p the position in the segment
+        squared_lengths = jnp.sum(jnp.where(real, 2 * batch["positions"] + 1, 0).astype(jnp.float32))
+        metrics = {"loss_sum": loss_sum, "positions": count, "grad_norm": optax.tree.norm(grads),
+                   "tokens": jnp.sum(real).astype(jnp.float32), "squared_lengths": squared_lengths}
         return new_state, metrics
 
     def eval_step(self, params: Any, batch: Batch) -> dict:

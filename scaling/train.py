@@ -27,7 +27,7 @@ from data.ranking import ranking_metrics
 from data.sequences import PreprocessOptions
 from data.split import EvalTargets, leave_one_out
 from scaling import checkpoint, distributed, flops, hardware
-from scaling.batches import EVAL_FIELDS, TRAIN_FIELDS, segment_lengths, to_global
+from scaling.batches import EVAL_FIELDS, TRAIN_FIELDS, to_global
 from scaling.config import ConfigError, TrialConfig, from_json, with_overrides
 from scaling.mesh import logical_names, make_mesh
 from scaling.meter import StepMeter, format_record
@@ -59,15 +59,6 @@ class MetricsLog:
         else:
             self.lines.append(line)
             self.path.write_text("\n".join(self.lines) + "\n")
-
-
-def _global_sum(value: float) -> float:
-    """Sum of a host-side number over processes (each process counts its own rows)."""
-    if jax.process_count() == 1:
-        return value
-    from jax.experimental import multihost_utils
-
-    return float(np.sum(multihost_utils.process_allgather(np.asarray(value, np.float64))))
 
 
 def evaluate(step_fn: Any, params: Any, targets: EvalTargets, config: TrialConfig, mesh: Any) -> dict[str, float]:
@@ -134,7 +125,12 @@ def run(config: TrialConfig, workdir: epath.Path) -> dict[str, Any]:
 
         def drain() -> None:
             while pending:
-                record = meter.record(*pending.pop())
+                done_step, metrics = pending.pop()
+                tokens = float(metrics["tokens"])
+                step_flops = flops.model_flops_from_counts(config.model, tokens, float(metrics["squared_lengths"]),
+                                                           float(metrics["positions"]), train_cfg.loss,
+                                                           train_cfg.negatives, num_items)
+                record = meter.record(done_step, metrics, tokens, step_flops)
                 if record is not None:
                     metrics_log.write(record)
                     log(format_record(record, total_steps))
@@ -145,15 +141,10 @@ def run(config: TrialConfig, workdir: epath.Path) -> dict[str, Any]:
 
         try:
             while step < total_steps:
-                host_batch = next(iterator)
-                lengths = segment_lengths(host_batch)
-                step_flops = _global_sum(flops.model_flops(config.model, lengths, train_cfg.loss, train_cfg.negatives,
-                                                           num_items, int(np.sum(host_batch["targets"] > 0))))
-                tokens = _global_sum(float(lengths.sum()))
-                state, metrics = train_step(state, to_global(host_batch, mesh, TRAIN_FIELDS), step_key)
+                state, metrics = train_step(state, to_global(next(iterator), mesh, TRAIN_FIELDS), step_key)
                 step += 1
                 drain()
-                pending.append((step, metrics, tokens, step_flops))
+                pending.append((step, metrics))
                 if train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0:
                     drain()
                     checkpoint.save(checkpoints, step, state, progress())

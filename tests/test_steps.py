@@ -85,3 +85,23 @@ def test_schedules() -> None:
     assert cosine[60] == pytest.approx(0.5, rel=1e-3) and cosine[110] == pytest.approx(0.0, abs=1e-6)
     warmup_only = step_sizes(TrainConfig(learning_rate=1.0, warmup_steps=4), 100, 8)
     np.testing.assert_allclose(warmup_only, [0, 0.25, 0.5, 0.75, 1, 1, 1, 1], rtol=1e-3, atol=1e-6)
+
+
+def test_step_returns_the_counts_model_flops_need() -> None:
+    from scaling import flops
+    from scaling.batches import segment_lengths
+
+    host_batch = batch()
+    trainer = trainer_for()
+    with trainer.context():
+        state = trainer.init(jax.random.key(0))
+        _, metrics = trainer.train_step(state, to_global(host_batch, trainer.mesh, TRAIN_FIELDS), jax.random.key(1))
+    lengths = segment_lengths(host_batch)
+    assert float(metrics["tokens"]) == lengths.sum()
+    assert float(metrics["squared_lengths"]) == np.sum(lengths.astype(np.int64) ** 2)
+    assert float(metrics["positions"]) == np.sum(host_batch["targets"] > 0)
+    model = trainer.config.model
+    from_counts = flops.model_flops_from_counts(model, float(metrics["tokens"]), float(metrics["squared_lengths"]),
+                                                float(metrics["positions"]), "full_softmax", 128, ITEMS)
+    assert from_counts == pytest.approx(flops.model_flops(model, lengths, "full_softmax", 128, ITEMS,
+                                                          int(np.sum(host_batch["targets"] > 0))))
