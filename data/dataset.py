@@ -63,7 +63,7 @@ def _source_identity(name_or_path: str, format: str | None) -> object:
     if name_or_path.startswith("synthetic:"):
         from data import synthetic
 
-        return repr(synthetic.parse_spec(name_or_path))
+        return [synthetic.GENERATOR_VERSION, repr(synthetic.parse_spec(name_or_path))]
     if name_or_path == "ml-100k":
         return [sources.RECBOLE_WHEEL_SHA256]
     if name_or_path in sources.GROUPLENS_RELEASES:

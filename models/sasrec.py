@@ -11,6 +11,7 @@ torch's Linear default (feed-forward), as the reference's reset_state leaves the
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Mapping
 
@@ -60,7 +61,7 @@ class SASRecBlock(nn.Module):
         attended = einops.rearrange(jnp.einsum("bhij,bjhd->bihd", weights, v), "b l h d -> b l (h d)")
         y = layer_norm(query_in + (attended @ w_out.astype(dtype) + b_out.astype(dtype)), eps=1e-8)
 
-        activation = jax.nn.relu if cfg.ffn_activation == "relu" else jax.nn.gelu
+        activation = jax.nn.relu if cfg.ffn_activation == "relu" else functools.partial(jax.nn.gelu, approximate=False)
         hidden = dropout(activation(y @ w_in.astype(dtype) + b_in.astype(dtype)), deterministic=deterministic)
         x = y + dropout(hidden @ w_ffn_out.astype(dtype) + b_ffn_out.astype(dtype), deterministic=deterministic)
         return nn.with_logical_constraint(x, (axes.BATCH, axes.LENGTH, axes.EMBED))

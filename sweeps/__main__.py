@@ -115,6 +115,7 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
                 for argv in launcher.plan(trial.trial_id, runner.train_args(workdir, trial), str(workdir)):
                     print(shlex.join(argv))
             return {"sweep": sweep.name, "dry_run": True, "trials": len(trials)}
+        launcher.check_ready(str(workdir))  # once, before any trial is marked running
 
         def run_one(trial):
             outcome = launcher.run(trial.trial_id, runner.train_args(workdir, trial), str(workdir))

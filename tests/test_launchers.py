@@ -1,10 +1,12 @@
-"""TPU launchers: exact dry-run plans for v5e / v5p pods and xpk, and the whole flow against fake
-`gcloud` and `xpk` executables that record calls and play resource states."""
+"""TPU launchers: exact dry-run plans for v5e / v5p pods and xpk, settings precedence, names, and the
+whole flow through the real subprocess path against fake `gcloud` and `xpk` executables (tests/fakes)
+that record their calls and play resource states."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -17,130 +19,236 @@ from sweeps.launchers import LauncherSettings, make_launcher, resource_name, set
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAKES = Path(__file__).resolve().parent / "fakes"
-ARGS = ["--config", "gs://b/s/trials/ab12cd34ef56/config.json", "--workdir", "gs://b/s/trials/ab12cd34ef56", "--json"]
-V5E = LauncherSettings(accelerator_type="v5litepod-16", zone="us-west4-a", project="lab", runtime_version="v2-alpha-tpuv5-lite",
-                       code_url="https://example.org/lab.git", sweep_name="ml20m", spot=True, poll_seconds=0.0,
-                       timeout_seconds=5.0)
-SETUP = ("set -e; rm -rf lab && git clone --quiet https://example.org/lab.git lab && cd lab && git checkout --quiet main && "
-         "python3 -m pip install --quiet -r requirements.txt 'jax[tpu]==0.10.2' "
-         "-f https://storage.googleapis.com/jax-releases/libtpu_releases.html")
-TRAIN = ("cd lab && python3 -m scaling.train --config gs://b/s/trials/ab12cd34ef56/config.json "
-         "--workdir gs://b/s/trials/ab12cd34ef56 --json --distributed")
+TRIAL = "ab12cd34ef56"
+ARGS = ["--config", f"gs://b/s/trials/{TRIAL}/config.json", "--workdir", f"gs://b/s/trials/{TRIAL}", "--json"]
+SPEC_V5E = {"accelerator_type": "v5litepod-16", "zone": "us-west4-a", "project": "lab", "spot": True,
+            "code_url": "https://example.org/lab.git", "sweep_name": "ml20m", "poll_seconds": 0.01,
+            "timeout_seconds": 5.0}
+V5E = settings_from({}, SPEC_V5E)
+V5P = settings_from({"accelerator_type": "v5p-32", "zone": "us-east5-a", "spot": False, "reserved": True,
+                     "code_ref": "3f2a9c1"}, SPEC_V5E)
+INSTALL = ("python3 -m pip install --quiet --user --upgrade uv"
+           " && rm -rf lab && git clone --quiet https://example.org/lab.git lab"
+           " && git -C lab checkout --quiet main"
+           " && rm -rf $HOME/lab-venv && python3 -m uv venv --quiet --python 3.11 $HOME/lab-venv"
+           " && python3 -m uv pip install --quiet --python $HOME/lab-venv/bin/python -r lab/requirements.txt"
+           ' "jax[tpu]==0.10.2" -f https://storage.googleapis.com/jax-releases/libtpu_releases.html')
+TRAIN = (f"cd lab && $HOME/lab-venv/bin/python -m scaling.train --config gs://b/s/trials/{TRIAL}/config.json"
+         f" --workdir gs://b/s/trials/{TRIAL} --json --distributed")
 
 
-def test_queued_resources_plan_v5e_and_v5p() -> None:
-    name = "ml20m-ab12cd34ef56"
-    where = ["--zone=us-west4-a", "--project=lab"]
-    assert make_launcher("queued-resources", V5E).plan("ab12cd34ef56", ARGS, "gs://b/s") == [
+def test_queued_resources_plan_v5e() -> None:
+    name, where = f"ml20m-{TRIAL}", ["--zone=us-west4-a", "--project=lab"]
+    assert make_launcher("queued-resources", V5E).plan(TRIAL, ARGS, "gs://b/s") == [
         ["gcloud", "compute", "tpus", "queued-resources", "create", name, f"--node-id={name}",
          "--accelerator-type=v5litepod-16", "--runtime-version=v2-alpha-tpuv5-lite", *where, "--spot"],
         ["gcloud", "compute", "tpus", "queued-resources", "describe", name, *where, "--format=value(state.state)"],
-        ["gcloud", "compute", "tpus", "tpu-vm", "ssh", name, *where, "--worker=all", f"--command={SETUP}"],
-        ["gcloud", "compute", "tpus", "tpu-vm", "ssh", name, *where, "--worker=all", f"--command={TRAIN}"],
+        ["gcloud", "compute", "tpus", "tpu-vm", "ssh", name, *where, "--worker=all", "--quiet", f"--command={INSTALL}"],
+        ["gcloud", "compute", "tpus", "tpu-vm", "ssh", name, *where, "--worker=all", "--quiet", f"--command={TRAIN}"],
         ["gcloud", "compute", "tpus", "queued-resources", "delete", name, *where, "--force", "--quiet"],
     ]
-    v5p = settings_from({"accelerator_type": "v5p-32", "runtime_version": "v2-alpha-tpuv5", "spot": False,
-                         "reserved": True}, {**V5E.__dict__})
-    create = make_launcher("queued-resources", v5p).plan("ab12cd34ef56", ARGS, "gs://b/s")[0]
-    assert create[7:9] == ["--accelerator-type=v5p-32", "--runtime-version=v2-alpha-tpuv5"] and create[-1] == "--reserved"
+
+
+def test_queued_resources_dry_run_text_v5p() -> None:
+    """What `--dry-run` prints (shlex.join of each argv) for a reserved v5p-32 at a pinned commit."""
+    printed = "\n".join(shlex.join(argv) for argv in make_launcher("queued-resources", V5P).plan(TRIAL, ARGS, "gs://b/s"))
+    install = INSTALL.replace("checkout --quiet main", "checkout --quiet 3f2a9c1")
+    assert printed == textwrap.dedent(f"""\
+        gcloud compute tpus queued-resources create ml20m-{TRIAL} --node-id=ml20m-{TRIAL} --accelerator-type=v5p-32 --runtime-version=v2-alpha-tpuv5 --zone=us-east5-a --project=lab --reserved
+        gcloud compute tpus queued-resources describe ml20m-{TRIAL} --zone=us-east5-a --project=lab '--format=value(state.state)'
+        gcloud compute tpus tpu-vm ssh ml20m-{TRIAL} --zone=us-east5-a --project=lab --worker=all --quiet {shlex.quote('--command=' + install)}
+        gcloud compute tpus tpu-vm ssh ml20m-{TRIAL} --zone=us-east5-a --project=lab --worker=all --quiet {shlex.quote('--command=' + TRAIN)}
+        gcloud compute tpus queued-resources delete ml20m-{TRIAL} --zone=us-east5-a --project=lab --force --quiet""")
 
 
 def test_xpk_plan() -> None:
-    settings = settings_from({"cluster": "big", "num_slices": 2}, V5E.__dict__)
-    where = ["--cluster=big", "--project=lab", "--zone=us-west4-a"]
-    assert make_launcher("xpk", settings).plan("ab12cd34ef56", ARGS, "gs://b/s") == [
-        ["xpk", "workload", "create", *where, "--workload=ml20m-ab12cd34ef56", "--tpu-type=v5litepod-16", "--num-slices=2",
-         f"--command={SETUP} && {TRAIN.removeprefix('cd lab && ')}"],
-        ["xpk", "workload", "list", *where, "--filter-by-job=ml20m-ab12cd34ef56"],
-        ["xpk", "workload", "delete", *where, "--workload=ml20m-ab12cd34ef56"],
+    settings = settings_from({"cluster": "big", "num_slices": 2}, SPEC_V5E)
+    where, name = ["--cluster=big", "--project=lab", "--zone=us-west4-a"], f"ml20m-{TRIAL}"
+    command = ("git clone --quiet https://example.org/lab.git lab && cd lab && git checkout --quiet main"
+               ' && python3 -m pip install --quiet -r requirements.txt "jax[tpu]==0.10.2"'
+               " -f https://storage.googleapis.com/jax-releases/libtpu_releases.html"
+               f" && python3 -m scaling.train {shlex.join(ARGS)} --distributed")
+    assert make_launcher("xpk", settings).plan(TRIAL, ARGS, "gs://b/s") == [
+        ["xpk", "workload", "create", *where, f"--workload={name}", "--tpu-type=v5litepod-16", "--num-slices=2",
+         "--docker-image=python:3.11", f"--command={command}"],
+        ["xpk", "workload", "list", *where, f"--wait-for-job-completion={name}", "--timeout=0"],
+        ["xpk", "workload", "delete", *where, f"--workload={name}"],
     ]
 
 
-def test_names_and_settings() -> None:
-    for sweep in ("ML20M v5p!", "9lives", "x" * 80):
-        name = resource_name(sweep, "ab12cd34ef56")
-        assert len(name) <= 63 and name[0].isalpha() and name == name.lower() and name.endswith("-ab12cd34ef56")
-        assert set(name) <= set("abcdefghijklmnopqrstuvwxyz0123456789-")
-    merged = settings_from({"zone": "flag-zone"}, {"zone": "spec-zone", "project": "spec-project"})
-    assert (merged.zone, merged.project, merged.cluster) == ("flag-zone", "spec-project", "<CLUSTER>")
-    with pytest.raises(ConfigError, match="unknown launcher setting 'zones'"):
-        settings_from({}, {"zones": "x"})
+def test_tpu_vm_plan_uses_the_named_vm() -> None:
+    settings = settings_from({"tpu_name": "my-v5e"}, SPEC_V5E)
+    ssh = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "my-v5e", "--zone=us-west4-a", "--project=lab", "--worker=all",
+           "--quiet"]
+    assert make_launcher("tpu-vm", settings).plan(TRIAL, ARGS, "gs://b/s") == [
+        [*ssh, f"--command={INSTALL}"], [*ssh, f"--command={TRAIN}"]]
+
+
+@pytest.mark.parametrize("sweep, trial, limit", [
+    ("ML20M v5p!", TRIAL, 63), ("9lives", TRIAL, 63), ("x" * 80, TRIAL, 63), ("x" * 80, TRIAL, 40),
+    ("__", "Trial_ID_With_Caps-", 40), ("a", "9" * 70, 40), ("ok-sweep-", "-", 63),
+])
+def test_names_are_valid_gcp_and_xpk_names(sweep, trial, limit) -> None:
+    name = resource_name(sweep, trial, limit)
+    assert len(name) <= limit and name[0].isalpha() and name[-1] != "-", name
+    assert set(name) <= set("abcdefghijklmnopqrstuvwxyz0123456789-"), name
+
+
+def test_names_keep_the_trial_apart() -> None:
+    assert resource_name("ml20m", TRIAL) == f"ml20m-{TRIAL}"
+    assert resource_name("x" * 80, "aaaa1", 40) != resource_name("x" * 80, "aaaa2", 40)
+
+
+def test_settings_precedence_and_placeholders() -> None:
+    merged = settings_from({"zone": "flag-zone", "project": None}, {"zone": "spec-zone", "project": "spec-project"})
+    assert (merged.zone, merged.project, merged.cluster, merged.code_url) == \
+        ("flag-zone", "spec-project", "<CLUSTER>", "<CODE_URL>")
+    assert settings_from({}, {}) == LauncherSettings()
+    assert settings_from({"accelerator_type": "v5p-32"}, {}).runtime_version == "v2-alpha-tpuv5"
+    assert settings_from({"accelerator_type": "v5p-32"}, {"runtime_version": "v2-custom"}).runtime_version == "v2-custom"
+    assert settings_from({"accelerator_type": "v4-8"}, {}).runtime_version == "<RUNTIME_VERSION>"
+    dry = shlex.join(make_launcher("queued-resources", LauncherSettings()).plan(TRIAL, ARGS, "gs://b/s")[0])
+    assert "'--accelerator-type=<ACCELERATOR_TYPE>'" in dry and "'--zone=<ZONE>'" in dry
+
+
+@pytest.mark.parametrize("flags, spec, message", [
+    ({}, {"zones": "x"}, "unknown launcher setting 'zones' in the spec's launcher block"),
+    ({"num_slices": "2"}, {}, "'num_slices' in the flags should be a int"),
+    ({}, {"spot": "yes"}, "'spot' in the spec's launcher block should be a bool"),
+    ({"reserved": True}, {"spot": True}, "spot and reserved exclude each other"),
+])
+def test_bad_settings_name_the_field(flags, spec, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        settings_from(flags, spec)
+
+
+def test_run_refuses_placeholders_and_a_local_workdir() -> None:
+    unset_project = settings_from({"project": "<PROJECT>"}, SPEC_V5E)
     with pytest.raises(ConfigError, match="launcher settings not given: --project"):
-        make_launcher("queued-resources", settings_from({}, {**V5E.__dict__, "project": "<PROJECT>"})).run("t", ARGS, "w")
+        make_launcher("queued-resources", unset_project).run(TRIAL, ARGS, "gs://b/s")
+    with pytest.raises(ConfigError, match="workdir /tmp/w is on this machine"):
+        make_launcher("queued-resources", V5E, runner=lambda argv: pytest.fail("ran")).run(TRIAL, ARGS, "/tmp/w")
+    with pytest.raises(ConfigError, match="unknown launcher 'slurm'"):
+        make_launcher("slurm", V5E)
 
 
 @pytest.fixture
-def fake_cloud(tmp_path, monkeypatch):
+def cloud(tmp_path, monkeypatch):
+    """Fake gcloud/xpk first on PATH; call it with a scenario; read back calls and leftover resources."""
     log = tmp_path / "calls.jsonl"
     monkeypatch.setenv("PATH", f"{FAKES}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_CLOUD_LOG", str(log))
     monkeypatch.setenv("FAKE_CLOUD_PYTHON", sys.executable)
 
-    def play(scenario: str):
-        monkeypatch.setenv("FAKE_CLOUD_SCENARIO", scenario)
-        return lambda: [json.loads(line) for line in log.read_text().splitlines()]
-    return play
+    class Cloud:
+        def __call__(self, scenario: str) -> Cloud:
+            monkeypatch.setenv("FAKE_CLOUD_SCENARIO", scenario)
+            return self
+
+        def calls(self) -> list[list[str]]:
+            return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+        def verbs(self) -> list[str]:
+            return [" ".join(c[3:5]) if c[0] == "gcloud" else " ".join(c[1:3]) for c in self.calls()]
+
+        def resources_left(self) -> dict:
+            return json.loads(log.with_suffix(".state").read_text())["resources"]
+    return Cloud()
 
 
-def verbs(calls: list) -> list[str]:
-    return [" ".join(call[3:5]) if call[0] == "gcloud" else " ".join(call[1:3]) for call in calls]
+QR_OK = ["queued-resources create", "queued-resources describe", "queued-resources describe",
+         "queued-resources describe", "tpu-vm ssh", "tpu-vm ssh", "queued-resources delete"]
 
 
-@pytest.mark.parametrize("scenario, status, steps", [
-    ("ok", "ok", ["queued-resources create", "queued-resources describe", "queued-resources describe",
-                  "queued-resources describe", "tpu-vm ssh", "tpu-vm ssh", "queued-resources delete"]),
-    ("create_fails", "failed: create exited 1: ERROR: (gcloud) Quota exceeded for TPU cores",
-     ["queued-resources create", "queued-resources delete"]),
-    ("run_fails", "failed: train exited 1: RuntimeError: boom", None),
-    ("preempted", "preempted", None),
+@pytest.mark.parametrize("scenario, status, verbs", [
+    ("ok", "ok", QR_OK),
+    ("ssh_flaky", "ok", QR_OK[:4] + ["tpu-vm ssh", "queued-resources describe"] + QR_OK[4:]),
+    ("create_fails", "failed: create exited 1: ERROR: (gcloud.compute.tpus.queued-resources.create) "
+                     "Quota exceeded for TPU cores", ["queued-resources create", "queued-resources delete"]),
+    ("provisioning_fails", "failed: queued resource FAILED before the trial started", QR_OK[:3] + QR_OK[-1:]),
+    ("run_fails", "failed: train exited 1: RuntimeError: boom", QR_OK[:-1] + ["queued-resources describe", QR_OK[-1]]),
+    ("preempted_while_running", "preempted", QR_OK[:-1] + ["queued-resources describe", QR_OK[-1]]),
 ])
-def test_queued_resource_flow(fake_cloud, scenario, status, steps) -> None:
-    calls = fake_cloud(scenario)
-    outcome = make_launcher("queued-resources", V5E).run("ab12cd34ef56", ARGS, "gs://b/s")
+def test_queued_resource_flow(cloud, scenario, status, verbs) -> None:
+    cloud(scenario)
+    outcome = make_launcher("queued-resources", V5E).run(TRIAL, ARGS, "gs://b/s")
     assert outcome.status == status
-    assert verbs(calls())[-1] == "queued-resources delete"  # the resource never outlives the trial
-    assert [c[1:] for c in calls()] == [list(argv)[1:] for argv in outcome.commands_run]
-    if steps:
-        assert verbs(calls()) == steps
+    assert cloud.verbs() == verbs
+    assert cloud.calls() == outcome.commands_run  # every command went through the real subprocess path
+    assert cloud.resources_left() == {}  # the resource never outlives the trial
 
 
-def test_resource_that_never_becomes_active_is_deleted(fake_cloud) -> None:
-    calls = fake_cloud("never_active")
-    settings = settings_from({"timeout_seconds": 0.3, "poll_seconds": 0.05}, V5E.__dict__)
-    outcome = make_launcher("queued-resources", settings).run("ab12cd34ef56", ARGS, "gs://b/s")
-    assert outcome.status == "failed: not ACTIVE after 0.3s"
-    assert "tpu-vm ssh" not in verbs(calls()) and verbs(calls())[-1] == "queued-resources delete"
+def test_resource_that_never_becomes_active_fails_and_is_deleted(cloud) -> None:
+    cloud("never_active")
+    settings = settings_from({"timeout_seconds": 0.3}, SPEC_V5E)
+    outcome = make_launcher("queued-resources", settings).run(TRIAL, ARGS, "gs://b/s")
+    assert outcome.status == "failed: not ACTIVE after 0.3s (last state WAITING_FOR_RESOURCES)"
+    assert "tpu-vm ssh" not in cloud.verbs() and cloud.verbs()[-1] == "queued-resources delete"
+    assert cloud.resources_left() == {} and 0.3 <= outcome.seconds < 3
 
 
-@pytest.mark.parametrize("scenario, status", [("ok", "ok"), ("run_fails", "failed: workload failed"),
-                                              ("preempted", "preempted")])
-def test_xpk_flow(fake_cloud, scenario, status) -> None:
-    calls = fake_cloud(scenario)
-    settings = settings_from({"cluster": "big"}, V5E.__dict__)
-    assert make_launcher("xpk", settings).run("ab12cd34ef56", ARGS, "gs://b/s").status == status
-    assert verbs(calls())[0] == "workload create" and verbs(calls())[-1] == "workload delete"
+def test_a_failed_delete_is_reported_with_the_command_to_finish_it(cloud, capsys) -> None:
+    cloud("delete_fails")
+    assert make_launcher("queued-resources", V5E).run(TRIAL, ARGS, "gs://b/s").status == "ok"
+    assert list(cloud.resources_left()) == [f"ml20m-{TRIAL}"]
+    assert f"delete it by hand: gcloud compute tpus queued-resources delete ml20m-{TRIAL}" in capsys.readouterr().err
 
 
-def test_sweep_driver_through_fake_gcloud(fake_cloud, tmp_path) -> None:
-    calls = fake_cloud("ok")
+@pytest.mark.parametrize("scenario, status", [
+    ("ok", "ok"), ("preempted", "preempted"), ("run_fails", "failed: train exited 1: RuntimeError: boom")])
+def test_tpu_vm_flow(cloud, monkeypatch, scenario, status) -> None:
+    cloud(scenario)
+    monkeypatch.setenv("FAKE_CLOUD_TPU_VMS", "my-v5e")
+    launcher = make_launcher("tpu-vm", settings_from({"tpu_name": "my-v5e"}, SPEC_V5E))
+    assert launcher.run(TRIAL, ARGS, "gs://b/s").status == status
+    assert cloud.verbs()[:2] == ["tpu-vm ssh", "tpu-vm ssh"]
+    assert list(cloud.resources_left()) == ["my-v5e"]  # an existing VM is not ours to delete
+
+
+@pytest.mark.parametrize("scenario, status, polls", [
+    ("ok", "ok", 2),
+    ("run_fails", "failed: workload finished unsuccessfully: JobSet failed", 2),
+    ("preempted", "preempted", 2),
+    ("create_fails", "failed: xpk create exited 1: [XPK] Workload create request returned ERROR 1", 0),
+])
+def test_xpk_flow(cloud, scenario, status, polls) -> None:
+    cloud(scenario)
+    outcome = make_launcher("xpk", settings_from({"cluster": "big"}, SPEC_V5E)).run(TRIAL, ARGS, "gs://b/s")
+    assert outcome.status == status
+    assert cloud.verbs()[0] == "workload create" and cloud.verbs()[-1] == "workload delete"
+    assert sum("--wait-for-job-completion" in " ".join(c) for c in cloud.calls()) == polls
+    assert cloud.calls() == outcome.commands_run and cloud.resources_left() == {}
+
+
+def test_xpk_workload_that_never_finishes_times_out_and_is_deleted(cloud) -> None:
+    cloud("never_active")
+    settings = settings_from({"cluster": "big", "timeout_seconds": 0.2}, SPEC_V5E)
+    assert make_launcher("xpk", settings).run(TRIAL, ARGS, "gs://b/s").status == \
+        "failed: workload not finished after 0.2s"
+    assert cloud.resources_left() == {}
+
+
+def test_sweep_driver_through_fake_gcloud(cloud, tmp_path) -> None:
+    cloud("ok")
     spec = tmp_path / "pod.py"
     spec.write_text(textwrap.dedent("""
         from scaling.config import TrialConfig
         from sweeps.spec import Sweep, axis
         SWEEP = Sweep("pod", TrialConfig(), axis("size", "model.d_model", [64, 128]),
-                      launcher={"accelerator_type": "v5p-32", "runtime_version": "v2-alpha-tpuv5",
-                                "code_url": "https://example.org/lab.git", "poll_seconds": 0.0})
+                      launcher={"accelerator_type": "v5p-32", "code_url": "https://example.org/lab.git",
+                                "poll_seconds": 0.01, "allow_local_workdir": True})
     """))
     command = [sys.executable, "-m", "sweeps", "run", str(spec), "--launcher", "queued-resources", "--project", "lab",
                "--zone", "us-east5-a", "--workdir", str(tmp_path / "wd"), "--no-report", "--json"]
     dry = subprocess.run(command + ["--dry-run"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.count("gcloud compute tpus queued-resources create pod-") == 2
-    assert not (tmp_path / "calls.jsonl").exists()  # a dry run calls nothing
+    assert "--runtime-version=v2-alpha-tpuv5 " in dry.stdout
+    assert cloud.calls() == []  # a dry run calls nothing
     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert (summary["ok"], summary["failed"]) == (2, 0)
     records = [json.loads(line) for line in (tmp_path / "wd" / "results.jsonl").read_text().splitlines()]
     assert sorted(r["size"] for r in records) == [64, 128] and all(r["status"] == "ok" for r in records)
-    assert verbs(calls()).count("queued-resources delete") == 2
+    assert cloud.verbs().count("queued-resources delete") == 2 and cloud.resources_left() == {}
