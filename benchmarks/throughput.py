@@ -24,7 +24,7 @@ import numpy as np
 from data.errors import DataError
 from models.config import ModelConfig
 from models.losses import scores_all_items
-from scaling import flops, hardware, xla_cost
+from scaling import flops, hardware, host, xla_cost
 from scaling.batches import TRAIN_FIELDS, segment_lengths, to_global
 from scaling.config import ConfigError, DataConfig, TrainConfig, TrialConfig, with_overrides
 from scaling.mesh import make_mesh
@@ -87,6 +87,7 @@ def measure(config: TrialConfig, batches: list[dict[str, np.ndarray]], num_items
     return {
         "model": config.model.family, "d_model": config.model.d_model, "blocks": config.model.blocks,
         "heads": config.model.heads, "seq_len": row_len, "batch": rows, "packed": config.data.packed,
+        "grad_accum": trainer.config.train.grad_accum,
         "step_seconds": step_seconds, "step_seconds_all": times,
         "train_flops_per_step": model_flops, "executed_flops_per_step": executed,
         "xla_flops_per_step": xla_cost.total_flops(compiled), "xla_dot_flops_per_step": xla_cost.dot_flops(lowered.as_text()),
@@ -139,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args(argv)
+    host.keep_freed_memory_mapped()
     try:
         config = config_from(args)
         count = args.warmup + args.repeats

@@ -42,7 +42,8 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """steps > 0 wins over epochs. loss: sampled_softmax (negatives, temperature) or
-    full_softmax. schedule: constant, or cosine decay to 0 after warmup_steps of linear warm-up."""
+    full_softmax. schedule: constant, or cosine decay to 0 after warmup_steps of linear warm-up.
+    grad_accum: micro-batches per step; 0 = auto (scaling.trainer.auto_grad_accum)."""
 
     batch_size: int = 128
     steps: int = 0
@@ -54,7 +55,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: Literal["constant", "cosine"] = "constant"
     warmup_steps: int = 0
-    grad_accum: int = 1
+    grad_accum: int = 0
     loss: Literal["sampled_softmax", "full_softmax"] = "sampled_softmax"
     negatives: int = 128
     temperature: float = 0.05
@@ -101,7 +102,7 @@ class TrialConfig:
             (self.data.row_len <= self.model.max_positions,
              f"data.max_len + 1 = {self.data.row_len} exceeds model.max_positions = {self.model.max_positions}"),
             (self.train.batch_size >= 1, "train.batch_size must be >= 1"),
-            (self.train.grad_accum >= 1 and self.train.batch_size % self.train.grad_accum == 0,
+            (self.train.grad_accum == 0 or (self.train.grad_accum >= 1 and self.train.batch_size % self.train.grad_accum == 0),
              f"train.batch_size={self.train.batch_size} is not divisible by train.grad_accum={self.train.grad_accum}"),
             (self.train.steps > 0 or self.train.epochs > 0, "train.steps or train.epochs must be > 0"),
             (self.train.learning_rate > 0, "train.learning_rate must be > 0"),

@@ -79,7 +79,8 @@ class StepFunctions:
         if micro == 1:
             (loss_sum, count), grads = grad_of_sum(params, batch, rng)
         else:
-            split = jax.tree.map(lambda x: x.reshape(micro, x.shape[0] // micro, *x.shape[1:]), batch)
+            # Micro-batch i takes rows i, i + micro, ...: every device keeps its own rows.
+            split = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(x.shape[0] // micro, micro, *x.shape[1:]), 0, 1), batch)
 
             def body(carry, xs):
                 grads_acc, loss_acc, count_acc = carry

@@ -26,7 +26,7 @@ from data.pipeline import PipelineConfig, epoch_plan, eval_dataset, train_datase
 from data.ranking import ranking_metrics
 from data.sequences import PreprocessOptions
 from data.split import EvalTargets, leave_one_out
-from scaling import checkpoint, distributed, flops, hardware
+from scaling import checkpoint, distributed, flops, hardware, host
 from scaling.batches import EVAL_FIELDS, TRAIN_FIELDS, to_global
 from scaling.config import ConfigError, TrialConfig, from_json, with_overrides
 from scaling.mesh import logical_names, make_mesh
@@ -152,8 +152,11 @@ def run(config: TrialConfig, workdir: epath.Path) -> dict[str, Any]:
                     drain()
                     eval_started = time.perf_counter()
                     valid = evaluate(eval_step, state["params"], split.valid, config, mesh)
-                    metrics_log.write({"step": step, **{f"eval/valid_{k}": v for k, v in valid.items()}})
-                    log(f"eval step {step}: valid hr@10 {valid['hr@10']:.4f} ndcg@10 {valid['ndcg@10']:.4f}")
+                    test = evaluate(eval_step, state["params"], split.test, config, mesh)
+                    metrics_log.write({"step": step, **{f"eval/valid_{k}": v for k, v in valid.items()},
+                                       **{f"eval/test_{k}": v for k, v in test.items()}})
+                    log(f"eval step {step}: valid hr@10 {valid['hr@10']:.4f} ndcg@10 {valid['ndcg@10']:.4f}, "
+                        f"test hr@10 {test['hr@10']:.4f} ndcg@10 {test['ndcg@10']:.4f}")
                     meter.exclude(time.perf_counter() - eval_started)
             drain()
             if step > (resumed_from or 0) and (not train_cfg.checkpoint_every or step % train_cfg.checkpoint_every):
@@ -183,6 +186,7 @@ def run(config: TrialConfig, workdir: epath.Path) -> dict[str, Any]:
         "packed": data_cfg.packed,
         "seed": train_cfg.seed,
         "batch_size": train_cfg.batch_size,
+        "grad_accum": trainer.config.train.grad_accum,
         "steps": step,
         "epochs": step / steps_per_epoch,
         "tokens": meter.tokens,
@@ -267,6 +271,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    host.keep_freed_memory_mapped()
     workdir = epath.Path(args.workdir)
     try:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)

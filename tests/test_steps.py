@@ -105,3 +105,19 @@ def test_step_returns_the_counts_model_flops_need() -> None:
                                                 float(metrics["positions"]), "full_softmax", 128, ITEMS)
     assert from_counts == pytest.approx(flops.model_flops(model, lengths, "full_softmax", 128, ITEMS,
                                                           int(np.sum(host_batch["targets"] > 0))))
+
+
+def test_auto_grad_accum_keeps_cpu_attention_scores_cache_sized() -> None:
+    from scaling.trainer import CPU_SCORES_BYTES, auto_grad_accum
+    from scaling.presets import preset
+
+    large = preset("hstu-large-ml1m")  # 2 heads, rows of 201: 323 KB of scores per row
+    assert auto_grad_accum(large, make_mesh("data=1", jax.devices()[:1])) == 16  # 8 rows = 2.6 MB
+    assert auto_grad_accum(large, make_mesh("data=8", jax.devices()[:8])) == 2  # 8 rows on each device
+    per_row = large.model.heads * large.data.row_len ** 2 * 4
+    assert 8 * per_row <= CPU_SCORES_BYTES < 16 * per_row
+    explicit = dataclasses.replace(large, train=dataclasses.replace(large.train, grad_accum=4))
+    assert auto_grad_accum(explicit, make_mesh("data=1", jax.devices()[:1])) == 4
+    # batch 12 over 8 devices has no valid split: 1, and check_batch_fits_mesh names the problem
+    odd = dataclasses.replace(large, train=dataclasses.replace(large.train, batch_size=12))
+    assert auto_grad_accum(odd, make_mesh("data=8", jax.devices()[:8])) == 1
