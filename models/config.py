@@ -17,6 +17,8 @@ class ModelConfig:
     ffn_dim: SASRec's feed-forward hidden width (0 -> d_model). time_buckets: HSTU's
     log-time buckets (the spec's 128; the table has time_buckets + 1 entries).
     compute_dtype: "float32" or "bfloat16" (parameters stay float32).
+    attention: HSTU's "dense" (B, H, L, L) attention, or "blockwise": attention_block queries at
+    a time, rematerialised in the backward pass, memory linear in L (models/attention.py).
     """
 
     family: ModelFamily = "hstu"
@@ -33,6 +35,8 @@ class ModelConfig:
     ffn_activation: Literal["relu", "gelu"] = "relu"
     time_buckets: int = 128
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    attention: Literal["dense", "blockwise"] = "dense"
+    attention_block: int = 256
 
     @property
     def head_dim_qk(self) -> int:
@@ -52,7 +56,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the field when a value cannot work."""
-        positive = ("d_model", "blocks", "heads", "max_positions", "time_buckets")
+        positive = ("d_model", "blocks", "heads", "max_positions", "time_buckets", "attention_block")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name}={getattr(self, name)} must be >= 1")
@@ -65,5 +69,7 @@ class ModelConfig:
             raise ValueError(f"model.d_model={self.d_model} is not divisible by model.heads={self.heads}")
         if self.family == "hstu" and not (self.dqk and self.dv) and self.d_model % self.heads:
             raise ValueError(f"model.d_model={self.d_model} is not divisible by model.heads={self.heads}; set dqk and dv")
+        if self.attention not in ("dense", "blockwise") or (self.attention == "blockwise" and self.family != "hstu"):
+            raise ValueError(f"model.attention={self.attention!r}; known: dense, blockwise (hstu only)")
         if self.compute_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"model.compute_dtype={self.compute_dtype!r}; known: float32, bfloat16")

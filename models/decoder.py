@@ -17,7 +17,8 @@ import jax.numpy as jnp
 
 from models import axes
 from models.config import ModelConfig
-from models.hstu import HSTUBlock, time_buckets
+from models.attention import time_buckets
+from models.hstu import HSTUBlock
 from models.layers import attention_mask, l2_normalize, logical_param, truncated_normal
 from models.sasrec import SASRecBlock
 
@@ -50,11 +51,12 @@ class SequentialRecommender(nn.Module):
         x = x + jnp.take(self.position_table, batch["positions"], axis=0, mode="clip")
         x = self.input_dropout(x, deterministic=deterministic)
         x = nn.with_logical_constraint(jnp.where(real, x, 0.0).astype(dtype), (axes.BATCH, axes.LENGTH, axes.EMBED))
-        context = {
-            "mask": attention_mask(batch["segment_ids"]),
-            "positions": batch["positions"],
-        }
-        if cfg.family == "hstu":
+        context = {"positions": batch["positions"]}
+        if cfg.family == "hstu" and cfg.attention == "blockwise":  # each block builds its own tiles
+            context.update({name: batch[name] for name in ("timestamps", "next_timestamps", "segment_ids")})
+        else:
+            context["mask"] = attention_mask(batch["segment_ids"])
+        if cfg.family == "hstu" and cfg.attention == "dense":
             context["time_buckets"] = time_buckets(batch["next_timestamps"], batch["timestamps"], cfg.time_buckets)
         for block in self.blocks:
             x = block(x, context, deterministic=deterministic)

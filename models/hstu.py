@@ -5,7 +5,8 @@ x: (B, L, D). U, V: (B, L, H, dv); Q, K: (B, L, H, dqk).
   A[i, j]    = SiLU(Q_i . K_j + rab(i, j)) / N  for j <= i in the same segment, else 0
   x         += Dropout(U * LayerNorm(A V)) @ W_o + b_o
 rab(i, j) = w_pos[p_j - p_i + P - 1] + w_ts[bucket(t_{i+1} - t_j)], p = position in the segment,
-P = max_positions, one (w_pos, w_ts) pair per block shared by all heads.
+P = max_positions, one (w_pos, w_ts) pair per block shared by all heads. models/attention.py
+computes A V, dense or blockwise (model.attention).
 """
 
 from __future__ import annotations
@@ -17,18 +18,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models import axes
+from models import attention, axes
 from models.config import ModelConfig
 from models.layers import layer_norm, logical_param, torch_linear_bias_init
-
-_LOG_BUCKET_WIDTH = 0.301  # the reference's bucketisation: floor(ln(|dt|) / 0.301)
-
-
-def time_buckets(next_timestamps: jax.Array, timestamps: jax.Array, num_buckets: int) -> jax.Array:
-    """(B, L, L) int32: bucket(t_{i+1} - t_j) = clamp(floor(ln(max(|d|, 1)) / 0.301), 0, num_buckets)."""
-    delta = (next_timestamps[:, :, None] - timestamps[:, None, :]).astype(jnp.float32)
-    bucket = jnp.floor(jnp.log(jnp.maximum(jnp.abs(delta), 1.0)) / _LOG_BUCKET_WIDTH)
-    return jnp.clip(bucket, 0, num_buckets).astype(jnp.int32)
 
 
 class HSTUBlock(nn.Module):
@@ -56,16 +48,11 @@ class HSTUBlock(nn.Module):
         q = einops.rearrange(q, "b l (h d) -> b l h d", h=heads)
         k = einops.rearrange(k, "b l (h d) -> b l h d", h=heads)
 
-        # Inside a segment p_j - p_i = j - i (its tokens are contiguous), so the position bias is
-        # one (L, L) table for every row, packed or not; pairs across segments are masked anyway.
-        length = x.shape[1]
-        relative = jnp.arange(length)[None, :] - jnp.arange(length)[:, None] + positions_count - 1
-        rab_position = jnp.take(w_pos, jnp.clip(relative, 0, 2 * positions_count - 2), axis=0, mode="clip")
-        rab = rab_position[None] + jnp.take(w_time, context["time_buckets"], axis=0, mode="clip")  # (B, L, L)
-
-        scores = jnp.einsum("bihd,bjhd->bhij", q, k) + rab[:, None].astype(dtype)
-        weights = jnp.where(context["mask"][:, None], jax.nn.silu(scores) / cfg.divisor, 0.0).astype(dtype)
-        attended = jnp.einsum("bhij,bjhd->bihd", weights, v)
+        if cfg.attention == "blockwise":
+            attended = attention.blockwise(q, k, v, w_pos, w_time, context["timestamps"], context["next_timestamps"],
+                                           context["segment_ids"], cfg.divisor, cfg.attention_block)
+        else:
+            attended = attention.dense(q, k, v, w_pos, w_time, context["time_buckets"], context["mask"], cfg.divisor)
         attended = einops.rearrange(attended, "b l h d -> b l (h d)")
         gated = u * layer_norm(attended)
         gated = nn.Dropout(cfg.dropout)(gated, deterministic=deterministic)

@@ -130,7 +130,7 @@ def test_outputs_are_unit_vectors(family) -> None:
 
 
 def test_time_buckets_match_the_spec() -> None:
-    from models.hstu import time_buckets
+    from models.attention import time_buckets
 
     deltas = np.array([-1e17, -5e16, -100, -2, -1, 0, 0.5, 1, 2, 3, 5, 10, 1000, 86_400, 3e7, 1e12, 1e16, 5e16,
                        1e17, 1e30], np.float32)

@@ -1,0 +1,79 @@
+"""HSTU's pointwise attention, dense and blockwise (../shared/specs/hstu.md).
+
+Shapes: q, k (B, L, H, dqk); v (B, L, H, dv); output (B, L, H, dv).
+  out_i = sum_j [j <= i, same segment] SiLU(q_i . k_j + rab(i, j)) / N * v_j
+rab(i, j) = w_pos[j - i + P - 1] + w_ts[bucket(t_{i+1} - t_j)]. Segments are contiguous, so
+j - i is the within-segment position difference in packed rows too.
+
+There is no softmax, so key blocks simply add up: `blockwise` computes one block of queries
+against all keys at a time, building each block's bias and mask from the timestamps and
+segment ids, and rematerialises the block in the backward pass. Nothing (L, L)-sized is ever
+held, so memory grows linearly with L; the executed FLOPs are those of the dense path.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+_LOG_BUCKET_WIDTH = 0.301  # the reference's bucketisation: floor(ln(|dt|) / 0.301)
+
+
+def time_buckets(next_timestamps: jax.Array, timestamps: jax.Array, num_buckets: int) -> jax.Array:
+    """(B, Lq, Lk) int32: bucket(t_{i+1} - t_j) = clamp(floor(ln(max(|d|, 1)) / 0.301), 0, num_buckets)."""
+    delta = (next_timestamps[:, :, None] - timestamps[:, None, :]).astype(jnp.float32)
+    bucket = jnp.floor(jnp.log(jnp.maximum(jnp.abs(delta), 1.0)) / _LOG_BUCKET_WIDTH)
+    return jnp.clip(bucket, 0, num_buckets).astype(jnp.int32)
+
+
+def position_bias(w_pos: jax.Array, query_index: jax.Array, key_index: jax.Array) -> jax.Array:
+    """(Lq, Lk): w_pos[j - i + P - 1], with 2P - 1 = len(w_pos)."""
+    last = w_pos.shape[0] - 1
+    relative = key_index[None, :] - query_index[:, None] + last // 2
+    return jnp.take(w_pos, jnp.clip(relative, 0, last), axis=0, mode="clip")
+
+
+def pointwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, mask: jax.Array,
+                        divisor: float) -> jax.Array:
+    """SiLU(q . k + bias) / divisor where mask, 0 elsewhere, times v. bias, mask: (B, Lq, Lk)."""
+    scores = jnp.einsum("bihd,bjhd->bhij", q, k) + bias[:, None].astype(q.dtype)
+    weights = jnp.where(mask[:, None], jax.nn.silu(scores) / divisor, 0.0).astype(q.dtype)
+    return jnp.einsum("bhij,bjhd->bihd", weights, v)
+
+
+def dense(q: jax.Array, k: jax.Array, v: jax.Array, w_pos: jax.Array, w_time: jax.Array,
+          buckets: jax.Array, mask: jax.Array, divisor: float) -> jax.Array:
+    """The whole (B, H, L, L) at once, from precomputed (B, L, L) time buckets and mask."""
+    index = jnp.arange(q.shape[1])
+    bias = position_bias(w_pos, index, index)[None] + jnp.take(w_time, buckets, axis=0, mode="clip")
+    return pointwise_attention(q, k, v, bias, mask, divisor)
+
+
+def blockwise(q: jax.Array, k: jax.Array, v: jax.Array, w_pos: jax.Array, w_time: jax.Array,
+              timestamps: jax.Array, next_timestamps: jax.Array, segment_ids: jax.Array, divisor: float,
+              block: int) -> jax.Array:
+    """Equal to `dense`, one block of `block` queries at a time; timestamps etc. are (B, L)."""
+    batch, length = segment_ids.shape
+    blocks = -(-length // block)
+    pad = blocks * block - length
+
+    def by_block(x: jax.Array) -> jax.Array:  # (B, L, ...) -> (blocks, B, block, ...), padded
+        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+        return jnp.swapaxes(x.reshape(batch, blocks, block, *x.shape[2:]), 0, 1)
+
+    key_index = jnp.arange(length)
+    num_buckets = w_time.shape[0] - 1
+
+    @jax.checkpoint
+    def one_block(q_block: jax.Array, next_times: jax.Array, query_segments: jax.Array, start: jax.Array) -> jax.Array:
+        query_index = start + jnp.arange(block)
+        bias = position_bias(w_pos, query_index, key_index)[None] + jnp.take(
+            w_time, time_buckets(next_times, timestamps, num_buckets), axis=0, mode="clip")
+        mask = ((key_index[None, :] <= query_index[:, None])[None]
+                & (query_segments[:, :, None] == segment_ids[:, None, :]) & (query_segments > 0)[:, :, None])
+        return pointwise_attention(q_block, k, v, bias, mask, divisor)
+
+    starts = jnp.arange(blocks) * block
+    out = jax.lax.map(lambda xs: one_block(*xs), (by_block(q), by_block(next_timestamps), by_block(segment_ids), starts))
+    out = jnp.swapaxes(out, 0, 1).reshape(batch, blocks * block, *out.shape[3:])
+    return out[:, :length]
