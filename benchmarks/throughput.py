@@ -11,6 +11,7 @@ rate of a jitted 2048^3 matmul in the compute dtype.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import statistics
@@ -56,43 +57,50 @@ def data_batches(config: TrialConfig, count: int) -> tuple[list[dict[str, np.nda
     return [next(iterator) for _ in range(count)], prepared.sequences.num_items
 
 
-def measure(config: TrialConfig, batches: list[dict[str, np.ndarray]], num_items: int, warmup: int) -> dict:
+def measure(config: TrialConfig, batches: list[dict[str, np.ndarray]], num_items: int, warmup: int,
+            time_steps: bool = True) -> dict:
+    """Compiles the train step and (unless time_steps is False) times it on `batches`."""
     mesh = make_mesh(config.mesh.spec)
     trainer = build_trainer(config, num_items, mesh, total_steps=len(batches))
     rows, row_len = batches[0]["items"].shape
+    times: list[float] = []
     with trainer.context():
         example = to_global(batches[0], mesh, TRAIN_FIELDS)
         lowered = trainer.train_step.lower(trainer.abstract_state, example, jax.random.key(0))
         compiled = lowered.compile()
-        state = trainer.init(jax.random.key(0))
-        times = []
-        for index, batch in enumerate(batches):
-            device_batch = to_global(batch, mesh, TRAIN_FIELDS)
-            jax.block_until_ready(device_batch)
-            started = time.perf_counter()
-            state, metrics = trainer.train_step(state, device_batch, jax.random.key(1))
-            jax.block_until_ready(metrics)
-            if index >= warmup:
-                times.append(time.perf_counter() - started)
+        if time_steps:
+            state = trainer.init(jax.random.key(0))
+            for index, batch in enumerate(batches):
+                device_batch = to_global(batch, mesh, TRAIN_FIELDS)
+                jax.block_until_ready(device_batch)
+                started = time.perf_counter()
+                state, metrics = trainer.train_step(state, device_batch, jax.random.key(1))
+                jax.block_until_ready(metrics)
+                if index >= warmup:
+                    times.append(time.perf_counter() - started)
+    xla_flops, xla_dot_flops = xla_cost.total_flops(compiled), xla_cost.dot_flops(lowered.as_text())
+    if trainer.config.train.grad_accum > 1:  # XLA counts the micro-batch loop body once: count the unrolled step
+        xla_flops, xla_dot_flops = _xla_counts_in_one_batch(trainer.config, batches[0], num_items, mesh)
     model_flops = statistics.mean(
         flops.model_flops(config.model, segment_lengths(b), config.train.loss, config.train.negatives, num_items,
                           int(np.sum(b["targets"] > 0))) for b in batches)
     executed = flops.executed_flops(config.model, rows, row_len, config.train.loss, config.train.negatives, num_items,
                                     scores_all_items(num_items + 1, config.train.negatives))
-    step_seconds = statistics.median(times)
+    step_seconds = statistics.median(times) if times else None
     peak_per_device, peak_source = hardware.peak_flops_per_device(config.model.compute_dtype)
     peak = peak_per_device * jax.device_count()
     real_tokens = statistics.mean(float(np.sum(b["segment_ids"] > 0)) for b in batches)
     memory = compiled.memory_analysis()
+    per_second = (lambda amount: amount / step_seconds) if step_seconds else (lambda amount: None)
     return {
         "model": config.model.family, "d_model": config.model.d_model, "blocks": config.model.blocks,
         "heads": config.model.heads, "seq_len": row_len, "batch": rows, "packed": config.data.packed,
-        "grad_accum": trainer.config.train.grad_accum,
+        "attention": config.model.attention, "grad_accum": trainer.config.train.grad_accum,
         "step_seconds": step_seconds, "step_seconds_all": times,
         "train_flops_per_step": model_flops, "executed_flops_per_step": executed,
-        "xla_flops_per_step": xla_cost.total_flops(compiled), "xla_dot_flops_per_step": xla_cost.dot_flops(lowered.as_text()),
-        "mfu": model_flops / step_seconds / peak, "executed_utilisation": executed / step_seconds / peak,
-        "tokens_per_second": real_tokens / step_seconds,
+        "xla_flops_per_step": xla_flops, "xla_dot_flops_per_step": xla_dot_flops,
+        "mfu": per_second(model_flops / peak), "executed_utilisation": per_second(executed / peak),
+        "tokens_per_second": per_second(real_tokens),
         "peak_flops": peak, "peak_flops_source": peak_source, "device_kind": jax.devices()[0].device_kind,
         "devices": jax.device_count(), "padding_fraction": 1.0 - real_tokens / (rows * row_len),
         "temp_bytes": getattr(memory, "temp_size_in_bytes", None) if memory is not None else None,
@@ -101,17 +109,79 @@ def measure(config: TrialConfig, batches: list[dict[str, np.ndarray]], num_items
     }
 
 
+def _xla_counts_in_one_batch(config: TrialConfig, batch: dict[str, np.ndarray], num_items: int, mesh) -> tuple[float, float]:
+    """XLA's total and dot FLOPs of the same step with the whole batch in one micro-batch."""
+    whole = dataclasses.replace(config, train=dataclasses.replace(config.train, grad_accum=1))
+    trainer = build_trainer(whole, num_items, mesh, total_steps=1)
+    with trainer.context():
+        lowered = trainer.train_step.lower(trainer.abstract_state, to_global(batch, mesh, TRAIN_FIELDS), jax.random.key(0))
+        return xla_cost.total_flops(lowered.compile()), xla_cost.dot_flops(lowered.as_text())
+
+
+SWEEP_COLUMNS = ("attention", "d_model", "seq_len", "batch", "grad_accum", "step_seconds", "tokens_per_second", "mfu",
+                 "temp_bytes", "max_rss_bytes")
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def markdown_table(rows: list[dict], columns: Sequence[str] = SWEEP_COLUMNS) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def run_sweep(args: argparse.Namespace) -> list[dict]:
+    """Every (attention, d_model, seq_len) of the lists, random-id mode; one JSON line each to --out.
+    A step whose compiled temporaries exceed --time-limit-bytes is compiled (memory) but not run."""
+    rows = []
+    grid = [(a, d, n) for a in _names(args.attentions) for d in _ints(args.d_models) for n in _ints(args.seq_lens)]
+    for index, (attention, d_model, seq_len) in enumerate(grid, 1):
+        point = argparse.Namespace(**{**vars(args), "attention": attention, "d_model": d_model, "seq_len": seq_len})
+        config = config_from(point)
+        print(f"[{index}/{len(grid)}] {attention} d{d_model} seq {seq_len} batch {args.batch}", file=sys.stderr)
+        count = args.warmup + args.repeats
+        batches = [random_batch(args.batch, seq_len, args.num_items, seed) for seed in range(count)]
+        estimate = measure(config, batches[:1], args.num_items, 0, time_steps=False)
+        fits = estimate["temp_bytes"] is None or estimate["temp_bytes"] <= args.time_limit_bytes
+        row = measure(config, batches, args.num_items, args.warmup) if fits else estimate
+        rows.append(row)
+        print(markdown_table([row]).splitlines()[-1], file=sys.stderr)
+        if args.out:
+            with open(args.out, "a") as out:
+                out.write(json.dumps(row, sort_keys=True) + "\n")
+    return rows
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
 def config_from(args: argparse.Namespace) -> TrialConfig:
     if args.preset:
         config = preset(args.preset, args.model)
-        overrides = [f"train.batch_size={args.batch}", f"data.packed={args.packed}"]
+        overrides = [f"train.batch_size={args.batch}", f"data.packed={args.packed}", f"model.attention={args.attention}",
+                     f"model.attention_block={args.attention_block}"]
         if args.data:
             overrides.append(f"data.name={args.data}")
     else:
         config = TrialConfig(
             data=DataConfig(max_len=args.seq_len - 1, packed=args.packed),
             model=ModelConfig(family=args.model or "hstu", d_model=args.d_model, blocks=args.blocks, heads=args.heads,
-                              max_positions=args.seq_len, dropout=0.0, input_dropout=0.0, compute_dtype=args.dtype),
+                              max_positions=args.seq_len, dropout=0.0, input_dropout=0.0, compute_dtype=args.dtype,
+                              attention=args.attention, attention_block=args.attention_block),
             train=TrainConfig(batch_size=args.batch, negatives=args.negatives),
         )
         overrides = []
@@ -134,13 +204,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-items", type=int, default=3706, help="catalogue size (random-id mode)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--packed", action="store_true")
+    parser.add_argument("--attention", choices=["dense", "blockwise"], default="dense", help="HSTU attention path")
+    parser.add_argument("--attention-block", type=int, default=256, help="queries per block (blockwise)")
     parser.add_argument("--mesh", default="auto")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    sweep = parser.add_argument_group("--sweep: a table over attention paths, widths and lengths (random ids)")
+    sweep.add_argument("--sweep", action="store_true")
+    sweep.add_argument("--attentions", default="dense,blockwise")
+    sweep.add_argument("--d-models", default="256")
+    sweep.add_argument("--seq-lens", default="512,1024,2048,4096,8192")
+    sweep.add_argument("--time-limit-bytes", type=float, default=8e9,
+                       help="compile only (memory, no timing) when the step's temporaries exceed this")
+    sweep.add_argument("--out", help="append one JSON line per point to this file")
     args = parser.parse_args(argv)
     host.keep_freed_memory_mapped()
+    if args.sweep:
+        try:
+            rows = run_sweep(args)
+        except ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print(json.dumps({"rows": rows}, sort_keys=True) if args.json else markdown_table(rows))
+        return 0
     try:
         config = config_from(args)
         count = args.warmup + args.repeats

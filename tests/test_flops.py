@@ -1,5 +1,5 @@
 """FLOP counters: executed matmul FLOPs equal the dot FLOPs of the lowered step; XLA's total is
-within 10% once matmuls dominate; model FLOPs follow the hand formula of the spec."""
+within 5% once matmuls dominate (D >= 128); model FLOPs follow the hand formula of the spec."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def lowered_step(family: str, d: int, heads: int, row_len: int, rows: int, items
     config = TrialConfig(
         data=DataConfig(max_len=row_len - 1),
         model=ModelConfig(family=family, d_model=d, blocks=2, heads=heads, max_positions=row_len, ffn_dim=2 * d),
-        train=TrainConfig(batch_size=rows, negatives=negatives, steps=1, eval_batch_size=rows, loss=loss),
+        train=TrainConfig(batch_size=rows, negatives=negatives, steps=1, eval_batch_size=rows, loss=loss, grad_accum=1),
     )
     trainer = build_trainer(config, items, make_mesh("data=1", jax.devices()[:1]), total_steps=1)
     batch = {k: jax.ShapeDtypeStruct((rows, row_len), jnp.int32) for k in FIELDS}
@@ -47,13 +47,27 @@ def test_executed_flops_equal_dot_flops_of_the_compiled_step(family, d, heads, r
     assert xla_cost.dot_flops(lowered.as_text()) == pytest.approx(executed, rel=0.02)
 
 
-@pytest.mark.parametrize("family", ["hstu", "sasrec"])
-def test_xla_total_flops_within_ten_percent(family):
-    # XLA also counts elementwise work (the L x L attention map's SiLU/softmax and masks,
-    # LayerNorms, the AdamW update) that a matmul-only count leaves out; at D = 256 it is < 10%.
-    lowered, executed = lowered_step(family, 256, 4, 32, 4, 300, 16, "sampled_softmax")
+@pytest.mark.parametrize(
+    "family, d, heads, row_len, items, loss",
+    [
+        ("hstu", 128, 2, 200, 3706, "sampled_softmax"),
+        ("hstu", 256, 4, 200, 3706, "sampled_softmax"),
+        ("hstu", 256, 4, 200, 5000, "sampled_softmax"),  # 32 negatives: the gather path
+        ("hstu", 128, 4, 100, 3706, "full_softmax"),
+        ("sasrec", 128, 2, 200, 3706, "sampled_softmax"),
+        ("sasrec", 256, 4, 200, 3706, "full_softmax"),
+    ],
+)
+def test_xla_totals_within_five_percent_for_wide_models(family, d, heads, row_len, items, loss):
+    """Beyond the matmuls XLA counts elementwise work: the L x L attention map's bias, SiLU or
+    softmax and masks, LayerNorms, the loss's logsumexp, AdamW. The matmul count leaves it out.
+    Its share falls with D: measured at L = 200 on the gather path (no dense scoring to dilute
+    it) it is 7.8% at D = 128 and under 5% at D = 256; with dense scoring under 5% at D = 128."""
+    rows, negatives = 8, (32 if items == 5000 else 128)
+    lowered, executed = lowered_step(family, d, heads, row_len, rows, items, negatives, loss)
+    assert xla_cost.dot_flops(lowered.as_text()) == pytest.approx(executed, rel=0.02)
     total = xla_cost.total_flops(lowered.compile())
-    assert executed <= total <= 1.10 * executed
+    assert executed <= total <= 1.05 * executed
 
 
 def test_model_flops_match_the_hand_formula():
