@@ -1,0 +1,41 @@
+"""The throughput benchmark's JSON contract and its sweep table, on tiny random-id steps."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import throughput
+
+TINY = ["--model", "hstu", "--d-model", "16", "--blocks", "1", "--heads", "2", "--batch", "8", "--num-items", "50",
+        "--negatives", "8", "--warmup", "1", "--repeats", "2"]
+
+
+def test_single_run_prints_one_json_object(capsys: pytest.CaptureFixture) -> None:
+    assert throughput.main(TINY + ["--seq-len", "24", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("step_seconds", "train_flops_per_step", "executed_flops_per_step", "xla_flops_per_step", "mfu",
+                "peak_flops", "device_kind", "padding_fraction", "temp_bytes"):
+        assert result[key] is not None, key
+    assert 0.0 < result["mfu"] < 1.0 and result["padding_fraction"] == 0.0
+    # full rows: model FLOPs count half the causal square, the executed step the whole of it
+    assert result["train_flops_per_step"] < result["executed_flops_per_step"]
+    assert result["xla_dot_flops_per_step"] == pytest.approx(result["executed_flops_per_step"], rel=0.02)
+    assert len(result["step_seconds_all"]) == 2
+
+
+def test_sweep_writes_one_row_per_point_and_compiles_only_past_the_limit(tmp_path, capsys) -> None:
+    out = tmp_path / "sweep.jsonl"
+    argv = TINY + ["--sweep", "--seq-lens", "24", "--attentions", "dense,blockwise", "--attention-block", "8",
+                   "--out", str(out), "--time-limit-bytes", "1", "--json"]
+    assert throughput.main(argv) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
+    assert [r["attention"] for r in rows] == ["dense", "blockwise"]
+    assert all(r["step_seconds"] is None and r["temp_bytes"] > 0 for r in rows)  # over a 1-byte limit: not run
+    assert [json.loads(line)["attention"] for line in out.read_text().splitlines()] == ["dense", "blockwise"]
+
+
+def test_bad_sweep_list_is_one_line_and_status_2(capsys: pytest.CaptureFixture) -> None:
+    assert throughput.main(TINY + ["--sweep", "--seq-lens", "24,long"]) == 2
+    assert "long" in capsys.readouterr().err
