@@ -82,7 +82,9 @@ def auto_grad_accum(config: TrialConfig, mesh: Mesh) -> int:
     valid = [m for m in range(1, batch + 1) if batch % m == 0 and _splits_evenly(batch // m, batch_split)]
     if not valid:
         return 1  # check_batch_fits_mesh names the problem
-    scores_per_row = config.model.heads * config.data.row_len ** 2 * 4
+    model, length = config.model, config.data.row_len
+    queries = min(length, model.attention_block) if model.attention == "blockwise" else length
+    scores_per_row = model.heads * queries * length * 4
     for micro in valid:
         if batch // micro // batch_split * scores_per_row <= CPU_SCORES_BYTES:
             return micro
