@@ -73,3 +73,16 @@ def test_blockwise_model_equals_dense_model() -> None:
 def test_blockwise_is_hstu_only() -> None:
     with pytest.raises(ValueError, match="model.attention"):
         ModelConfig(family="sasrec", attention="blockwise").validate()
+
+
+def test_silu_projection_gradient_equals_autodiff_of_the_formula() -> None:
+    from models.hstu import silu_projection
+
+    x = jax.random.normal(jax.random.key(3), (2, 5, 6))
+    w = jax.random.normal(jax.random.key(4), (6, 7))
+    cotangent = jax.random.normal(jax.random.key(5), (2, 5, 7))
+    plain = lambda x, w: jnp.sum(jax.nn.silu(jnp.einsum("bld,de->ble", x, w)) * cotangent)
+    custom = lambda x, w: jnp.sum(silu_projection(x, w) * cotangent)
+    np.testing.assert_allclose(custom(x, w), plain(x, w), rtol=1e-6)
+    for got, want in zip(jax.grad(custom, argnums=(0, 1))(x, w), jax.grad(plain, argnums=(0, 1))(x, w)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
