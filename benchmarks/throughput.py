@@ -87,7 +87,8 @@ def measure(config: TrialConfig, batches: list[dict[str, np.ndarray]], num_items
     executed = flops.executed_flops(config.model, rows, row_len, config.train.loss, config.train.negatives, num_items,
                                     scores_all_items(num_items + 1, config.train.negatives))
     step_seconds = statistics.median(times) if times else None
-    peak_per_device, peak_source = hardware.peak_flops_per_device(config.model.compute_dtype)
+    # Measured now, beside the steps (and re-cached): a peak cached on a busier machine would inflate MFU.
+    peak_per_device, peak_source = hardware.peak_flops_per_device(config.model.compute_dtype, remeasure=True)
     peak = peak_per_device * jax.device_count()
     real_tokens = statistics.mean(float(np.sum(b["segment_ids"] > 0)) for b in batches)
     memory = compiled.memory_analysis()
