@@ -16,6 +16,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from models.layers import add_bias
+
 _LOG_BUCKET_WIDTH = 0.301  # the reference's bucketisation: floor(ln(|dt|) / 0.301)
 
 
@@ -33,10 +35,11 @@ def position_bias(w_pos: jax.Array, query_index: jax.Array, key_index: jax.Array
     return jnp.take(w_pos, jnp.clip(relative, 0, last), axis=0, mode="clip")
 
 
-def pointwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, mask: jax.Array,
-                        divisor: float) -> jax.Array:
-    """SiLU(q . k + bias) / divisor where mask, 0 elsewhere, times v. bias, mask: (B, Lq, Lk)."""
-    scores = jnp.einsum("bihd,bjhd->bhij", q, k) + bias[:, None].astype(q.dtype)
+def pointwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, position: jax.Array, time: jax.Array,
+                        mask: jax.Array, divisor: float) -> jax.Array:
+    """SiLU(q . k + position + time) / divisor where mask, 0 elsewhere, times v.
+    position: (Lq, Lk), the same for every row; time, mask: (B, Lq, Lk)."""
+    scores = add_bias(jnp.einsum("bihd,bjhd->bhij", q, k), position.astype(q.dtype)) + time[:, None].astype(q.dtype)
     weights = jnp.where(mask[:, None], jax.nn.silu(scores) / divisor, 0.0).astype(q.dtype)
     return jnp.einsum("bhij,bjhd->bihd", weights, v)
 
@@ -45,8 +48,8 @@ def dense(q: jax.Array, k: jax.Array, v: jax.Array, w_pos: jax.Array, w_time: ja
           buckets: jax.Array, mask: jax.Array, divisor: float) -> jax.Array:
     """The whole (B, H, L, L) at once, from precomputed (B, L, L) time buckets and mask."""
     index = jnp.arange(q.shape[1])
-    bias = position_bias(w_pos, index, index)[None] + jnp.take(w_time, buckets, axis=0, mode="clip")
-    return pointwise_attention(q, k, v, bias, mask, divisor)
+    time = jnp.take(w_time, buckets, axis=0, mode="clip")
+    return pointwise_attention(q, k, v, position_bias(w_pos, index, index), time, mask, divisor)
 
 
 def blockwise(q: jax.Array, k: jax.Array, v: jax.Array, w_pos: jax.Array, w_time: jax.Array,
@@ -67,11 +70,11 @@ def blockwise(q: jax.Array, k: jax.Array, v: jax.Array, w_pos: jax.Array, w_time
     @jax.checkpoint
     def one_block(q_block: jax.Array, next_times: jax.Array, query_segments: jax.Array, start: jax.Array) -> jax.Array:
         query_index = start + jnp.arange(block)
-        bias = position_bias(w_pos, query_index, key_index)[None] + jnp.take(
-            w_time, time_buckets(next_times, timestamps, num_buckets), axis=0, mode="clip")
+        position = position_bias(w_pos, query_index, key_index)
+        time = jnp.take(w_time, time_buckets(next_times, timestamps, num_buckets), axis=0, mode="clip")
         mask = ((key_index[None, :] <= query_index[:, None])[None]
                 & (query_segments[:, :, None] == segment_ids[:, None, :]) & (query_segments > 0)[:, :, None])
-        return pointwise_attention(q_block, k, v, bias, mask, divisor)
+        return pointwise_attention(q_block, k, v, position, time, mask, divisor)
 
     starts = jnp.arange(blocks) * block
     out = jax.lax.map(lambda xs: one_block(*xs), (by_block(q), by_block(next_timestamps), by_block(segment_ids), starts))

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from models import attention, axes
 from models.config import ModelConfig
-from models.layers import layer_norm, logical_param, torch_linear_bias_init
+from models.layers import add_bias, layer_norm, logical_param, torch_linear_bias_init
 
 
 @jax.custom_vjp
@@ -82,5 +82,5 @@ class HSTUBlock(nn.Module):
         attended = einops.rearrange(attended, "b l h d -> b l (h d)")
         gated = u * layer_norm(attended)
         gated = nn.Dropout(cfg.dropout)(gated, deterministic=deterministic)
-        update = jnp.einsum("ble,ed->bld", gated, w_out.astype(dtype)) + b_out.astype(dtype)
+        update = add_bias(jnp.einsum("ble,ed->bld", gated, w_out.astype(dtype)), b_out.astype(dtype))
         return nn.with_logical_constraint(x + update, (axes.BATCH, axes.LENGTH, axes.EMBED))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Sequence
 
@@ -17,12 +18,55 @@ def logical_param(module: nn.Module, name: str, init: Initializer, shape: Sequen
     return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape), jnp.float32)
 
 
+def _row_mean(x: jax.Array) -> jax.Array:
+    """Mean over the last axis, keepdims, as a matrix-vector product: XLA:CPU runs it as one dot,
+    where a reduce over a short last axis is a slow library call per tensor."""
+    return x @ jnp.full((x.shape[-1], 1), 1.0 / x.shape[-1], x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _normalise(x32: jax.Array, eps: float) -> jax.Array:
+    centred = x32 - _row_mean(x32)
+    return centred * jax.lax.rsqrt(_row_mean(jnp.square(centred)) + eps)
+
+
+def _normalise_fwd(x32, eps):
+    centred = x32 - _row_mean(x32)
+    inverse_std = jax.lax.rsqrt(_row_mean(jnp.square(centred)) + eps)
+    normed = centred * inverse_std
+    return normed, (normed, inverse_std)
+
+
+def _normalise_bwd(eps, residuals, grad):
+    normed, inverse_std = residuals
+    return (inverse_std * (grad - _row_mean(grad) - normed * _row_mean(grad * normed)),)
+
+
+_normalise.defvjp(_normalise_fwd, _normalise_bwd)
+
+
+@jax.custom_vjp
+def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
+    """y + bias broadcast over y's leading axes; the bias gradient, a sum over those axes, is a
+    vector-matrix product (see _row_mean)."""
+    return y + bias
+
+
+def _add_bias_fwd(y, bias):
+    return y + bias, bias.shape
+
+
+def _add_bias_bwd(bias_shape, grad):
+    rows = grad.reshape(-1, math.prod(bias_shape))
+    return grad, (jnp.ones((1, rows.shape[0]), grad.dtype) @ rows).reshape(bias_shape)
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
 def layer_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
     """LayerNorm over the last axis with no learned scale or shift, computed in float32."""
-    x32 = x.astype(jnp.float32)
-    mean = jnp.mean(x32, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-    return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+    return _normalise(x.astype(jnp.float32), eps).astype(x.dtype)
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
