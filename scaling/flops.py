@@ -69,17 +69,38 @@ def model_flops(model: ModelConfig, segment_lengths: np.ndarray, loss: str, nega
     return model_flops_from_counts(model, float(n.sum()), float(np.sum(n * n)), supervised, loss, negatives, num_items)
 
 
+def _reduction_products_per_token(model: ModelConfig) -> float:
+    """Training FLOPs per token of the matrix-vector products that stand in for XLA:CPU's slow
+    reductions (models/layers.py): a LayerNorm of width w takes 4 row means of 2 w FLOPs (2 in
+    the forward, 2 in its hand-written backward); HSTU's output-bias gradient is one of 2 D."""
+    if model.family == "hstu":
+        return model.blocks * (8.0 * model.d_model + 8.0 * model.heads * model.head_dim_v + 2.0 * model.d_model)
+    return model.blocks * 16.0 * model.d_model
+
+
 def executed_flops(model: ModelConfig, rows: int, row_len: int, loss: str, negatives: int, num_items: int,
                    score_all_items: bool) -> float:
-    """Matmul FLOPs the compiled dense training step executes on a (rows, row_len) batch."""
+    """Matmul FLOPs the compiled training step executes on a (rows, row_len) batch: every
+    position, the full attention square (blockwise: padded to whole query blocks, and its forward
+    run again in the rematerialised backward), the scoring as implemented, and the
+    matrix-vector products of models/layers.py (for HSTU's position bias: 2 H per query-key pair)."""
     tokens = float(rows * row_len)
-    forward = model.blocks * (_block_linear_flops_per_token(model) * tokens
-                              + _attention_flops_per_query_key(model) * rows * row_len * row_len)
+    queries = row_len
+    attention_passes = TRAIN_MULTIPLIER
+    if model.family == "hstu" and model.attention == "blockwise":
+        queries = -(-row_len // model.attention_block) * model.attention_block
+        attention_passes = TRAIN_MULTIPLIER + 1
+    pairs = float(rows * queries * row_len)
+    forward = model.blocks * _block_linear_flops_per_token(model) * tokens
     if loss == "full_softmax" or score_all_items:
         forward += 2.0 * model.d_model * (num_items + 1) * tokens
     else:
         forward += 2.0 * model.d_model * (1 + negatives) * tokens
-    return TRAIN_MULTIPLIER * forward
+    executed = TRAIN_MULTIPLIER * forward + _reduction_products_per_token(model) * tokens
+    executed += attention_passes * model.blocks * _attention_flops_per_query_key(model) * pairs
+    if model.family == "hstu":
+        executed += model.blocks * 2.0 * model.heads * pairs  # the position-bias gradient
+    return executed
 
 
 def six_n_d(params_non_embedding: int, tokens: float) -> float:
