@@ -8,7 +8,7 @@ j - i is the within-segment position difference in packed rows too.
 There is no softmax, so key blocks simply add up: `blockwise` computes one block of queries
 against all keys at a time, building each block's bias and mask from the timestamps and
 segment ids, and rematerialises the block in the backward pass. Nothing (L, L)-sized is ever
-held, so memory grows linearly with L; the executed FLOPs are those of the dense path.
+held, so memory grows linearly with L; it executes the dense path's FLOPs plus one more forward.
 """
 
 from __future__ import annotations

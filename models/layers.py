@@ -53,12 +53,12 @@ def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
 
 
 def _add_bias_fwd(y, bias):
-    return y + bias, bias.shape
+    return y + bias, bias
 
 
-def _add_bias_bwd(bias_shape, grad):
-    rows = grad.reshape(-1, math.prod(bias_shape))
-    return grad, (jnp.ones((1, rows.shape[0]), grad.dtype) @ rows).reshape(bias_shape)
+def _add_bias_bwd(bias, grad):
+    rows = grad.reshape(-1, bias.size)
+    return grad, (jnp.ones((1, rows.shape[0]), grad.dtype) @ rows).reshape(bias.shape).astype(bias.dtype)
 
 
 add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
