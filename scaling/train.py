@@ -207,8 +207,25 @@ def run(config: TrialConfig, workdir: epath.Path) -> dict[str, Any]:
         **{key: test[key] for key in ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "hr@200", "ndcg@200", "mrr")},
         **{f"valid_{key}": valid[key] for key in ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr")},
         "resumed_from_step": resumed_from,
+        **plateau(workdir / "metrics.jsonl"),
     }
     return result
+
+
+PLATEAU_EVALS = 10
+
+
+def plateau(metrics_path: epath.Path, count: int = PLATEAU_EVALS) -> dict[str, Any]:
+    """Mean test HR@10 and NDCG@10 over the last `count` evaluations in metrics.jsonl (periodic
+    and final): the reference's plateau statistic (its last 10 epochs), steadier than one epoch."""
+    if not metrics_path.exists():
+        return {}
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    last = [r for r in records if "eval/test_hr@10" in r][-count:]
+    if not last:
+        return {}
+    return {"plateau_evals": len(last),
+            **{f"plateau_{k}": sum(r[f"eval/test_{k}"] for r in last) / len(last) for k in ("hr@10", "ndcg@10")}}
 
 
 def _columns(text: str) -> dict[str, str] | None:

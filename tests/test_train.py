@@ -51,6 +51,7 @@ def test_result_has_every_field_with_sane_values(finished_run) -> None:
     logged = [line["step"] for line in lines if "learning/loss" in line]
     assert logged == [4, 8, 12]
     assert lines[-1]["eval/test_hr@10"] == result["hr@10"]
+    assert result["plateau_evals"] == 1 and result["plateau_hr@10"] == result["hr@10"]  # no periodic evals
     axes = json.loads((workdir / "param_axes.json").read_text())
     assert axes["item_embedding"] == ["vocab", "embed"] and axes["block_0/uvqk"] == ["embed", "qkv"]
 
@@ -103,3 +104,16 @@ def test_train_config_json_round_trip_and_overrides() -> None:
     with pytest.raises(ConfigError, match="unknown config key train.lr"):
         from_json(json.dumps({"train": {"lr": 1}}))
     assert isinstance(changed.train, TrainConfig)
+
+
+def test_plateau_is_the_mean_of_the_last_ten_test_evaluations(tmp_path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    lines = [{"step": 1, "learning/loss": 3.0}]
+    lines += [{"step": s, "eval/test_hr@10": s / 100, "eval/test_ndcg@10": s / 200, "eval/valid_hr@10": 1.0}
+              for s in range(1, 13)]
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    got = train_module.plateau(path)
+    assert got["plateau_evals"] == 10
+    assert got["plateau_hr@10"] == pytest.approx(sum(range(3, 13)) / 1000)
+    assert got["plateau_ndcg@10"] == pytest.approx(sum(range(3, 13)) / 2000)
+    assert train_module.plateau(tmp_path / "missing.jsonl") == {}
