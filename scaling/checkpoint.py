@@ -3,6 +3,7 @@ automatic resume, restore onto any mesh by passing the target shardings."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -11,8 +12,12 @@ from etils import epath
 
 
 def manager(directory: epath.PathLike, keep: int, asynchronous: bool = True) -> ocp.CheckpointManager:
+    """A manager of `directory`; a relative local path is made absolute, as orbax requires."""
+    path = epath.Path(directory)
+    if "://" not in str(directory):
+        path = epath.Path(os.path.abspath(os.fspath(directory)))
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=asynchronous, create=True)
-    return ocp.CheckpointManager(epath.Path(directory), options=options, item_names=("state", "data"))
+    return ocp.CheckpointManager(path, options=options, item_names=("state", "data"))
 
 
 def save(checkpoints: ocp.CheckpointManager, step: int, state: Any, progress: dict) -> None:
