@@ -58,8 +58,9 @@ def data_batches(config: TrialConfig, count: int) -> tuple[list[dict[str, np.nda
 
 
 def measure(config: TrialConfig, batches: list[dict[str, np.ndarray]], num_items: int, warmup: int,
-            time_steps: bool = True) -> dict:
-    """Compiles the train step and (unless time_steps is False) times it on `batches`."""
+            time_limit_bytes: float = float("inf")) -> dict:
+    """Compiles the train step and times it on `batches`, unless its compiled temporaries exceed
+    time_limit_bytes (then the row has memory figures and no timings)."""
     mesh = make_mesh(config.mesh.spec)
     trainer = build_trainer(config, num_items, mesh, total_steps=len(batches))
     rows, row_len = batches[0]["items"].shape
@@ -68,7 +69,9 @@ def measure(config: TrialConfig, batches: list[dict[str, np.ndarray]], num_items
         example = to_global(batches[0], mesh, TRAIN_FIELDS)
         lowered = trainer.train_step.lower(trainer.abstract_state, example, jax.random.key(0))
         compiled = lowered.compile()
-        if time_steps:
+        memory = compiled.memory_analysis()
+        temp_bytes = getattr(memory, "temp_size_in_bytes", None) if memory is not None else None
+        if temp_bytes is None or temp_bytes <= time_limit_bytes:
             state = trainer.init(jax.random.key(0))
             for index, batch in enumerate(batches):
                 device_batch = to_global(batch, mesh, TRAIN_FIELDS)
@@ -91,7 +94,6 @@ def measure(config: TrialConfig, batches: list[dict[str, np.ndarray]], num_items
     peak_per_device, peak_source = hardware.peak_flops_per_device(config.model.compute_dtype, remeasure=True)
     peak = peak_per_device * jax.device_count()
     real_tokens = statistics.mean(float(np.sum(b["segment_ids"] > 0)) for b in batches)
-    memory = compiled.memory_analysis()
     per_second = (lambda amount: amount / step_seconds) if step_seconds else (lambda amount: None)
     return {
         "model": config.model.family, "d_model": config.model.d_model, "blocks": config.model.blocks,
@@ -104,7 +106,7 @@ def measure(config: TrialConfig, batches: list[dict[str, np.ndarray]], num_items
         "tokens_per_second": per_second(real_tokens),
         "peak_flops": peak, "peak_flops_source": peak_source, "device_kind": jax.devices()[0].device_kind,
         "devices": jax.device_count(), "padding_fraction": 1.0 - real_tokens / (rows * row_len),
-        "temp_bytes": getattr(memory, "temp_size_in_bytes", None) if memory is not None else None,
+        "temp_bytes": temp_bytes,
         "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "flop_convention": flops.FLOP_CONVENTION,
     }
@@ -148,9 +150,7 @@ def run_sweep(args: argparse.Namespace) -> list[dict]:
         print(f"[{index}/{len(grid)}] {attention} d{d_model} seq {seq_len} batch {args.batch}", file=sys.stderr)
         count = args.warmup + args.repeats
         batches = [random_batch(args.batch, seq_len, args.num_items, seed) for seed in range(count)]
-        estimate = measure(config, batches[:1], args.num_items, 0, time_steps=False)
-        fits = estimate["temp_bytes"] is None or estimate["temp_bytes"] <= args.time_limit_bytes
-        row = measure(config, batches, args.num_items, args.warmup) if fits else estimate
+        row = measure(config, batches, args.num_items, args.warmup, args.time_limit_bytes)
         rows.append(row)
         print(markdown_table([row]).splitlines()[-1], file=sys.stderr)
         if args.out:

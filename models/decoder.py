@@ -56,8 +56,8 @@ class SequentialRecommender(nn.Module):
             context.update({name: batch[name] for name in ("timestamps", "next_timestamps", "segment_ids")})
         else:
             context["mask"] = attention_mask(batch["segment_ids"])
-        if cfg.family == "hstu" and cfg.attention == "dense":
-            context["time_buckets"] = time_buckets(batch["next_timestamps"], batch["timestamps"], cfg.time_buckets)
+            if cfg.family == "hstu":
+                context["time_buckets"] = time_buckets(batch["next_timestamps"], batch["timestamps"], cfg.time_buckets)
         for block in self.blocks:
             x = block(x, context, deterministic=deterministic)
         x = jnp.where(real, x, 0.0)

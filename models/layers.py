@@ -26,8 +26,7 @@ def _row_mean(x: jax.Array) -> jax.Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _normalise(x32: jax.Array, eps: float) -> jax.Array:
-    centred = x32 - _row_mean(x32)
-    return centred * jax.lax.rsqrt(_row_mean(jnp.square(centred)) + eps)
+    return _normalise_fwd(x32, eps)[0]
 
 
 def _normalise_fwd(x32, eps):

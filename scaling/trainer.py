@@ -95,7 +95,7 @@ def check_batch_fits_mesh(config: TrialConfig, mesh: Mesh) -> None:
     batch_split = mesh.shape["data"] * mesh.shape["fsdp"]
     for name, rows in (("train.batch_size / train.grad_accum", config.train.batch_size // config.train.grad_accum),
                        ("train.eval_batch_size", config.train.eval_batch_size)):
-        if rows % batch_split or rows % jax.process_count():
+        if not _splits_evenly(rows, batch_split):
             raise ConfigError(f"{name} = {rows} rows do not split over data x fsdp = {batch_split} "
                               f"and {jax.process_count()} processes")
 
