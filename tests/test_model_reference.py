@@ -196,3 +196,66 @@ def test_sasrec_gelu_equals_the_reference() -> None:
     for u, r, start in where:
         expected = ref.sasrec_user(params, cfg, users[u]["items"])
         np.testing.assert_allclose(out[r, start:start + len(expected)], expected, atol=TOL, rtol=0)
+
+
+# ----------------------------------------------------------------------------- gradients
+
+def _reference_mean_loss(params: dict, cfg, users: list[dict], negatives_per_user: list[np.ndarray]) -> float:
+    """The NumPy reference's training loss: sampled softmax averaged over every supervised position."""
+    total, count = 0.0, 0
+    for user, negatives in zip(users, negatives_per_user):
+        out = ref.forward_user(params, cfg, user["items"], user["timestamps"], user["next_timestamps"])
+        mean, n = ref.sampled_softmax_loss(out, user["targets"], params["item_embedding"], negatives, TEMPERATURE)
+        total, count = total + mean * n, count + n
+    return total / count
+
+
+def _with_leaf(params: dict, path: tuple[str, ...], value: np.ndarray) -> dict:
+    if len(path) == 1:
+        return {**params, path[0]: value}
+    return {**params, path[0]: _with_leaf(params[path[0]], path[1:], value)}
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+def test_training_gradients_equal_finite_differences_of_the_reference(family, layout) -> None:
+    """jax.grad of the model + sampled-softmax loss (through the hand-written backward passes of
+    models/layers.py and models/hstu.py) against central differences of the float64 NumPy
+    reference, one random direction per parameter array."""
+    from models.layers import l2_normalize
+
+    losses = _losses()
+    cfg, users, params = family["cfg"], family["users"], family["params"]
+    batch, where, _ = family[layout]
+    negatives = _negatives(batch["targets"], seed=5)
+    negatives_per_user = [negatives[r, start:start + len(users[u]["items"])] for u, r, start in where]
+    users_in_order = [users[u] for u, _, _ in where]
+    model = build_model(cfg, ITEMS)
+    inputs = model_inputs(batch)
+
+    def mean_loss(p, score_all_items):
+        out = model.apply({"params": p}, inputs, deterministic=True)
+        total, positions = losses.sampled_softmax_loss(out, jnp.asarray(batch["targets"]), l2_normalize(p["item_embedding"]),
+                                                       jnp.asarray(negatives), TEMPERATURE, score_all_items=score_all_items)
+        return total / positions
+
+    jax_params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+    grads = {all_items: jax.tree.map(np.asarray, jax.jit(jax.grad(mean_loss), static_argnums=1)(jax_params, all_items))
+             for all_items in (True, False)}
+    rng = np.random.default_rng(7)
+    eps = 1e-5
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    for key_path, leaf in leaves:
+        path = tuple(k.key for k in key_path)
+        direction = rng.standard_normal(leaf.shape)
+        plus = _reference_mean_loss(_with_leaf(params, path, leaf + eps * direction), cfg, users_in_order, negatives_per_user)
+        minus = _reference_mean_loss(_with_leaf(params, path, leaf - eps * direction), cfg, users_in_order, negatives_per_user)
+        expected = (plus - minus) / (2 * eps)
+        for all_items, tree in grads.items():
+            got = float(np.sum(np.asarray(_leaf(tree, path), np.float64) * direction))
+            assert got == pytest.approx(expected, rel=2e-3, abs=2e-4), (cfg.family, layout, path, all_items)
+
+
+def _leaf(tree: dict, path: tuple[str, ...]) -> np.ndarray:
+    for key in path:
+        tree = tree[key]
+    return tree
