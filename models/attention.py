@@ -5,6 +5,9 @@ Shapes: q, k (B, L, H, dqk); v (B, L, H, dv); output (B, L, H, dv).
 rab(i, j) = w_pos[j - i + P - 1] + w_ts[bucket(t_{i+1} - t_j)]. Segments are contiguous, so
 j - i is the within-segment position difference in packed rows too.
 
+`dense` skips the causal square's upper blocks: queries go in `splits` blocks, each against the
+keys up to its own end only (2 halves compute 3/4 of the square; every skipped pair is masked).
+
 There is no softmax, so key blocks simply add up: `blockwise` computes one block of queries
 against all keys at a time, building each block's bias and mask from the timestamps and
 segment ids, and rematerialises the block in the backward pass. Nothing (L, L)-sized is ever
@@ -39,17 +42,33 @@ def pointwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, position: jax.
                         mask: jax.Array, divisor: float) -> jax.Array:
     """SiLU(q . k + position + time) / divisor where mask, 0 elsewhere, times v.
     position: (Lq, Lk), the same for every row; time, mask: (B, Lq, Lk)."""
-    scores = add_bias(jnp.einsum("bihd,bjhd->bhij", q, k), position.astype(q.dtype)) + time[:, None].astype(q.dtype)
+    # Head-major (B, H, L, d) operands make both products plain batched matmuls; on XLA:CPU the
+    # (B, L, H, d) forms cost strided transposes of K and V in every backward pass.
+    q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))
+    scores = add_bias(jnp.einsum("bhid,bhjd->bhij", q, k), position.astype(q.dtype)) + time[:, None].astype(q.dtype)
     weights = jnp.where(mask[:, None], jax.nn.silu(scores) / divisor, 0.0).astype(q.dtype)
-    return jnp.einsum("bhij,bjhd->bihd", weights, v)
+    return jnp.swapaxes(jnp.einsum("bhij,bhjd->bhid", weights, v), 1, 2)
+
+
+def causal_query_blocks(length: int, splits: int) -> list[tuple[int, int]]:
+    """[(start, end)] of `splits` near-equal query blocks of a causal square; block (start, end)
+    needs keys [0, end) only. Empty blocks are dropped."""
+    bounds = [round(length * i / splits) for i in range(splits + 1)]
+    return [(start, end) for start, end in zip(bounds[:-1], bounds[1:]) if end > start]
 
 
 def dense(q: jax.Array, k: jax.Array, v: jax.Array, w_pos: jax.Array, w_time: jax.Array,
-          buckets: jax.Array, mask: jax.Array, divisor: float) -> jax.Array:
-    """The whole (B, H, L, L) at once, from precomputed (B, L, L) time buckets and mask."""
+          buckets: jax.Array, mask: jax.Array, divisor: float, splits: int = 1) -> jax.Array:
+    """(B, H, L, L)-sized tiles from precomputed (B, L, L) time buckets and mask; with splits > 1
+    the tiles of causal_query_blocks, whose keys stop at the block's end."""
     index = jnp.arange(q.shape[1])
-    time = jnp.take(w_time, buckets, axis=0, mode="clip")
-    return pointwise_attention(q, k, v, position_bias(w_pos, index, index), time, mask, divisor)
+    outputs = []
+    for start, end in causal_query_blocks(q.shape[1], splits):
+        time = jnp.take(w_time, buckets[:, start:end, :end], axis=0, mode="clip")
+        position = position_bias(w_pos, index[start:end], index[:end])
+        outputs.append(pointwise_attention(q[:, start:end], k[:, :end], v[:, :end], position, time,
+                                           mask[:, start:end, :end], divisor))
+    return outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=1)
 
 
 def blockwise(q: jax.Array, k: jax.Array, v: jax.Array, w_pos: jax.Array, w_time: jax.Array,

@@ -19,6 +19,8 @@ class ModelConfig:
     compute_dtype: "float32" or "bfloat16" (parameters stay float32).
     attention: HSTU's "dense" (B, H, L, L) attention, or "blockwise": attention_block queries at
     a time, rematerialised in the backward pass, memory linear in L (models/attention.py).
+    causal_splits: the dense path's query blocks, each computed against the keys up to its end
+    only (1 = the whole L x L square; 2 skips the all-masked upper-right quarter).
     """
 
     family: ModelFamily = "hstu"
@@ -37,6 +39,7 @@ class ModelConfig:
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
     attention: Literal["dense", "blockwise"] = "dense"
     attention_block: int = 256
+    causal_splits: int = 2
 
     @property
     def head_dim_qk(self) -> int:
@@ -56,7 +59,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the field when a value cannot work."""
-        positive = ("d_model", "blocks", "heads", "max_positions", "time_buckets", "attention_block")
+        positive = ("d_model", "blocks", "heads", "max_positions", "time_buckets", "attention_block", "causal_splits")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name}={getattr(self, name)} must be >= 1")

@@ -78,7 +78,8 @@ class HSTUBlock(nn.Module):
             attended = attention.blockwise(q, k, v, w_pos, w_time, context["timestamps"], context["next_timestamps"],
                                            context["segment_ids"], cfg.divisor, cfg.attention_block)
         else:
-            attended = attention.dense(q, k, v, w_pos, w_time, context["time_buckets"], context["mask"], cfg.divisor)
+            attended = attention.dense(q, k, v, w_pos, w_time, context["time_buckets"], context["mask"], cfg.divisor,
+                                       cfg.causal_splits)
         attended = einops.rearrange(attended, "b l h d -> b l (h d)")
         gated = u * layer_norm(attended)
         gated = nn.Dropout(cfg.dropout)(gated, deterministic=deterministic)

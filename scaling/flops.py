@@ -5,15 +5,16 @@ Two numbers, kept apart:
   attention counted as half the square (n^2 / 2 per segment of n tokens), embedding lookups
   free, the scoring matmul counted (sampled softmax 2 D (1 + R) per supervised position, full
   softmax 2 D V), forward x 3 for forward + backward, rematerialisation not counted;
-- executed FLOPs: the matmuls the compiled dense step really runs: every row position, the full
-  L x L attention square, the scoring matmul as implemented. This is what XLA's cost_analysis
-  counts for dot operations, and what tests compare to it.
+- executed FLOPs: the matmuls the compiled step really runs: every row position, the attention
+  tiles it computes (masked pairs included), the scoring matmul as implemented. This is what
+  XLA's cost_analysis counts for dot operations, and what tests compare to it.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from models.attention import causal_query_blocks
 from models.config import ModelConfig
 
 FLOP_CONVENTION = "v1: matmul-only, causal attention n^2/2, padding excluded, fwd x3"
@@ -81,16 +82,19 @@ def _reduction_products_per_token(model: ModelConfig) -> float:
 def executed_flops(model: ModelConfig, rows: int, row_len: int, loss: str, negatives: int, num_items: int,
                    score_all_items: bool) -> float:
     """Matmul FLOPs the compiled training step executes on a (rows, row_len) batch: every
-    position, the full attention square (blockwise: padded to whole query blocks, and its forward
-    run again in the rematerialised backward), the scoring as implemented, and the
+    position, the attention square (HSTU dense: the tiles of its causal query blocks; blockwise:
+    all keys for queries padded to whole blocks, and its forward run again in the rematerialised
+    backward; SASRec: the full square), the scoring as implemented, and the
     matrix-vector products of models/layers.py (for HSTU's position bias: 2 H per query-key pair)."""
     tokens = float(rows * row_len)
-    queries = row_len
+    pairs_per_row = float(row_len * row_len)
     attention_passes = TRAIN_MULTIPLIER
     if model.family == "hstu" and model.attention == "blockwise":
-        queries = -(-row_len // model.attention_block) * model.attention_block
+        pairs_per_row = float(-(-row_len // model.attention_block) * model.attention_block * row_len)
         attention_passes = TRAIN_MULTIPLIER + 1
-    pairs = float(rows * queries * row_len)
+    elif model.family == "hstu":
+        pairs_per_row = float(sum((end - start) * end for start, end in causal_query_blocks(row_len, model.causal_splits)))
+    pairs = rows * pairs_per_row
     forward = model.blocks * _block_linear_flops_per_token(model) * tokens
     if loss == "full_softmax" or score_all_items:
         forward += 2.0 * model.d_model * (num_items + 1) * tokens

@@ -1,4 +1,5 @@
-"""Blockwise HSTU attention equals the dense one: outputs and every gradient, packed rows."""
+"""Blockwise HSTU attention, and dense attention split into causal query blocks, equal the whole
+dense square: outputs and every gradient, packed rows."""
 
 from __future__ import annotations
 
@@ -59,6 +60,37 @@ def test_blockwise_equals_dense_with_gradients(block: int) -> None:
     for name, g, w in zip(("q", "k", "v", "w_pos", "w_time"), got_grads, want_grads):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=name)
     assert float(jnp.abs(want_grads[4]).sum()) > 0  # several time buckets really got gradient
+
+
+def test_causal_query_blocks_cover_every_query_once() -> None:
+    assert attention.causal_query_blocks(200, 2) == [(0, 100), (100, 200)]
+    assert attention.causal_query_blocks(13, 1) == [(0, 13)]
+    assert attention.causal_query_blocks(2, 3) == [(0, 1), (1, 2)]  # empty blocks dropped
+    for length, splits in ((13, 3), (200, 7), (5, 5)):
+        blocks = attention.causal_query_blocks(length, splits)
+        assert [b[0] for b in blocks[1:]] == [b[1] for b in blocks[:-1]] and blocks[0][0] == 0 and blocks[-1][1] == length
+
+
+@pytest.mark.parametrize("splits", [2, 3, 13])
+def test_dense_split_into_causal_query_blocks_equals_the_whole_square(splits: int) -> None:
+    inputs = packed_inputs(2)
+    keys = jax.random.split(jax.random.key(3), 6)
+    q, k = (jax.random.normal(key, (B, L, H, DQK)) for key in keys[:2])
+    v = jax.random.normal(keys[2], (B, L, H, DV))
+    w_pos, w_time = jax.random.normal(keys[3], (2 * P - 1,)), jax.random.normal(keys[4], (129,))
+    cotangent = jax.random.normal(keys[5], (B, L, H, DV))
+    buckets = attention.time_buckets(inputs["next_timestamps"], inputs["timestamps"], 128)
+    mask = attention_mask(jnp.asarray(inputs["segment_ids"]))
+
+    def loss(splits, *args):
+        return jnp.sum(attention.dense(*args, buckets, mask, float(P), splits) * cotangent)
+
+    args = (q, k, v, w_pos, w_time)
+    want, want_grads = jax.value_and_grad(loss, argnums=range(1, 6))(1, *args)
+    got, got_grads = jax.value_and_grad(loss, argnums=range(1, 6))(splits, *args)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for name, g, w in zip(("q", "k", "v", "w_pos", "w_time"), got_grads, want_grads):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
 def test_blockwise_model_equals_dense_model() -> None:
