@@ -4,8 +4,9 @@
   --model hstu --d-model 256 --blocks 4 --heads 4 --seq-len 200 --batch 64   random ids, full rows
 
 Step time is the median of --repeats steps after --warmup steps, each waited for with
-block_until_ready. MFU = model FLOPs per second / peak; on a CPU the peak is the measured median
-rate of a jitted 2048^3 matmul in the compute dtype.
+block_until_ready. MFU = model FLOPs per second / peak; on a CPU the peak is the median rate of a
+jitted 2048^3 matmul in the compute dtype, rated after every timed step (best of 3 calls) so that
+a shared machine's load moves both alike.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ def measure(config: TrialConfig, batches: list[dict[str, np.ndarray]], num_items
     trainer = build_trainer(config, num_items, mesh, total_steps=len(batches))
     rows, row_len = batches[0]["items"].shape
     times: list[float] = []
+    probe = hardware.MatmulProbe(config.model.compute_dtype) if jax.devices()[0].platform == "cpu" else None
+    rates: list[float] = []  # the CPU peak, measured after every timed step: both see the same load
     with trainer.context():
         example = to_global(batches[0], mesh, TRAIN_FIELDS)
         lowered = trainer.train_step.lower(trainer.abstract_state, example, jax.random.key(0))
@@ -81,6 +84,8 @@ def measure(config: TrialConfig, batches: list[dict[str, np.ndarray]], num_items
                 jax.block_until_ready(metrics)
                 if index >= warmup:
                     times.append(time.perf_counter() - started)
+                    if probe is not None:  # the best of 3 back-to-back calls: the first one after a step runs cold
+                        rates.append(max(probe.rate() for _ in range(3)))
     xla_flops, xla_dot_flops = xla_cost.total_flops(compiled), xla_cost.dot_flops(lowered.as_text())
     if trainer.config.train.grad_accum > 1:  # XLA counts the micro-batch loop body once: count the unrolled step
         xla_flops, xla_dot_flops = _xla_counts_in_one_batch(trainer.config, batches[0], num_items, mesh)
@@ -90,8 +95,9 @@ def measure(config: TrialConfig, batches: list[dict[str, np.ndarray]], num_items
     executed = flops.executed_flops(config.model, rows, row_len, config.train.loss, config.train.negatives, num_items,
                                     scores_all_items(num_items + 1, config.train.negatives))
     step_seconds = statistics.median(times) if times else None
-    # Measured now, beside the steps (and re-cached): a peak cached on a busier machine would inflate MFU.
-    peak_per_device, peak_source = hardware.peak_flops_per_device(config.model.compute_dtype, remeasure=True)
+    # Measured beside the steps (and re-cached): a peak cached on a busier machine would inflate MFU.
+    peak_per_device, peak_source = hardware.peak_flops_per_device(
+        config.model.compute_dtype, remeasure=True, measured_rate=statistics.median(rates) if rates else None)
     peak = peak_per_device * jax.device_count()
     real_tokens = statistics.mean(float(np.sum(b["segment_ids"] > 0)) for b in batches)
     per_second = (lambda amount: amount / step_seconds) if step_seconds else (lambda amount: None)
@@ -105,6 +111,7 @@ def measure(config: TrialConfig, batches: list[dict[str, np.ndarray]], num_items
         "mfu": per_second(model_flops / peak), "executed_utilisation": per_second(executed / peak),
         "tokens_per_second": per_second(real_tokens),
         "peak_flops": peak, "peak_flops_source": peak_source, "device_kind": jax.devices()[0].device_kind,
+        "peak_flops_all": [rate * jax.process_count() for rate in rates],
         "devices": jax.device_count(), "padding_fraction": 1.0 - real_tokens / (rows * row_len),
         "temp_bytes": temp_bytes,
         "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,

@@ -43,18 +43,27 @@ def datasheet_peak(device_kind: str, dtype: str) -> float:
     return PEAK_BF16[key]
 
 
+class MatmulProbe:
+    """A jitted size^3 matmul in one dtype, compiled once and timed on demand, so that a
+    benchmark can rate the processor between its own steps, under the same load."""
+
+    def __init__(self, dtype: str = "float32", size: int = 2048):
+        self.flops = 2.0 * size**3
+        self.operands = (jnp.ones((size, size), jnp.dtype(dtype)), jnp.ones((size, size), jnp.dtype(dtype)))
+        self.matmul = jax.jit(lambda x, y: x @ y)
+        self.matmul(*self.operands).block_until_ready()
+
+    def rate(self) -> float:
+        """FLOP/s of one call."""
+        start = time.perf_counter()
+        self.matmul(*self.operands).block_until_ready()
+        return self.flops / (time.perf_counter() - start)
+
+
 def measure_matmul_rate(dtype: str = "float32", size: int = 2048, repeats: int = 7) -> float:
     """Median FLOP/s of a jitted size^3 matmul on the default device, after warm-up."""
-    a = jnp.ones((size, size), jnp.dtype(dtype))
-    b = jnp.ones((size, size), jnp.dtype(dtype))
-    matmul = jax.jit(lambda x, y: x @ y)
-    matmul(a, b).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        matmul(a, b).block_until_ready()
-        times.append(time.perf_counter() - start)
-    return 2.0 * size**3 / statistics.median(times)
+    probe = MatmulProbe(dtype, size)
+    return statistics.median(probe.rate() for _ in range(repeats))
 
 
 def _cache_file() -> Path:
@@ -62,11 +71,13 @@ def _cache_file() -> Path:
     return root / "peak_flops.json"
 
 
-def peak_flops_per_device(dtype: str = "float32", remeasure: bool = False) -> tuple[float, str]:
+def peak_flops_per_device(dtype: str = "float32", remeasure: bool = False,
+                          measured_rate: float | None = None) -> tuple[float, str]:
     """(peak FLOP/s of one device, where the number came from).
 
     CPU: the measured rate of the whole processor (one matmul uses every core), cached, divided
     by the number of (simulated) host devices, so peak x devices is the processor's rate.
+    measured_rate: a rate the caller measured itself (recorded in the cache as the new value).
     """
     device = jax.devices()[0]
     if device.platform != "cpu":
@@ -79,8 +90,8 @@ def peak_flops_per_device(dtype: str = "float32", remeasure: bool = False) -> tu
             known = json.loads(cache.read_text())
         except (OSError, ValueError):
             known = {}
-    if remeasure or key not in known:
-        known[key] = measure_matmul_rate(dtype)
+    if measured_rate is not None or remeasure or key not in known:
+        known[key] = measured_rate if measured_rate is not None else measure_matmul_rate(dtype)
         cache.parent.mkdir(parents=True, exist_ok=True)
         partial = cache.with_name(f"{cache.name}.{os.getpid()}")
         partial.write_text(json.dumps(known, indent=1, sort_keys=True))
