@@ -48,7 +48,9 @@ class PipelineConfig:
 
     window: "recent" trains on each user's most recent max_len items (the reference protocol);
     "random" draws each user's window end anew every epoch. packed: several users per row.
-    num_epochs: None repeats forever.
+    whole_epochs: every epoch ends with its own last, partial batch, topped up with empty rows
+    (the reference's DataLoader: 943 users at batch 128 make 7 full batches and one of 47 users);
+    False streams rows across epoch ends, so every batch is full. num_epochs: None repeats forever.
     """
 
     batch_size: int = 128
@@ -56,6 +58,7 @@ class PipelineConfig:
     packed: bool = False
     window: Literal["recent", "random"] = "recent"
     shuffle: bool = True
+    whole_epochs: bool = False
     seed: int = 0
     num_epochs: int | None = None
 
@@ -134,6 +137,14 @@ class TrainRows(grain.IterDataset):
     def plan(self, epoch: int) -> RowPlan:
         return epoch_plan(self.train, self.config, epoch)
 
+    def stream_rows(self, epoch: int) -> int:
+        """Rows epoch `epoch` contributes to the stream: its plan's rows, topped up with empty
+        rows to whole batches when config.whole_epochs."""
+        rows = self.plan(epoch).num_rows
+        if self.config.whole_epochs:
+            rows = -(-rows // self.config.batch_size) * self.config.batch_size
+        return rows
+
     def __iter__(self) -> "_TrainRowIterator":
         return _TrainRowIterator(self)
 
@@ -156,7 +167,7 @@ class _TrainRowIterator(grain.DatasetIterator):
         config = self._rows.config
         self._row += count
         while config.num_epochs is None or self._epoch < config.num_epochs:
-            num_rows = self._rows.plan(self._epoch).num_rows
+            num_rows = self._rows.stream_rows(self._epoch)
             if num_rows == 0:
                 raise DataError("no user has 2 training interactions: nothing to train on")
             if self._row < num_rows:
@@ -168,7 +179,8 @@ class _TrainRowIterator(grain.DatasetIterator):
         rows = self._rows
         if rows.config.num_epochs is not None and self._epoch >= rows.config.num_epochs:
             raise StopIteration
-        row = plan_row(rows.plan(self._epoch), rows.train, self._row)
+        plan = rows.plan(self._epoch)
+        row = plan_row(plan, rows.train, self._row) if self._row < plan.num_rows else _empty_row(plan.capacity)
         self._in_slice += 1
         skip = 0
         if self._in_slice == rows.local_rows:  # jump over the other processes' slices

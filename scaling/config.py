@@ -22,7 +22,9 @@ class ConfigError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """name: dataset name or path (see `python -m data --help`). max_len: history length; training
-    rows hold max_len + 1 items (history and its next item), eval rows the last max_len items."""
+    rows hold max_len + 1 items (history and its next item), eval rows the last max_len items.
+    whole_epochs: each epoch ends with its own partial batch, topped up with empty rows, as the
+    reference's DataLoader does; false: batches run on across epoch ends, always full."""
 
     name: str = "ml-100k"
     format: str = ""
@@ -33,6 +35,7 @@ class DataConfig:
     max_len: int = 200
     packed: bool = False
     window: Literal["recent", "random"] = "recent"
+    whole_epochs: bool = False
 
     @property
     def row_len(self) -> int:

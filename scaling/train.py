@@ -87,7 +87,7 @@ def run(config: TrialConfig, workdir: epath.Path) -> dict[str, Any]:
     split = leave_one_out(prepared.sequences, data_cfg.split)
     num_items = prepared.sequences.num_items
     pipeline = PipelineConfig(batch_size=train_cfg.batch_size, max_len=data_cfg.row_len, packed=data_cfg.packed,
-                              window=data_cfg.window, seed=train_cfg.seed)
+                              window=data_cfg.window, whole_epochs=data_cfg.whole_epochs, seed=train_cfg.seed)
     rows_per_epoch = epoch_plan(split.train, pipeline, 0).num_rows
     steps_per_epoch = math.ceil(rows_per_epoch / train_cfg.batch_size)  # the reference counts a partial batch
     total_steps = train_cfg.steps or math.ceil(train_cfg.epochs * steps_per_epoch)

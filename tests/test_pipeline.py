@@ -118,6 +118,23 @@ def test_processes_feed_slices_of_the_same_global_batches(split) -> None:
     assert rows[0] and rows[1] and not rows[0] & rows[1]  # within an epoch, disjoint
 
 
+@pytest.mark.parametrize("process_count", [1, 2])
+def test_whole_epochs_end_with_their_own_partial_batch(split, process_count: int) -> None:
+    """40 users at batch 16: each epoch is batches of 16, 16 and 8 users + 8 empty rows, and
+    holds every user once; the stream of full batches instead runs on into the next epoch."""
+    config = PipelineConfig(batch_size=16, max_len=12, whole_epochs=True, seed=3, num_epochs=3)
+    shards = [list(train_dataset(split.train, config, p, process_count)) for p in range(process_count)]
+    batches = [{f: np.concatenate([shard[k][f] for shard in shards]) for f in FIELDS} for k in range(len(shards[0]))]
+    assert len(batches) == 3 * 3
+    for epoch in range(3):
+        users = [b["users"][:, 0] for b in batches[3 * epoch:3 * epoch + 3]]
+        assert [int(np.sum(u >= 0)) for u in users] == [16, 16, 8]
+        assert np.all(users[2][8:] == -1) and np.all(batches[3 * epoch + 2]["targets"][8:] == 0)
+        assert sorted(np.concatenate(users)[np.concatenate(users) >= 0].tolist()) == list(range(40))
+    streamed = take(dataclasses.replace(config, whole_epochs=False, num_epochs=None), split.train, 3)
+    assert int(np.sum(streamed[2]["users"][:, 0] >= 0)) == 16
+
+
 def test_iterator_state_round_trip_resumes_exactly(split) -> None:
     config = PipelineConfig(batch_size=4, max_len=12, packed=True, seed=5)
     iterator = iter(train_dataset(split.train, config))
