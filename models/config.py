@@ -19,8 +19,8 @@ class ModelConfig:
     compute_dtype: "float32" or "bfloat16" (parameters stay float32).
     attention: HSTU's "dense" (B, H, L, L) attention, or "blockwise": attention_block queries at
     a time, rematerialised in the backward pass, memory linear in L (models/attention.py).
-    causal_splits: HSTU's dense path in query blocks, each computed against the keys up to its
-    end only (1 = the whole L x L square; 2 skips the all-masked upper-right quarter).
+    causal_splits: attention (HSTU dense, SASRec) in query blocks, each computed against the keys
+    up to its end only (1 = the whole L x L square; 2 skips the all-masked upper-right quarter).
     """
 
     family: ModelFamily = "hstu"

@@ -3,6 +3,7 @@
 
   q = LayerNorm(x)
   y = LayerNorm(q + MHA(q, x, x))       causal within a segment, softmax, 1/sqrt(dh), dropout on weights
+(the causal square in model.causal_splits query blocks, as HSTU's dense attention computes it)
   x = y + Dropout(W2 Dropout(act(W1 y)))
 LayerNorms have no learned parameters (eps 1e-8); there is no final LayerNorm (the output is
 L2-normalised by the decoder). Weight matrices start Xavier-normal, biases at 0 (attention) or
@@ -21,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from models import axes
+from models.attention import causal_query_blocks
 from models.config import ModelConfig
 from models.layers import layer_norm, logical_param, torch_linear_bias_init
 
@@ -53,12 +55,16 @@ class SASRecBlock(nn.Module):
         q = split_heads(query_in @ w_q + b_q)
         k = split_heads(x @ w_k + b_k)
         v = split_heads(x @ w_v + b_v)
-        scores = jnp.einsum("bihd,bjhd->bhij", q, k) / math.sqrt(d // heads)
-        mask = context["mask"][:, None]
-        scores = jnp.where(mask, scores.astype(jnp.float32), _NEG_INF)
-        weights = jnp.where(mask, jax.nn.softmax(scores, axis=-1), 0.0).astype(dtype)
-        weights = dropout(weights, deterministic=deterministic)
-        attended = einops.rearrange(jnp.einsum("bhij,bjhd->bihd", weights, v), "b l h d -> b l (h d)")
+        blocks = []
+        for start, end in causal_query_blocks(x.shape[1], cfg.causal_splits):  # keys after a block's end are masked
+            q_block, k_block, v_block = (jnp.swapaxes(t, 1, 2) for t in (q[:, start:end], k[:, :end], v[:, :end]))
+            scores = jnp.einsum("bhid,bhjd->bhij", q_block, k_block) / math.sqrt(d // heads)
+            mask = context["mask"][:, None, start:end, :end]
+            scores = jnp.where(mask, scores.astype(jnp.float32), _NEG_INF)
+            weights = jnp.where(mask, jax.nn.softmax(scores, axis=-1), 0.0).astype(dtype)
+            weights = dropout(weights, deterministic=deterministic)
+            blocks.append(jnp.swapaxes(jnp.einsum("bhij,bhjd->bhid", weights, v_block), 1, 2))
+        attended = einops.rearrange(jnp.concatenate(blocks, axis=1), "b l h d -> b l (h d)")
         y = layer_norm(query_in + (attended @ w_out.astype(dtype) + b_out.astype(dtype)), eps=1e-8)
 
         activation = jax.nn.relu if cfg.ffn_activation == "relu" else functools.partial(jax.nn.gelu, approximate=False)

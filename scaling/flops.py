@@ -82,9 +82,9 @@ def _reduction_products_per_token(model: ModelConfig) -> float:
 def executed_flops(model: ModelConfig, rows: int, row_len: int, loss: str, negatives: int, num_items: int,
                    score_all_items: bool) -> float:
     """Matmul FLOPs the compiled training step executes on a (rows, row_len) batch: every
-    position, the attention square (HSTU dense: the tiles of its causal query blocks; blockwise:
+    position, the attention square (dense: the tiles of its causal query blocks; HSTU blockwise:
     all keys for queries padded to whole blocks, and its forward run again in the rematerialised
-    backward; SASRec: the full square), the scoring as implemented, and the
+    backward), the scoring as implemented, and the
     matrix-vector products of models/layers.py (for HSTU's position bias: 2 H per query-key pair)."""
     tokens = float(rows * row_len)
     pairs_per_row = float(row_len * row_len)
@@ -92,7 +92,7 @@ def executed_flops(model: ModelConfig, rows: int, row_len: int, loss: str, negat
     if model.family == "hstu" and model.attention == "blockwise":
         pairs_per_row = float(-(-row_len // model.attention_block) * model.attention_block * row_len)
         attention_passes = TRAIN_MULTIPLIER + 1
-    elif model.family == "hstu":
+    else:
         pairs_per_row = float(sum((end - start) * end for start, end in causal_query_blocks(row_len, model.causal_splits)))
     pairs = rows * pairs_per_row
     forward = model.blocks * _block_linear_flops_per_token(model) * tokens
