@@ -8,10 +8,11 @@ j - i is the within-segment position difference in packed rows too.
 `dense` skips the causal square's upper blocks: queries go in `splits` blocks, each against the
 keys up to its own end only (2 halves compute 3/4 of the square; every skipped pair is masked).
 
-There is no softmax, so key blocks simply add up: `blockwise` computes one block of queries
-against all keys at a time, building each block's bias and mask from the timestamps and
-segment ids, and rematerialises the block in the backward pass. Nothing (L, L)-sized is ever
-held, so memory grows linearly with L; it executes the dense path's FLOPs plus one more forward.
+There is no softmax, so key blocks simply add up: `blockwise` computes one block of queries at a
+time, adding up the key blocks up to its own (the causally masked ones are skipped), building
+each tile's bias and mask from the timestamps and segment ids, and rematerialises the query
+block in the backward pass. Nothing (L, L)-sized is ever held, so memory grows linearly with L;
+it executes the lower triangle of tiles, plus one more forward.
 """
 
 from __future__ import annotations
@@ -74,7 +75,10 @@ def dense(q: jax.Array, k: jax.Array, v: jax.Array, w_pos: jax.Array, w_time: ja
 def blockwise(q: jax.Array, k: jax.Array, v: jax.Array, w_pos: jax.Array, w_time: jax.Array,
               timestamps: jax.Array, next_timestamps: jax.Array, segment_ids: jax.Array, divisor: float,
               block: int) -> jax.Array:
-    """Equal to `dense`, one block of `block` queries at a time; timestamps etc. are (B, L)."""
+    """Equal to `dense`, one (block x block) tile at a time; timestamps etc. are (B, L).
+
+    Query block b adds up key blocks 0..b (a scan over key blocks whose causally masked ones are
+    skipped by lax.cond), and is rematerialised in the backward pass."""
     batch, length = segment_ids.shape
     blocks = -(-length // block)
     pad = blocks * block - length
@@ -83,19 +87,31 @@ def blockwise(q: jax.Array, k: jax.Array, v: jax.Array, w_pos: jax.Array, w_time
         x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
         return jnp.swapaxes(x.reshape(batch, blocks, block, *x.shape[2:]), 0, 1)
 
-    key_index = jnp.arange(length)
     num_buckets = w_time.shape[0] - 1
+    key_blocks = (jnp.arange(blocks), by_block(k), by_block(v), by_block(timestamps), by_block(segment_ids))
 
     @jax.checkpoint
-    def one_block(q_block: jax.Array, next_times: jax.Array, query_segments: jax.Array, start: jax.Array) -> jax.Array:
-        query_index = start + jnp.arange(block)
-        position = position_bias(w_pos, query_index, key_index)
-        time = jnp.take(w_time, time_buckets(next_times, timestamps, num_buckets), axis=0, mode="clip")
-        mask = ((key_index[None, :] <= query_index[:, None])[None]
-                & (query_segments[:, :, None] == segment_ids[:, None, :]) & (query_segments > 0)[:, :, None])
-        return pointwise_attention(q_block, k, v, position, time, mask, divisor)
+    def one_query_block(q_block: jax.Array, next_times: jax.Array, query_segments: jax.Array,
+                        query_block: jax.Array) -> jax.Array:
+        query_index = query_block * block + jnp.arange(block)
 
-    starts = jnp.arange(blocks) * block
-    out = jax.lax.map(lambda xs: one_block(*xs), (by_block(q), by_block(next_timestamps), by_block(segment_ids), starts))
+        def add_key_block(total: jax.Array, key: tuple) -> tuple[jax.Array, None]:
+            key_block, k_block, v_block, key_times, key_segments = key
+
+            def tile(total: jax.Array) -> jax.Array:
+                key_index = key_block * block + jnp.arange(block)
+                position = position_bias(w_pos, query_index, key_index)
+                time = jnp.take(w_time, time_buckets(next_times, key_times, num_buckets), axis=0, mode="clip")
+                mask = ((key_index[None, :] <= query_index[:, None])[None]
+                        & (query_segments[:, :, None] == key_segments[:, None, :]) & (query_segments > 0)[:, :, None])
+                return total + pointwise_attention(q_block, k_block, v_block, position, time, mask, divisor)
+
+            return jax.lax.cond(key_block <= query_block, tile, lambda total: total, total), None
+
+        total = jnp.zeros((*q_block.shape[:3], v.shape[-1]), jnp.float32)
+        return jax.lax.scan(add_key_block, total, key_blocks)[0].astype(v.dtype)
+
+    out = jax.lax.map(lambda xs: one_query_block(*xs),
+                      (by_block(q), by_block(next_timestamps), by_block(segment_ids), jnp.arange(blocks)))
     out = jnp.swapaxes(out, 0, 1).reshape(batch, blocks * block, *out.shape[3:])
     return out[:, :length]

@@ -83,14 +83,15 @@ def executed_flops(model: ModelConfig, rows: int, row_len: int, loss: str, negat
                    score_all_items: bool) -> float:
     """Matmul FLOPs the compiled training step executes on a (rows, row_len) batch: every
     position, the attention square (dense: the tiles of its causal query blocks; HSTU blockwise:
-    all keys for queries padded to whole blocks, and its forward run again in the rematerialised
-    backward), the scoring as implemented, and the
+    its (block x block) tiles on and below the diagonal, padded to whole blocks, and their forward
+    run again in the rematerialised backward), the scoring as implemented, and the
     matrix-vector products of models/layers.py (for HSTU's position bias: 2 H per query-key pair)."""
     tokens = float(rows * row_len)
     pairs_per_row = float(row_len * row_len)
     attention_passes = TRAIN_MULTIPLIER
     if model.family == "hstu" and model.attention == "blockwise":
-        pairs_per_row = float(-(-row_len // model.attention_block) * model.attention_block * row_len)
+        blocks = -(-row_len // model.attention_block)
+        pairs_per_row = float(model.attention_block**2 * blocks * (blocks + 1) // 2)  # the tiles on and below the diagonal
         attention_passes = TRAIN_MULTIPLIER + 1
     else:
         pairs_per_row = float(sum((end - start) * end for start, end in causal_query_blocks(row_len, model.causal_splits)))
