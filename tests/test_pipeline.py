@@ -135,8 +135,9 @@ def test_whole_epochs_end_with_their_own_partial_batch(split, process_count: int
     assert int(np.sum(streamed[2]["users"][:, 0] >= 0)) == 16
 
 
-def test_iterator_state_round_trip_resumes_exactly(split) -> None:
-    config = PipelineConfig(batch_size=4, max_len=12, packed=True, seed=5)
+@pytest.mark.parametrize("whole_epochs", [False, True])
+def test_iterator_state_round_trip_resumes_exactly(split, whole_epochs: bool) -> None:
+    config = PipelineConfig(batch_size=4, max_len=12, packed=True, seed=5, whole_epochs=whole_epochs)
     iterator = iter(train_dataset(split.train, config))
     for _ in range(9):  # crosses an epoch boundary (about 8 batches per epoch)
         next(iterator)
