@@ -3,8 +3,9 @@
 
   q = LayerNorm(x)
   y = LayerNorm(q + MHA(q, x, x))       causal within a segment, softmax, 1/sqrt(dh), dropout on weights
-(the causal square in model.causal_splits query blocks, as HSTU's dense attention computes it)
   x = y + Dropout(W2 Dropout(act(W1 y)))
+The attention computes the causal square in model.causal_splits query blocks, as HSTU's dense
+attention does (keys after a block's end are all masked, so the softmax is unchanged).
 LayerNorms have no learned parameters (eps 1e-8); there is no final LayerNorm (the output is
 L2-normalised by the decoder). Weight matrices start Xavier-normal, biases at 0 (attention) or
 torch's Linear default (feed-forward), as the reference's reset_state leaves them.
@@ -56,7 +57,7 @@ class SASRecBlock(nn.Module):
         k = split_heads(x @ w_k + b_k)
         v = split_heads(x @ w_v + b_v)
         blocks = []
-        for start, end in causal_query_blocks(x.shape[1], cfg.causal_splits):  # keys after a block's end are masked
+        for start, end in causal_query_blocks(x.shape[1], cfg.causal_splits):
             q_block, k_block, v_block = (jnp.swapaxes(t, 1, 2) for t in (q[:, start:end], k[:, :end], v[:, :end]))
             scores = jnp.einsum("bhid,bhjd->bhij", q_block, k_block) / math.sqrt(d // heads)
             mask = context["mask"][:, None, start:end, :end]
