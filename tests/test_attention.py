@@ -35,16 +35,28 @@ def packed_inputs(seed: int = 0) -> dict[str, np.ndarray]:
             "items": np.where(segments > 0, rng.integers(1, 30, (B, L)), 0).astype(np.int32)}
 
 
-@pytest.mark.parametrize("block", [4, 5, 13, 16])
-def test_blockwise_equals_dense_with_gradients(block: int) -> None:
-    inputs = packed_inputs()
-    keys = jax.random.split(jax.random.key(0), 6)
+def random_case(inputs_seed: int, key_seed: int) -> tuple[dict, tuple, jax.Array, jax.Array, jax.Array]:
+    """(packed inputs, (q, k, v, w_pos, w_time), cotangent, time buckets, mask) for one test."""
+    inputs = packed_inputs(inputs_seed)
+    keys = jax.random.split(jax.random.key(key_seed), 6)
     q, k = (jax.random.normal(key, (B, L, H, DQK)) for key in keys[:2])
     v = jax.random.normal(keys[2], (B, L, H, DV))
     w_pos, w_time = jax.random.normal(keys[3], (2 * P - 1,)), jax.random.normal(keys[4], (129,))
     cotangent = jax.random.normal(keys[5], (B, L, H, DV))
     buckets = attention.time_buckets(inputs["next_timestamps"], inputs["timestamps"], 128)
     mask = attention_mask(jnp.asarray(inputs["segment_ids"]))
+    return inputs, (q, k, v, w_pos, w_time), cotangent, buckets, mask
+
+
+def assert_same_value_and_gradients(got, got_grads, want, want_grads) -> None:
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for name, g, w in zip(("q", "k", "v", "w_pos", "w_time"), got_grads, want_grads):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("block", [4, 5, 13, 16])
+def test_blockwise_equals_dense_with_gradients(block: int) -> None:
+    inputs, args, cotangent, buckets, mask = random_case(0, 0)
 
     def dense(*args):
         return jnp.sum(attention.dense(*args, buckets, mask, float(P)) * cotangent)
@@ -53,12 +65,9 @@ def test_blockwise_equals_dense_with_gradients(block: int) -> None:
         return jnp.sum(attention.blockwise(*args, inputs["timestamps"], inputs["next_timestamps"],
                                            inputs["segment_ids"], float(P), block) * cotangent)
 
-    args = (q, k, v, w_pos, w_time)
     want, want_grads = jax.value_and_grad(dense, argnums=range(5))(*args)
     got, got_grads = jax.jit(jax.value_and_grad(blockwise, argnums=range(5)))(*args)
-    np.testing.assert_allclose(got, want, rtol=1e-5)
-    for name, g, w in zip(("q", "k", "v", "w_pos", "w_time"), got_grads, want_grads):
-        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=name)
+    assert_same_value_and_gradients(got, got_grads, want, want_grads)
     assert float(jnp.abs(want_grads[4]).sum()) > 0  # several time buckets really got gradient
 
 
@@ -73,24 +82,14 @@ def test_causal_query_blocks_cover_every_query_once() -> None:
 
 @pytest.mark.parametrize("splits", [2, 3, 13])
 def test_dense_split_into_causal_query_blocks_equals_the_whole_square(splits: int) -> None:
-    inputs = packed_inputs(2)
-    keys = jax.random.split(jax.random.key(3), 6)
-    q, k = (jax.random.normal(key, (B, L, H, DQK)) for key in keys[:2])
-    v = jax.random.normal(keys[2], (B, L, H, DV))
-    w_pos, w_time = jax.random.normal(keys[3], (2 * P - 1,)), jax.random.normal(keys[4], (129,))
-    cotangent = jax.random.normal(keys[5], (B, L, H, DV))
-    buckets = attention.time_buckets(inputs["next_timestamps"], inputs["timestamps"], 128)
-    mask = attention_mask(jnp.asarray(inputs["segment_ids"]))
+    _, args, cotangent, buckets, mask = random_case(2, 3)
 
     def loss(splits, *args):
         return jnp.sum(attention.dense(*args, buckets, mask, float(P), splits) * cotangent)
 
-    args = (q, k, v, w_pos, w_time)
     want, want_grads = jax.value_and_grad(loss, argnums=range(1, 6))(1, *args)
     got, got_grads = jax.value_and_grad(loss, argnums=range(1, 6))(splits, *args)
-    np.testing.assert_allclose(got, want, rtol=1e-5)
-    for name, g, w in zip(("q", "k", "v", "w_pos", "w_time"), got_grads, want_grads):
-        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=name)
+    assert_same_value_and_gradients(got, got_grads, want, want_grads)
 
 
 def test_blockwise_model_equals_dense_model() -> None:
