@@ -26,6 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from data.pipeline import eval_row
+from data.sequences import Sequences
+from data.split import EvalTargets
 from models.config import ModelConfig
 from models.decoder import MODEL_INPUTS, build_model
 from models.losses import sampled_softmax_loss
@@ -36,22 +39,17 @@ CONFIG = ModelConfig(family="hstu", d_model=8, blocks=2, heads=2, dqk=4, dv=4, m
 ITEMS = 40
 
 
-def reference_rows(golden: dict, with_target: bool) -> tuple[dict, np.ndarray]:
-    """Our padded rows for the golden users: the history, plus the target when training."""
+def reference_rows(golden: dict) -> tuple[dict, np.ndarray]:
+    """The golden users' rows as our pipeline builds them for evaluation (data.pipeline.eval_row):
+    the history, each token's next timestamp (the target's at the last), each token's next item."""
     lengths = golden["history_lengths"]
-    width = golden["history_items"].shape[1] + int(with_target)
-    rows = {key: np.zeros((len(lengths), width), np.int32) for key in MODEL_INPUTS + ("targets",)}
-    for r, n in enumerate(lengths):
-        items = list(golden["history_items"][r, :n]) + [golden["target_items"][r]]
-        times = list(golden["history_timestamps"][r, :n]) + [golden["target_timestamps"][r]]
-        m = n + int(with_target)
-        rows["items"][r, :m] = items[:m]
-        rows["timestamps"][r, :m] = times[:m]
-        rows["next_timestamps"][r, :m] = (times[1:] + times[-1:])[:m]
-        rows["targets"][r, :m] = (items[1:] + [0])[:m]
-        rows["segment_ids"][r, :m] = 1
-        rows["positions"][r, :m] = np.arange(m)
-    return {key: jnp.asarray(value) for key, value in rows.items()}, lengths
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    real = np.arange(golden["history_items"].shape[1])[None, :] < lengths[:, None]
+    history = Sequences(offsets=offsets, items=golden["history_items"][real], timestamps=golden["history_timestamps"][real],
+                        ratings=None, num_items=ITEMS, user_ids=np.arange(len(lengths)), item_ids=np.arange(1, ITEMS + 1))
+    targets = EvalTargets(history, golden["target_items"], golden["target_timestamps"])
+    rows = [eval_row(targets, user, golden["history_items"].shape[1]) for user in range(len(lengths))]
+    return {key: jnp.asarray(np.stack([row[key] for row in rows])) for key in MODEL_INPUTS + ("targets",)}, lengths
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +60,7 @@ def golden() -> dict:
 @pytest.fixture(scope="module")
 def model_and_params(golden):
     model = build_model(CONFIG, ITEMS)
-    rows, _ = reference_rows(golden, with_target=False)
+    rows, _ = reference_rows(golden)
     boxed = model.init(jax.random.PRNGKey(0), {k: rows[k] for k in MODEL_INPUTS})["params"]
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(boxed), sep="/")
     assert sorted(flat) == sorted(k[len("param/"):] for k in golden if k.startswith("param/"))
@@ -75,7 +73,7 @@ def model_and_params(golden):
 
 def test_eval_query_equals_the_reference(golden, model_and_params):
     model, params = model_and_params
-    rows, lengths = reference_rows(golden, with_target=False)
+    rows, lengths = reference_rows(golden)
     outputs = np.asarray(model.apply({"params": params}, {k: rows[k] for k in MODEL_INPUTS}))
     query = outputs[np.arange(len(lengths)), lengths - 1]
     np.testing.assert_allclose(query, golden["eval_query"], atol=2e-6)
@@ -83,8 +81,8 @@ def test_eval_query_equals_the_reference(golden, model_and_params):
 
 def test_training_loss_and_gradients_equal_the_reference(golden, model_and_params):
     model, params = model_and_params
-    rows, lengths = reference_rows(golden, with_target=True)
-    negatives = jnp.asarray(golden["negatives"])
+    rows, lengths = reference_rows(golden)  # the same supervised positions as the reference's training row
+    negatives = jnp.asarray(golden["negatives"][:, : rows["items"].shape[1]])
 
     def mean_loss(p):
         outputs = model.apply({"params": p}, {k: rows[k] for k in MODEL_INPUTS})
@@ -93,8 +91,8 @@ def test_training_loss_and_gradients_equal_the_reference(golden, model_and_param
         return total / count, outputs
 
     (loss, outputs), grads = jax.value_and_grad(mean_loss, has_aux=True)(params)
-    real = np.arange(outputs.shape[1])[None, :] < lengths[:, None]  # the reference leaves the target out
-    np.testing.assert_allclose(np.asarray(outputs)[real], golden["train_outputs"][real], atol=2e-6)
+    real = np.arange(outputs.shape[1])[None, :] < lengths[:, None]
+    np.testing.assert_allclose(np.asarray(outputs)[real], golden["train_outputs"][:, : outputs.shape[1]][real], atol=2e-6)
     np.testing.assert_allclose(float(loss), float(golden["loss"]), rtol=1e-6)
     for name, grad in flax.traverse_util.flatten_dict(flax.core.unfreeze(grads), sep="/").items():
         expected = golden["grad/" + name]
