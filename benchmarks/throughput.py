@@ -24,10 +24,8 @@ import jax
 import numpy as np
 
 from data.errors import DataError
-from models.config import ModelConfig
-from models.losses import scores_all_items
+from models import family as families
 from scaling import flops, hardware, host, xla_cost
-from scaling.batches import TRAIN_FIELDS, segment_lengths, to_global
 from scaling.config import ConfigError, DataConfig, TrainConfig, TrialConfig, with_overrides
 from scaling.mesh import make_mesh
 from scaling.presets import preset
@@ -52,7 +50,7 @@ def data_batches(config: TrialConfig, count: int) -> tuple[list[dict[str, np.nda
 
     prepared = prepare(config.data.name)
     split = leave_one_out(prepared.sequences, config.data.split)
-    pipeline = PipelineConfig(batch_size=config.train.batch_size, max_len=config.data.row_len,
+    pipeline = PipelineConfig(batch_size=config.train.batch_size, row_len=config.data.row_len,
                               packed=config.data.packed, seed=config.train.seed)
     iterator = iter(train_dataset(split.train, pipeline))
     return [next(iterator) for _ in range(count)], prepared.sequences.num_items
@@ -68,8 +66,9 @@ def measure(config: TrialConfig, batches: list[dict[str, np.ndarray]], num_items
     times: list[float] = []
     probe = hardware.MatmulProbe(config.model.compute_dtype) if jax.devices()[0].platform == "cpu" else None
     rates: list[float] = []  # the CPU peak, measured after every timed step: both see the same load
+    step_counts: list[dict[str, float]] = []
     with trainer.context():
-        example = to_global(batches[0], mesh, TRAIN_FIELDS)
+        example = trainer.train_batch(batches[0])
         lowered = trainer.train_step.lower(trainer.abstract_state, example, jax.random.key(0))
         compiled = lowered.compile()
         memory = compiled.memory_analysis()
@@ -77,11 +76,12 @@ def measure(config: TrialConfig, batches: list[dict[str, np.ndarray]], num_items
         if temp_bytes is None or temp_bytes <= time_limit_bytes:
             state = trainer.init(jax.random.key(0))
             for index, batch in enumerate(batches):
-                device_batch = to_global(batch, mesh, TRAIN_FIELDS)
+                device_batch = trainer.train_batch(batch)
                 jax.block_until_ready(device_batch)
                 started = time.perf_counter()
                 state, metrics = trainer.train_step(state, device_batch, jax.random.key(1))
                 jax.block_until_ready(metrics)
+                step_counts.append({name: float(value) for name, value in metrics["counts"].items()})
                 if index >= warmup:
                     times.append(time.perf_counter() - started)
                     if probe is not None:  # the best of 3 back-to-back calls: the first one after a step runs cold
@@ -89,26 +89,27 @@ def measure(config: TrialConfig, batches: list[dict[str, np.ndarray]], num_items
     xla_flops, xla_dot_flops = xla_cost.total_flops(compiled), xla_cost.dot_flops(lowered.as_text())
     if trainer.config.train.grad_accum > 1:  # XLA counts the micro-batch loop body once: count the unrolled step
         xla_flops, xla_dot_flops = _xla_counts_in_one_batch(trainer.config, batches[0], num_items, mesh)
-    model_flops = statistics.mean(
-        flops.model_flops(config.model, segment_lengths(b), config.train.loss, config.train.negatives, num_items,
-                          int(np.sum(b["targets"] > 0))) for b in batches)
-    executed = flops.executed_flops(config.model, rows, row_len, config.train.loss, config.train.negatives, num_items,
-                                    scores_all_items(num_items + 1, config.train.negatives))
+    if not step_counts:  # compiled only: the counts of full rows, which random-id batches are
+        step_counts = [trainer.family.full_row_counts(config.model, rows, row_len)]
+    model_flops = statistics.mean(flops.model_flops_from_counts(config.model, config.train, counts, num_items)
+                                  for counts in step_counts)
+    executed = flops.executed_flops(config.model, rows, row_len, config.train.loss, config.train.negatives, num_items)
     step_seconds = statistics.median(times) if times else None
     # Measured beside the steps (and re-cached): a peak cached on a busier machine would inflate MFU.
     peak_per_device, peak_source = hardware.peak_flops_per_device(
         config.model.compute_dtype, remeasure=True, measured_rate=statistics.median(rates) if rates else None)
     peak = peak_per_device * jax.device_count()
-    real_tokens = statistics.mean(float(np.sum(b["segment_ids"] > 0)) for b in batches)
+    real_tokens = statistics.mean(counts["tokens"] for counts in step_counts)
     per_second = (lambda amount: amount / step_seconds) if step_seconds else (lambda amount: None)
     return {
-        "model": config.model.family, "d_model": config.model.d_model, "blocks": config.model.blocks,
-        "heads": config.model.heads, "seq_len": row_len, "batch": rows, "packed": config.data.packed,
-        "attention": config.model.attention, "grad_accum": trainer.config.train.grad_accum,
+        "model": config.model.family, **trainer.family.summary(config.model), "model_config": config.model.canonical(),
+        "seq_len": row_len, "batch": rows, "packed": config.data.packed,
+        "attention": getattr(config.model, "attention", None), "grad_accum": trainer.config.train.grad_accum,
         "step_seconds": step_seconds, "step_seconds_all": times,
         "train_flops_per_step": model_flops, "executed_flops_per_step": executed,
         "xla_flops_per_step": xla_flops, "xla_dot_flops_per_step": xla_dot_flops,
-        "mfu": per_second(model_flops / peak), "executed_utilisation": per_second(executed / peak),
+        "mfu": per_second(model_flops / peak),
+        "executed_utilisation": per_second(executed / peak) if executed is not None else None,
         "tokens_per_second": per_second(real_tokens),
         "peak_flops": peak, "peak_flops_source": peak_source, "device_kind": jax.devices()[0].device_kind,
         "peak_flops_all": [rate * jax.process_count() for rate in rates],
@@ -124,7 +125,7 @@ def _xla_counts_in_one_batch(config: TrialConfig, batch: dict[str, np.ndarray], 
     whole = dataclasses.replace(config, train=dataclasses.replace(config.train, grad_accum=1))
     trainer = build_trainer(whole, num_items, mesh, total_steps=1)
     with trainer.context():
-        lowered = trainer.train_step.lower(trainer.abstract_state, to_global(batch, mesh, TRAIN_FIELDS), jax.random.key(0))
+        lowered = trainer.train_step.lower(trainer.abstract_state, trainer.train_batch(batch), jax.random.key(0))
         return xla_cost.total_flops(lowered.compile()), xla_cost.dot_flops(lowered.as_text())
 
 
@@ -185,16 +186,20 @@ def config_from(args: argparse.Namespace) -> TrialConfig:
         if args.data:
             overrides.append(f"data.name={args.data}")
     else:
-        config = TrialConfig(
-            data=DataConfig(max_len=args.seq_len - 1, packed=args.packed),
-            model=ModelConfig(family=args.model or "hstu", d_model=args.d_model, blocks=args.blocks, heads=args.heads,
-                              max_positions=args.seq_len, dropout=0.0, input_dropout=0.0, compute_dtype=args.dtype,
-                              attention=args.attention, attention_block=args.attention_block),
-            train=TrainConfig(batch_size=args.batch, negatives=args.negatives),
-        )
-        overrides = []
+        name = args.model or "hstu"
+        config = TrialConfig(data=DataConfig(max_len=args.seq_len - 1, packed=args.packed),
+                             train=TrainConfig(batch_size=args.batch, negatives=args.negatives))
+        # The size flags go to the family's fields of those names; a flag its family lacks is
+        # an error only when it asks for something other than the default.
+        fields = {f.name for f in dataclasses.fields(families.get(name).config_class)}
+        wanted = {"d_model": args.d_model, "blocks": args.blocks, "heads": args.heads, "max_positions": args.seq_len,
+                  "dropout": 0.0, "input_dropout": 0.0, "compute_dtype": args.dtype, "attention": args.attention,
+                  "attention_block": args.attention_block}
+        explicit = {"attention": args.attention != "dense", "compute_dtype": args.dtype != "float32"}
+        overrides = [f"model.family={name}"] + [f"model.{key}={value}" for key, value in wanted.items()
+                                                if key in fields or explicit.get(key, False)]
     overrides.append(f"mesh.spec={args.mesh}")
-    return with_overrides(config, overrides + list(args.set or [])).validate()
+    return with_overrides(config, overrides + list(args.set or []))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -202,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", help="a scaling.train preset; with --data, time its real batches")
     parser.add_argument("--data", help="dataset for --preset (default: the preset's)")
-    parser.add_argument("--model", choices=["hstu", "sasrec"])
+    parser.add_argument("--model", choices=families.names())
     parser.add_argument("--d-model", type=int, default=256)
     parser.add_argument("--blocks", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
@@ -212,7 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-items", type=int, default=3706, help="catalogue size (random-id mode)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--packed", action="store_true")
-    parser.add_argument("--attention", choices=["dense", "blockwise"], default="dense", help="HSTU attention path")
+    parser.add_argument("--attention", choices=["dense", "blockwise"], default="dense",
+                        help="model.attention, for families that have it (HSTU)")
     parser.add_argument("--attention-block", type=int, default=256, help="queries per block (blockwise)")
     parser.add_argument("--mesh", default="auto")
     parser.add_argument("--warmup", type=int, default=2)

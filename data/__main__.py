@@ -90,7 +90,7 @@ def _run_padding(args: argparse.Namespace) -> dict:
     split = leave_one_out(_prepare(args).sequences, args.split)
     result = {"dataset": args.dataset, "max_len": args.max_len}
     for packed in (False, True):
-        config = PipelineConfig(max_len=args.max_len, packed=packed, window=args.window, seed=args.seed)
+        config = PipelineConfig(row_len=args.max_len + 1, packed=packed, window=args.window, seed=args.seed)
         result["packed" if packed else "padded"] = padding_fraction(split.train, config)
     result["padding_saved"] = result["padded"] - result["packed"]
     return result
@@ -134,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     baseline.add_argument("--max-len", type=int, default=200, help="history items excluded from ranking")
     padding = add("padding", _run_padding, "fraction of padding tokens in padded vs packed training rows")
     dataset_arguments(padding)
-    padding.add_argument("--max-len", type=int, default=200, help="tokens per row")
+    padding.add_argument("--max-len", type=int, default=200, help="history items per training row (rows hold max_len + 1 tokens, as in training)")
     padding.add_argument("--window", choices=["recent", "random"], default="recent")
     padding.add_argument("--split", choices=["reference", "holdout"], default="reference")
     padding.add_argument("--seed", type=int, default=0)

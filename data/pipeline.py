@@ -1,7 +1,7 @@
 """grain pipelines from sequences to host batches: training rows (padded or packed) and eval rows.
 
-Every batch is a dict of numpy arrays with rows of `max_len` tokens, left-aligned (padding at
-the right). Per token:
+Every batch is a dict of numpy arrays with rows of `row_len` tokens, left-aligned (padding at
+the right). Per token (TOKEN_FIELDS):
   items            int32  dense item id, 0 = padding
   timestamps       int64  seconds
   next_timestamps  int64  timestamp of the next item of the same segment (the query side of
@@ -11,7 +11,7 @@ the right). Per token:
   segment_ids      int32  1, 2, ... for the users sharing a row, 0 = padding
   positions        int32  0-based position inside the segment
   users            int32  dense user index, -1 = padding
-Eval batches add per row: eval_target (int32), eval_position (int32: the last history token,
+Eval batches add per row (ROW_FIELDS): eval_target (int32), eval_position (int32: the last history token,
 whose output is the query), eval_user (int32) and eval_valid (bool: False for filler rows that
 keep the batch shape fixed).
 """
@@ -31,7 +31,7 @@ from data.sequences import Sequences
 from data.split import EvalTargets
 
 Batch = dict[str, np.ndarray]
-_FIELDS = {
+TOKEN_FIELDS = {
     "items": np.int32,
     "timestamps": np.int64,
     "next_timestamps": np.int64,
@@ -40,13 +40,16 @@ _FIELDS = {
     "positions": np.int32,
     "users": np.int32,
 }
+ROW_FIELDS = {"eval_target": np.int32, "eval_position": np.int32, "eval_user": np.int32, "eval_valid": np.bool_}
+BOOKKEEPING = ("users", "eval_user")  # whose rows these are: for the host, never read by a model
 
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-    """batch_size: rows per GLOBAL batch (split evenly over processes); max_len: tokens per row.
+    """batch_size: rows per GLOBAL batch (split evenly over processes); row_len: tokens per row
+    (a trial's data.max_len history items + 1).
 
-    window: "recent" trains on each user's most recent max_len items (the reference protocol);
+    window: "recent" trains on each user's most recent row_len items (the reference protocol);
     "random" draws each user's window end anew every epoch. packed: several users per row.
     whole_epochs: every epoch ends with its own last, partial batch, topped up with empty rows
     (the reference's DataLoader: 943 users at batch 128 make 7 full batches and one of 47 users);
@@ -54,7 +57,7 @@ class PipelineConfig:
     """
 
     batch_size: int = 128
-    max_len: int = 200
+    row_len: int = 201
     packed: bool = False
     window: Literal["recent", "random"] = "recent"
     shuffle: bool = True
@@ -64,8 +67,8 @@ class PipelineConfig:
 
 
 def _check(config: PipelineConfig, process_count: int) -> None:
-    if config.max_len < 2:
-        raise DataError(f"max_len={config.max_len}: a row needs at least 2 tokens to hold a target")
+    if config.row_len < 2:
+        raise DataError(f"row_len={config.row_len}: a row needs at least 2 tokens to hold a target")
     if config.window not in ("recent", "random"):
         raise DataError(f"window={config.window!r}: known windows are recent, random")
     if config.batch_size < 1 or config.batch_size % process_count:
@@ -81,12 +84,12 @@ def epoch_plan(train: Sequences, config: PipelineConfig, epoch: int) -> RowPlan:
     ends = lengths[users]
     if config.window == "random":
         ends = np.random.default_rng([config.seed, epoch, 1]).integers(2, ends + 1)
-    starts = np.maximum(ends - config.max_len, 0)
-    return plan_rows(users, starts, ends, config.max_len, config.packed)
+    starts = np.maximum(ends - config.row_len, 0)
+    return plan_rows(users, starts, ends, config.row_len, config.packed)
 
 
-def _empty_row(max_len: int) -> Batch:
-    row = {name: np.zeros(max_len, dtype) for name, dtype in _FIELDS.items()}
+def _empty_row(row_len: int) -> Batch:
+    row = {name: np.zeros(row_len, dtype) for name, dtype in TOKEN_FIELDS.items()}
     row["users"][:] = -1
     return row
 
@@ -221,12 +224,12 @@ def train_dataset(
     return rows.batch(rows.local_rows, drop_remainder=True)
 
 
-def eval_row(targets: EvalTargets, user: int, max_len: int, history_len: int | None = None) -> Batch:
-    """A row of max_len tokens holding the user's most recent history_len (default max_len)
+def eval_row(targets: EvalTargets, user: int, row_len: int, history_len: int | None = None) -> Batch:
+    """A row of row_len tokens holding the user's most recent history_len (default row_len)
     history items; the last history token's target is the eval target."""
-    row = _empty_row(max_len)
+    row = _empty_row(row_len)
     length = int(targets.history.lengths[user])
-    start = max(length - min(history_len or max_len, max_len), 0)
+    start = max(length - min(history_len or row_len, row_len), 0)
     _fill_segment(row, 0, targets.history, user, start, length, 1,
                   int(targets.targets[user]), int(targets.target_timestamps[user]))
     row.update(eval_target=np.int32(targets.targets[user]), eval_position=np.int32(length - start - 1),
@@ -234,15 +237,15 @@ def eval_row(targets: EvalTargets, user: int, max_len: int, history_len: int | N
     return row
 
 
-def _filler_row(max_len: int) -> Batch:
-    row = _empty_row(max_len)
+def _filler_row(row_len: int) -> Batch:
+    row = _empty_row(row_len)
     row.update(eval_target=np.int32(0), eval_position=np.int32(0), eval_user=np.int32(-1), eval_valid=np.bool_(False))
     return row
 
 
 def eval_dataset(
     targets: EvalTargets,
-    max_len: int,
+    row_len: int,
     batch_size: int,
     process_index: int | None = None,
     process_count: int | None = None,
@@ -250,7 +253,7 @@ def eval_dataset(
 ) -> grain.MapDataset:
     """This process's eval batches over all users with a target, in user order.
 
-    Rows have max_len tokens and hold the most recent history_len (default max_len) items, so
+    Rows have row_len tokens and hold the most recent history_len (default row_len) items, so
     eval rows can share the training row length while the history follows the protocol.
     Users are dealt round-robin to processes; every process yields the same number of batches
     (filler rows with eval_valid False pad the tail), so collective eval steps line up.
@@ -264,8 +267,8 @@ def eval_dataset(
 
     def make_batch(index: int) -> Batch:
         chosen = users[index * local_batch : (index + 1) * local_batch]
-        rows = [eval_row(targets, int(u), max_len, history_len) for u in chosen]
-        rows += [_filler_row(max_len)] * (local_batch - len(rows))
+        rows = [eval_row(targets, int(u), row_len, history_len) for u in chosen]
+        rows += [_filler_row(row_len)] * (local_batch - len(rows))
         return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
 
     return grain.MapDataset.range(num_batches).map(make_batch)
@@ -274,3 +277,12 @@ def eval_dataset(
 def padding_fraction(train: Sequences, config: PipelineConfig, epoch: int = 0) -> float:
     """Fraction of row tokens that are padding in one epoch of the configured layout."""
     return epoch_plan(train, config, epoch).padding_fraction
+
+
+def segment_lengths(batch: Batch) -> np.ndarray:
+    """Lengths of every segment (user window) in a batch of rows."""
+    segments = batch["segment_ids"]
+    row_offset = (np.arange(segments.shape[0]) * (segments.shape[1] + 1))[:, None]
+    ids = np.where(segments > 0, segments + row_offset, 0).ravel()
+    counts = np.bincount(ids)
+    return counts[1:][counts[1:] > 0]

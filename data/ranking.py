@@ -23,6 +23,16 @@ def ranking_metrics(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[s
     return metrics
 
 
+def ranks_from_top_k(top_k: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Rank of each row's target in its list of recommended items (best first): 1-based
+    position, or infinity when the list misses it. Metrics at K up to the list's length are
+    then exact; MRR counts a missed target as 0."""
+    top_k = np.asarray(top_k)
+    hits = top_k == np.asarray(targets)[:, None]
+    first = np.argmax(hits, axis=1).astype(np.float64) + 1.0
+    return np.where(hits.any(axis=1), first, np.inf)
+
+
 def ranks_from_scores(scores: np.ndarray, targets: np.ndarray, excluded: np.ndarray) -> np.ndarray:
     """Rank of each row's target among all items: 1 + the number of candidates scored strictly higher.
 

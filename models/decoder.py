@@ -1,6 +1,7 @@
-"""The decoder-only sequential recommenders: shared input and output, HSTU or SASRec blocks.
+"""The decoder-only sequential recommenders (HSTU, SASRec): shared config, input, output, loss,
+evaluation and FLOP accounting; each family supplies its block (models/hstu.py, models/sasrec.py).
 
-Shapes: B rows, L tokens per row, D = d_model. Inputs are the pipeline's batch fields (see
+Shapes: B rows, L tokens per row, D = d_model. Inputs are the pipeline's token fields (see
 data/pipeline.py): items, timestamps, next_timestamps, segment_ids, positions, all (B, L).
 Output: (B, L, D) L2-normalised embeddings; item scores are cosine similarities with the
 L2-normalised rows of the (tied) item table.
@@ -8,39 +9,60 @@ L2-normalised rows of the (tied) item table.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from models import axes
-from models.config import ModelConfig
-from models.attention import time_buckets
-from models.hstu import HSTUBlock
-from models.layers import attention_mask, l2_normalize, logical_param, truncated_normal
-from models.sasrec import SASRecBlock
+from data import pipeline
+from models import axes, family
+from models.family import TRAIN_MULTIPLIER, BatchField, FamilyConfig
+from models.fields import ConfigError, positive, fraction
+from models.layers import hand_written_kernels, l2_normalize, logical_param, truncated_normal
+from models.losses import full_softmax_loss, sample_negatives, sampled_softmax_loss, scores_all_items
 
-MODEL_INPUTS = ("items", "timestamps", "next_timestamps", "segment_ids", "positions")
+TRAIN_FIELDS = {name: BatchField(np.int32, (axes.BATCH, axes.LENGTH))
+                for name in pipeline.TOKEN_FIELDS if name not in pipeline.BOOKKEEPING}
+EVAL_FIELDS = {**TRAIN_FIELDS, **{name: BatchField(dtype, (axes.BATCH,))
+                                  for name, dtype in pipeline.ROW_FIELDS.items() if name not in pipeline.BOOKKEEPING}}
+MODEL_INPUTS = tuple(name for name in TRAIN_FIELDS if name != "targets")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig(FamilyConfig):
+    """Fields every decoder-only family has. d_model = D; blocks; heads = H; max_positions: rows
+    of the positional table (the spec's N); dropout: the block output dropout; input_dropout:
+    dropout on the input embeddings; causal_splits: attention in query blocks, each computed
+    against the keys up to its end only (1 = the whole L x L square; 2 skips the all-masked
+    upper-right quarter). compute_dtype: "float32" or "bfloat16" (parameters stay float32)."""
+
+    d_model: int = positive(50)
+    blocks: int = positive(2)
+    heads: int = positive(1)
+    max_positions: int = positive(211)
+    dropout: float = fraction(0.2)
+    input_dropout: float = fraction(0.2)
+    causal_splits: int = positive(2)
 
 
 class SequentialRecommender(nn.Module):
-    config: ModelConfig
+    """Item table and positions in, the family's blocks, L2-normalised outputs."""
+
+    config: DecoderConfig
     num_items: int
+    parts: "DecoderFamily"
 
     def setup(self) -> None:
         cfg = self.config
         self.item_table = logical_param(self, "item_embedding", truncated_normal(0.02),
                                         (self.num_items + 1, cfg.d_model), (axes.VOCAB, axes.EMBED))
-        # The reference HSTU re-initialises its positional table Xavier-normal (HSTU.reset_params
-        # skips only the blocks and the item table); its SASRec keeps the truncated N(0, 1/D).
-        position_init = (nn.initializers.variance_scaling(1.0, "fan_avg", "normal") if cfg.family == "hstu"
-                         else truncated_normal(math.sqrt(1.0 / cfg.d_model)))
-        self.position_table = logical_param(self, "position_embedding", position_init,
+        self.position_table = logical_param(self, "position_embedding", self.parts.position_init(cfg),
                                             (cfg.max_positions, cfg.d_model), (axes.POSITIONS, axes.EMBED))
-        block = HSTUBlock if cfg.family == "hstu" else SASRecBlock
-        self.blocks = [block(cfg, name=f"block_{i}") for i in range(cfg.blocks)]
+        self.blocks = [self.parts.block(cfg, name=f"block_{i}") for i in range(cfg.blocks)]
         self.input_dropout = nn.Dropout(cfg.input_dropout)
 
     def __call__(self, batch: Mapping[str, jax.Array], deterministic: bool = True) -> jax.Array:
@@ -51,13 +73,7 @@ class SequentialRecommender(nn.Module):
         x = x + jnp.take(self.position_table, batch["positions"], axis=0, mode="clip")
         x = self.input_dropout(x, deterministic=deterministic)
         x = nn.with_logical_constraint(jnp.where(real, x, 0.0).astype(dtype), (axes.BATCH, axes.LENGTH, axes.EMBED))
-        context = {"positions": batch["positions"]}
-        if cfg.family == "hstu" and cfg.attention == "blockwise":  # each block builds its own tiles
-            context.update({name: batch[name] for name in ("timestamps", "next_timestamps", "segment_ids")})
-        else:
-            context["mask"] = attention_mask(batch["segment_ids"])
-            if cfg.family == "hstu":
-                context["time_buckets"] = time_buckets(batch["next_timestamps"], batch["timestamps"], cfg.time_buckets)
+        context = self.parts.block_context(cfg, batch)
         for block in self.blocks:
             x = block(x, context, deterministic=deterministic)
         x = jnp.where(real, x, 0.0)
@@ -68,6 +84,170 @@ class SequentialRecommender(nn.Module):
         return l2_normalize(self.item_table)
 
 
-def build_model(config: ModelConfig, num_items: int) -> SequentialRecommender:
-    config.validate()
-    return SequentialRecommender(config, num_items)
+def build_model(config: DecoderConfig, num_items: int) -> SequentialRecommender:
+    """The flax module of a decoder-only family's config."""
+    parts = family.of(config)
+    if not isinstance(parts, DecoderFamily):
+        raise ConfigError(f"model.family={config.family!r} is not a decoder-only family")
+    return SequentialRecommender(config, num_items, parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderModel(family.Model):
+    """Next-item training (sampled or full softmax over cosine / temperature logits) and
+    full-ranking evaluation of a SequentialRecommender."""
+
+    module: SequentialRecommender
+    train: Any  # scaling.config.TrainConfig
+    num_items: int
+
+    def init(self, rng: jax.Array, batch: Mapping[str, jax.Array]) -> Any:
+        return self.module.init({"params": rng}, {k: batch[k] for k in MODEL_INPUTS})["params"]
+
+    def loss_sums(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, jax.Array, dict]:
+        dropout_rng, negatives_rng = jax.random.split(rng)
+        outputs = self.module.apply({"params": params}, {k: batch[k] for k in MODEL_INPUTS},
+                                    deterministic=False, rngs={"dropout": dropout_rng})
+        candidates = l2_normalize(params["item_embedding"])
+        targets = batch["targets"]
+        if self.train.loss == "full_softmax":
+            loss_sum, count = full_softmax_loss(outputs, targets, candidates, self.train.temperature)
+        else:
+            negatives = sample_negatives(negatives_rng, targets.shape, self.train.negatives, self.num_items)
+            loss_sum, count = sampled_softmax_loss(outputs, targets, candidates, negatives, self.train.temperature)
+        return loss_sum, count, {"losses": {}, "metrics": {}}
+
+    def evaluate(self, params: Any, batch: Mapping[str, jax.Array]) -> dict:
+        """Per row: the target's full-ranking rank (history excluded, target never) and its
+        full-softmax loss, for rows with eval_valid."""
+        outputs = self.module.apply({"params": params}, {k: batch[k] for k in MODEL_INPUTS}, deterministic=True)
+        query = jnp.take_along_axis(outputs, batch["eval_position"][:, None, None], axis=1)[:, 0]
+        candidates = l2_normalize(params["item_embedding"]).astype(jnp.float32)
+        scores = query @ candidates.T  # (B, V + 1)
+        target = batch["eval_target"]
+        target_score = jnp.take_along_axis(scores, target[:, None], axis=1)[:, 0]
+        rows = jnp.arange(scores.shape[0])[:, None]
+        history = jnp.where(batch["items"] == target[:, None], 0, batch["items"])
+        excluded = jnp.zeros(scores.shape, bool).at[rows, history].set(True).at[:, 0].set(True)
+        higher = jnp.sum((scores > target_score[:, None]) & ~excluded, axis=1)
+        logits = jnp.where(jnp.arange(scores.shape[1]) == 0, -jnp.inf, scores / self.train.temperature)
+        loss = jax.nn.logsumexp(logits, axis=1) - target_score / self.train.temperature
+        return {"rank": 1 + higher, "loss": loss, "valid": batch["eval_valid"]}
+
+    def step_counts(self, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        real = batch["segment_ids"] > 0
+        # sum over segments of n^2 = sum over their tokens of (2 p + 1), p the position in the segment
+        squared_lengths = jnp.sum(jnp.where(real, 2 * batch["positions"] + 1, 0).astype(jnp.float32))
+        return {"tokens": jnp.sum(real).astype(jnp.float32), "squared_lengths": squared_lengths}
+
+
+def relative_timestamps(batch: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Timestamps minus each row's earliest real one, as int32: only differences within a row
+    matter (HSTU's time buckets), and epoch seconds would not survive JAX's default int32."""
+    real = batch["segment_ids"] > 0
+    big = np.iinfo(np.int64).max
+    base = np.min(np.where(real, batch["timestamps"], big), axis=1, keepdims=True)
+    base = np.where(base == big, 0, base)
+    shift = lambda t: np.where(real, np.clip(t - base, 0, np.iinfo(np.int32).max), 0).astype(np.int32)
+    return shift(batch["timestamps"]), shift(batch["next_timestamps"])
+
+
+class DecoderFamily(family.Family):
+    """What HSTU and SASRec share; subclasses give the block and its per-token / per-pair counts."""
+
+    block: ClassVar[type[nn.Module]]
+
+    # ---- the family's model ----------------------------------------------------------------
+    def position_init(self, config: DecoderConfig) -> Callable:
+        raise NotImplementedError
+
+    def block_context(self, config: DecoderConfig, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        """What every block reads besides x (masks, time buckets), built once per forward pass."""
+        raise NotImplementedError
+
+    def build(self, config: DecoderConfig, train: Any, num_items: int) -> DecoderModel:
+        return DecoderModel(build_model(config, num_items), train, num_items)
+
+    def train_fields(self, config: DecoderConfig) -> Mapping[str, BatchField]:
+        return TRAIN_FIELDS
+
+    def eval_fields(self, config: DecoderConfig) -> Mapping[str, BatchField]:
+        return EVAL_FIELDS
+
+    def device_batch(self, config: DecoderConfig, batch: Mapping[str, np.ndarray],
+                     fields: Mapping[str, BatchField]) -> dict[str, np.ndarray]:
+        host = dict(batch)
+        host["timestamps"], host["next_timestamps"] = relative_timestamps(batch)
+        return super().device_batch(config, host, fields)
+
+    # ---- rules -------------------------------------------------------------------------------
+    def check_trial(self, config: DecoderConfig, data: Any, train: Any) -> None:
+        if data.row_len > config.max_positions:
+            raise ConfigError(f"data.max_len + 1 = {data.row_len} exceeds model.max_positions = {config.max_positions}")
+
+    def check_data(self, config: DecoderConfig, train: Any, num_items: int) -> None:
+        if train.loss == "sampled_softmax" and train.negatives >= num_items:
+            raise ConfigError(f"train.negatives={train.negatives} must be below the catalogue size ({num_items} items)")
+
+    # ---- accounting (../shared/specs/flops_mfu.md; scaling/flops.py has the conventions) ---------
+    def linear_flops_per_token(self, config: DecoderConfig) -> float:
+        """Forward matmul FLOPs per token of one block, attention excluded."""
+        raise NotImplementedError
+
+    def attention_flops_per_pair(self, config: DecoderConfig) -> float:
+        """Forward FLOPs of one (query, key) pair of one block: QK^T and AV over all heads."""
+        raise NotImplementedError
+
+    def block_params(self, config: DecoderConfig) -> int:
+        raise NotImplementedError
+
+    def reduction_products_per_token(self, config: DecoderConfig) -> float:
+        """Training FLOPs per token of the matrix-vector products that stand in for XLA:CPU's
+        slow reductions (models/layers.py), when those kernels are in use."""
+        return 0.0
+
+    def executed_pairs(self, config: DecoderConfig, row_len: int) -> tuple[float, int]:
+        """(query-key pairs per row the attention computes, passes over them in training)."""
+        from models.attention import causal_query_blocks
+
+        pairs = float(sum((end - start) * end for start, end in causal_query_blocks(row_len, config.causal_splits)))
+        return pairs, TRAIN_MULTIPLIER
+
+    def extra_executed_flops(self, config: DecoderConfig, pairs: float) -> float:
+        return 0.0
+
+    def scoring_flops_per_position(self, config: DecoderConfig, train: Any, num_items: int) -> float:
+        return 2.0 * config.d_model * (num_items if train.loss == "full_softmax" else 1 + train.negatives)
+
+    def model_flops(self, config: DecoderConfig, train: Any, counts: Mapping[str, float], num_items: int) -> float:
+        """Matmuls on real tokens, causal attention as n^2 / 2 per segment, the scoring matmul
+        per supervised position, forward x 3."""
+        forward = config.blocks * (self.linear_flops_per_token(config) * counts["tokens"]
+                                   + self.attention_flops_per_pair(config) * counts["squared_lengths"] / 2.0)
+        forward += self.scoring_flops_per_position(config, train, num_items) * counts["positions"]
+        return TRAIN_MULTIPLIER * float(forward)
+
+    def executed_flops(self, config: DecoderConfig, train: Any, rows: int, row_len: int, num_items: int) -> float:
+        """Every position, the attention tiles computed (masked pairs included), the scoring as
+        implemented, and the matrix-vector products of models/layers.py."""
+        tokens = float(rows * row_len)
+        pairs_per_row, attention_passes = self.executed_pairs(config, row_len)
+        pairs = rows * pairs_per_row
+        forward = config.blocks * self.linear_flops_per_token(config) * tokens
+        if train.loss == "full_softmax" or scores_all_items(num_items + 1, train.negatives):
+            forward += 2.0 * config.d_model * (num_items + 1) * tokens
+        else:
+            forward += 2.0 * config.d_model * (1 + train.negatives) * tokens
+        executed = TRAIN_MULTIPLIER * forward
+        if hand_written_kernels():
+            executed += self.reduction_products_per_token(config) * tokens
+        executed += attention_passes * config.blocks * self.attention_flops_per_pair(config) * pairs
+        return executed + self.extra_executed_flops(config, pairs)
+
+    def param_counts(self, config: DecoderConfig, num_items: int) -> dict[str, int]:
+        non_embedding = config.blocks * self.block_params(config)
+        total = non_embedding + (num_items + 1) * config.d_model + config.max_positions * config.d_model
+        return {"params": total, "params_non_embedding": non_embedding, "params_active": total}
+
+    def scores_bytes_per_row(self, config: DecoderConfig, row_len: int) -> float:
+        return config.heads * row_len * row_len * 4.0

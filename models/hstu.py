@@ -1,4 +1,5 @@
-"""One HSTU block (Zhai et al. 2024, arXiv 2402.17152), as ../shared/specs/hstu.md states it.
+"""The HSTU family: config, block (Zhai et al. 2024, arXiv 2402.17152, as ../shared/specs/hstu.md
+states it) and FLOP / parameter counts.
 
 x: (B, L, D). U, V: (B, L, H, dv); Q, K: (B, L, H, dqk).
   U, V, Q, K = split(SiLU(LayerNorm(x) @ W_uvqk))
@@ -11,26 +12,73 @@ computes A V, dense or blockwise (model.attention).
 
 from __future__ import annotations
 
-from typing import Mapping
+import dataclasses
+from typing import Any, ClassVar, Literal, Mapping
 
 import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models import attention, axes
-from models.config import ModelConfig
-from models.layers import add_bias, layer_norm, logical_param, torch_linear_bias_init
+from models import attention, axes, family
+from models.decoder import DecoderConfig, DecoderFamily
+from models.fields import ConfigError, non_negative, positive
+from models.layers import add_bias, attention_mask, hand_written_kernels, layer_norm, logical_param, torch_linear_bias_init
 
 
-@jax.custom_vjp
+@dataclasses.dataclass(frozen=True)
+class HSTUConfig(DecoderConfig):
+    """HSTU (the decoder fields, plus): dqk / dv: per-head widths (0 -> d_model // heads).
+    attention_divisor: the constant N in SiLU(QK + rab) / N (0 -> max_positions). time_buckets:
+    log-time buckets (the spec's 128; the table has time_buckets + 1 entries). attention: "dense"
+    (B, H, L, L) attention, or "blockwise": attention_block queries at a time, rematerialised in
+    the backward pass, memory linear in L (models/attention.py)."""
+
+    ID_FIELDS: ClassVar[tuple[str, ...]] = (
+        "d_model", "blocks", "heads", "dqk", "dv", "max_positions", "attention_divisor", "dropout", "input_dropout",
+        "time_buckets", "compute_dtype", "attention", "attention_block", "causal_splits")
+    ID_LEGACY: ClassVar[Mapping[str, Any]] = {"ffn_dim": 0, "ffn_activation": "relu"}
+
+    family: Literal["hstu"] = "hstu"
+    dqk: int = non_negative(0, ">= 0 (0 = d_model // heads)")
+    dv: int = non_negative(0, ">= 0 (0 = d_model // heads)")
+    attention_divisor: int = non_negative(0, ">= 0 (0 = max_positions)")
+    time_buckets: int = positive(128)
+    attention: Literal["dense", "blockwise"] = "dense"
+    attention_block: int = positive(256)
+
+    @property
+    def head_dim_qk(self) -> int:
+        return self.dqk or self.d_model // self.heads
+
+    @property
+    def head_dim_v(self) -> int:
+        return self.dv or self.d_model // self.heads
+
+    @property
+    def divisor(self) -> int:
+        return self.attention_divisor or self.max_positions
+
+    def check(self) -> None:
+        if not (self.dqk and self.dv) and self.d_model % self.heads:
+            raise ConfigError(f"model.d_model={self.d_model} is not divisible by model.heads={self.heads}; "
+                              f"set model.dqk and model.dv")
+
+
 def silu_projection(x: jax.Array, w: jax.Array) -> jax.Array:
-    """SiLU(x @ w) for x (B, L, D), w (D, E), with a hand-written backward.
+    """SiLU(x @ w) for x (B, L, D), w (D, E); with the CPU kernels, a hand-written backward.
 
     Autodiff's backward let XLA:CPU fuse the SiLU derivative, the concatenation of the U, V, Q, K
     gradients and a transpose into one slow strided loop (a quarter of the mid benchmark's step).
     Materialising d(x @ w) first, behind an optimisation barrier, leaves two plain matmuls.
     """
+    if hand_written_kernels():
+        return _silu_projection(x, w)
+    return jax.nn.silu(jnp.einsum("bld,de->ble", x, w))
+
+
+@jax.custom_vjp
+def _silu_projection(x: jax.Array, w: jax.Array) -> jax.Array:
     return jax.nn.silu(jnp.einsum("bld,de->ble", x, w))
 
 
@@ -46,11 +94,11 @@ def _silu_projection_bwd(residuals, grad):
     return jnp.einsum("ble,de->bld", d_pre, w), jnp.einsum("bld,ble->de", x, d_pre)
 
 
-silu_projection.defvjp(_silu_projection_fwd, _silu_projection_bwd)
+_silu_projection.defvjp(_silu_projection_fwd, _silu_projection_bwd)
 
 
 class HSTUBlock(nn.Module):
-    config: ModelConfig
+    config: HSTUConfig
 
     @nn.compact
     def __call__(self, x: jax.Array, context: Mapping[str, jax.Array], deterministic: bool = True) -> jax.Array:
@@ -85,3 +133,60 @@ class HSTUBlock(nn.Module):
         gated = nn.Dropout(cfg.dropout)(gated, deterministic=deterministic)
         update = add_bias(jnp.einsum("ble,ed->bld", gated, w_out.astype(dtype)), b_out.astype(dtype))
         return nn.with_logical_constraint(x + update, (axes.BATCH, axes.LENGTH, axes.EMBED))
+
+
+class HSTU(DecoderFamily):
+    name = "hstu"
+    config_class = HSTUConfig
+    block = HSTUBlock
+
+    def position_init(self, config: HSTUConfig):
+        # The reference HSTU re-initialises its positional table Xavier-normal (HSTU.reset_params
+        # skips only the blocks and the item table).
+        return nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
+
+    def block_context(self, config: HSTUConfig, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        context = {"positions": batch["positions"]}
+        if config.attention == "blockwise":  # each block builds its own tiles
+            context.update({name: batch[name] for name in ("timestamps", "next_timestamps", "segment_ids")})
+        else:
+            context["mask"] = attention_mask(batch["segment_ids"])
+            context["time_buckets"] = attention.time_buckets(batch["next_timestamps"], batch["timestamps"],
+                                                             config.time_buckets)
+        return context
+
+    def linear_flops_per_token(self, config: HSTUConfig) -> float:
+        d, h = config.d_model, config.heads
+        return 2.0 * d * (2 * h * config.head_dim_v + 2 * h * config.head_dim_qk) + 2.0 * h * config.head_dim_v * d
+
+    def attention_flops_per_pair(self, config: HSTUConfig) -> float:
+        return 2.0 * config.heads * (config.head_dim_qk + config.head_dim_v)
+
+    def block_params(self, config: HSTUConfig) -> int:
+        d, h = config.d_model, config.heads
+        weights = d * (2 * h * config.head_dim_v + 2 * h * config.head_dim_qk) + h * config.head_dim_v * d + d
+        return weights + (2 * config.max_positions - 1) + (config.time_buckets + 1)
+
+    def reduction_products_per_token(self, config: HSTUConfig) -> float:
+        """Two LayerNorms (widths D and H dv) of 4 row means of 2 w FLOPs each (2 forward, 2 in the
+        hand-written backward), and the output-bias gradient of 2 D."""
+        return config.blocks * (8.0 * config.d_model + 8.0 * config.heads * config.head_dim_v + 2.0 * config.d_model)
+
+    def executed_pairs(self, config: HSTUConfig, row_len: int) -> tuple[float, int]:
+        if config.attention != "blockwise":
+            return super().executed_pairs(config, row_len)
+        # the (block x block) tiles on and below the diagonal, padded to whole blocks, and their
+        # forward run again in the rematerialised backward
+        blocks = -(-row_len // config.attention_block)
+        return float(config.attention_block**2 * blocks * (blocks + 1) // 2), family.TRAIN_MULTIPLIER + 1
+
+    def extra_executed_flops(self, config: HSTUConfig, pairs: float) -> float:
+        """The position-bias gradient as a vector-matrix product (add_bias): 2 H per pair."""
+        return config.blocks * 2.0 * config.heads * pairs if hand_written_kernels() else 0.0
+
+    def scores_bytes_per_row(self, config: HSTUConfig, row_len: int) -> float:
+        queries = min(row_len, config.attention_block) if config.attention == "blockwise" else row_len
+        return config.heads * queries * row_len * 4.0
+
+
+family.register(HSTU())

@@ -1,16 +1,40 @@
-"""Small building blocks shared by the decoder-only models."""
+"""Small building blocks shared by the decoder-only models.
+
+LayerNorm and bias addition come in two forms with the same numbers: plain jnp with autodiff,
+and XLA:CPU-tuned kernels (row means as matrix-vector products, hand-written backward passes)
+that are slower elsewhere. `hand_written_kernels()` picks the CPU form on a CPU backend only;
+`force_hand_written_kernels` overrides it (tests compare the two).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 Initializer = Callable[..., jax.Array]
+
+_forced_kernels: list[bool] = []
+
+
+def hand_written_kernels() -> bool:
+    """Whether traced code uses the XLA:CPU-tuned kernels: on the CPU backend, unless forced."""
+    return _forced_kernels[-1] if _forced_kernels else jax.default_backend() == "cpu"
+
+
+@contextlib.contextmanager
+def force_hand_written_kernels(enabled: bool) -> Iterator[None]:
+    """Trace with (True) or without (False) the CPU kernels, whatever the backend."""
+    _forced_kernels.append(enabled)
+    try:
+        yield
+    finally:
+        _forced_kernels.pop()
 
 
 def logical_param(module: nn.Module, name: str, init: Initializer, shape: Sequence[int], axes: Sequence[str | None]) -> jax.Array:
@@ -44,10 +68,14 @@ def _normalise_bwd(eps, residuals, grad):
 _normalise.defvjp(_normalise_fwd, _normalise_bwd)
 
 
-@jax.custom_vjp
 def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
-    """y + bias broadcast over y's leading axes; the bias gradient, a sum over those axes, is a
-    vector-matrix product (see _row_mean)."""
+    """y + bias broadcast over y's leading axes; with the CPU kernels the bias gradient, a sum
+    over those axes, is a vector-matrix product (see _row_mean)."""
+    return _add_bias(y, bias) if hand_written_kernels() else y + bias
+
+
+@jax.custom_vjp
+def _add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
     return y + bias
 
 
@@ -60,12 +88,16 @@ def _add_bias_bwd(bias, grad):
     return grad, (jnp.ones((1, rows.shape[0]), grad.dtype) @ rows).reshape(bias.shape).astype(bias.dtype)
 
 
-add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+_add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
 def layer_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
     """LayerNorm over the last axis with no learned scale or shift, computed in float32."""
-    return _normalise(x.astype(jnp.float32), eps).astype(x.dtype)
+    x32 = x.astype(jnp.float32)
+    if hand_written_kernels():
+        return _normalise(x32, eps).astype(x.dtype)
+    centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+    return (centred * jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=-1, keepdims=True) + eps)).astype(x.dtype)
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:

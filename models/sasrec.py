@@ -1,4 +1,4 @@
-"""One SASRec block (Kang & McAuley 2018) as the HSTU reference harness runs it
+"""The SASRec family: config and block (Kang & McAuley 2018) as the HSTU reference harness runs it
 (generative_recommenders/research/modeling/sequential/sasrec.py):
 
   q = LayerNorm(x)
@@ -13,26 +13,55 @@ torch's Linear default (feed-forward), as the reference's reset_state leaves the
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-from typing import Mapping
+from typing import Any, ClassVar, Literal, Mapping
 
 import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models import axes
+from models import axes, family
 from models.attention import causal_query_blocks
-from models.config import ModelConfig
-from models.layers import layer_norm, logical_param, torch_linear_bias_init
+from models.decoder import DecoderConfig, DecoderFamily
+from models.fields import ConfigError, non_negative
+from models.layers import attention_mask, layer_norm, logical_param, torch_linear_bias_init, truncated_normal
 
 _NEG_INF = -1e9
 _XAVIER_NORMAL = nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
 
 
+@dataclasses.dataclass(frozen=True)
+class SASRecConfig(DecoderConfig):
+    """SASRec (the decoder fields, plus): ffn_dim: the feed-forward hidden width (0 -> d_model);
+    ffn_activation: relu or gelu."""
+
+    ID_FIELDS: ClassVar[tuple[str, ...]] = (
+        "d_model", "blocks", "heads", "max_positions", "dropout", "input_dropout", "ffn_dim", "ffn_activation",
+        "compute_dtype", "causal_splits")
+    ID_LEGACY: ClassVar[Mapping[str, Any]] = {"dqk": 0, "dv": 0, "attention_divisor": 0, "time_buckets": 128,
+                                              "attention": "dense", "attention_block": 256}
+
+    family: Literal["sasrec"] = "sasrec"
+    ffn_dim: int = non_negative(0, ">= 0 (0 = d_model)")
+    ffn_activation: Literal["relu", "gelu"] = "relu"
+
+    @property
+    def ffn_width(self) -> int:
+        return self.ffn_dim or self.d_model
+
+    def check(self) -> None:
+        attention = dict(self.legacy_values).get("attention", "dense")
+        if attention != "dense":
+            raise ConfigError(f"model.attention={attention!r}: SASRec attention is dense (blockwise is HSTU's)")
+        if self.d_model % self.heads:
+            raise ConfigError(f"model.d_model={self.d_model} is not divisible by model.heads={self.heads}")
+
+
 class SASRecBlock(nn.Module):
-    config: ModelConfig
+    config: SASRecConfig
 
     @nn.compact
     def __call__(self, x: jax.Array, context: Mapping[str, jax.Array], deterministic: bool = True) -> jax.Array:
@@ -72,3 +101,33 @@ class SASRecBlock(nn.Module):
         hidden = dropout(activation(y @ w_in.astype(dtype) + b_in.astype(dtype)), deterministic=deterministic)
         x = y + dropout(hidden @ w_ffn_out.astype(dtype) + b_ffn_out.astype(dtype), deterministic=deterministic)
         return nn.with_logical_constraint(x, (axes.BATCH, axes.LENGTH, axes.EMBED))
+
+
+class SASRec(DecoderFamily):
+    name = "sasrec"
+    config_class = SASRecConfig
+    block = SASRecBlock
+
+    def position_init(self, config: SASRecConfig):
+        return truncated_normal(math.sqrt(1.0 / config.d_model))  # the reference's truncated N(0, 1/D)
+
+    def block_context(self, config: SASRecConfig, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        return {"positions": batch["positions"], "mask": attention_mask(batch["segment_ids"])}
+
+    def linear_flops_per_token(self, config: SASRecConfig) -> float:
+        d = config.d_model
+        return 2.0 * d * 3 * d + 2.0 * d * d + 2.0 * 2 * d * config.ffn_width
+
+    def attention_flops_per_pair(self, config: SASRecConfig) -> float:
+        return 2.0 * 2 * config.d_model
+
+    def block_params(self, config: SASRecConfig) -> int:
+        d, f = config.d_model, config.ffn_width
+        return 3 * d * d + 3 * d + d * d + d + d * f + f + f * d + d  # LayerNorms have no parameters
+
+    def reduction_products_per_token(self, config: SASRecConfig) -> float:
+        """Two LayerNorms of width D, 4 row means of 2 D FLOPs each."""
+        return config.blocks * 16.0 * config.d_model
+
+
+family.register(SASRec())

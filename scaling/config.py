@@ -1,7 +1,12 @@
 """Trial configuration: frozen dataclasses (data, model, train, mesh), JSON round trip, overrides.
 
-A TrialConfig is the whole description of one training run; its canonical JSON hashes to the
-trial id. Unknown keys and values of the wrong type are errors that name the key.
+A TrialConfig is the whole description of one training run. The model section is a tagged union:
+`model.family` selects the registered family whose config class holds the fields
+(models/family.py). Every value is checked when the config is built (field rules in
+models/fields.py, cross-field rules in each section's check() and the family's check_trial), so
+a bad value is one ConfigError naming the key before any data is read. The trial id hashes the
+canonical form (Section.canonical): fields added after 2026-12-01 enter it only when they differ
+from their defaults, so an upgrade leaves finished trials' ids unchanged.
 """
 
 from __future__ import annotations
@@ -9,30 +14,35 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import typing
-from typing import Any, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
+from models import family as families
 from models.config import ModelConfig
+from models.family import FamilyConfig, model_config
+from models.fields import ConfigError, Section, build_section, constrained, non_negative, positive
 
-
-class ConfigError(ValueError):
-    """A bad configuration key or value; the message names it."""
+__all__ = ["ConfigError", "DataConfig", "MeshConfig", "ModelConfig", "TrainConfig", "TrialConfig", "from_dict",
+           "from_json", "with_overrides"]
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Section):
     """name: dataset name or path (see `python -m data --help`). max_len: history length; training
     rows hold max_len + 1 items (history and its next item), eval rows the last max_len items.
     whole_epochs: each epoch ends with its own partial batch, topped up with empty rows, as the
     reference's DataLoader does; false: batches run on across epoch ends, always full."""
 
+    SECTION: ClassVar[str] = "data"
+    ID_FIELDS: ClassVar[tuple[str, ...]] = ("name", "format", "columns", "user_core", "item_core", "split", "max_len",
+                                            "packed", "window", "whole_epochs")
+
     name: str = "ml-100k"
     format: str = ""
     columns: str = ""
-    user_core: int = 0
-    item_core: int = 0
+    user_core: int = non_negative(0)
+    item_core: int = non_negative(0)
     split: Literal["reference", "holdout"] = "reference"
-    max_len: int = 200
+    max_len: int = positive(200)
     packed: bool = False
     window: Literal["recent", "random"] = "recent"
     whole_epochs: bool = False
@@ -41,146 +51,101 @@ class DataConfig:
     def row_len(self) -> int:
         return self.max_len + 1
 
+    def check(self) -> None:
+        if not self.name.strip():
+            raise ConfigError("data.name='' names no dataset")
+
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """steps > 0 wins over epochs. loss: sampled_softmax (negatives, temperature) or
-    full_softmax. schedule: constant, or cosine decay to 0 after warmup_steps of linear warm-up.
-    grad_accum: micro-batches per step; 0 = auto (scaling.trainer.auto_grad_accum)."""
+class TrainConfig(Section):
+    """steps > 0 wins over epochs (0 = train by epochs). loss: sampled_softmax (negatives,
+    temperature) or full_softmax. schedule: constant, or cosine decay to 0 after warmup_steps of
+    linear warm-up. grad_accum: micro-batches per step; 0 = auto (scaling.trainer.auto_grad_accum).
+    eval_every / checkpoint_every: steps between them, 0 = only at the end."""
 
-    batch_size: int = 128
-    steps: int = 0
-    epochs: float = 101.0
-    learning_rate: float = 1e-3
-    beta1: float = 0.9
-    beta2: float = 0.98
-    eps: float = 1e-8
-    weight_decay: float = 0.0
+    SECTION: ClassVar[str] = "train"
+    ID_FIELDS: ClassVar[tuple[str, ...]] = (
+        "batch_size", "steps", "epochs", "learning_rate", "beta1", "beta2", "eps", "weight_decay", "schedule",
+        "warmup_steps", "grad_accum", "loss", "negatives", "temperature", "seed", "log_every", "eval_every",
+        "eval_batch_size", "checkpoint_every", "keep_checkpoints")
+
+    batch_size: int = positive(128)
+    steps: int = non_negative(0, ">= 0 (0 = train by epochs)")
+    epochs: float = positive(101.0)
+    learning_rate: float = positive(1e-3)
+    beta1: float = constrained(0.9, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+    beta2: float = constrained(0.98, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+    eps: float = positive(1e-8)
+    weight_decay: float = non_negative(0.0, "finite and >= 0")
     schedule: Literal["constant", "cosine"] = "constant"
-    warmup_steps: int = 0
-    grad_accum: int = 0
+    warmup_steps: int = non_negative(0)
+    grad_accum: int = non_negative(0, ">= 0 (0 = auto)")
     loss: Literal["sampled_softmax", "full_softmax"] = "sampled_softmax"
-    negatives: int = 128
-    temperature: float = 0.05
+    negatives: int = positive(128)
+    temperature: float = positive(0.05)
     seed: int = 0
-    log_every: int = 10
-    eval_every: int = 0
-    eval_batch_size: int = 128
-    checkpoint_every: int = 0
-    keep_checkpoints: int = 2
+    log_every: int = positive(10)
+    eval_every: int = non_negative(0, ">= 0 (0 = only at the end)")
+    eval_batch_size: int = positive(128)
+    checkpoint_every: int = non_negative(0, ">= 0 (0 = only at the end)")
+    keep_checkpoints: int = positive(2)
+
+    def check(self) -> None:
+        if self.grad_accum and self.batch_size % self.grad_accum:
+            raise ConfigError(f"train.batch_size={self.batch_size} is not divisible by train.grad_accum={self.grad_accum}")
 
 
 @dataclasses.dataclass(frozen=True)
-class MeshConfig:
+class MeshConfig(Section):
     """spec: "auto" (all devices on data) or sizes like "data=2,fsdp=2,tensor=2"."""
 
+    SECTION: ClassVar[str] = "mesh"
+    ID_FIELDS: ClassVar[tuple[str, ...]] = ("spec",)
+
     spec: str = "auto"
+
+
+SECTIONS = {"data": DataConfig, "model": FamilyConfig, "train": TrainConfig, "mesh": MeshConfig}
 
 
 @dataclasses.dataclass(frozen=True)
 class TrialConfig:
     data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
+    model: FamilyConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     mesh: MeshConfig = MeshConfig()
 
+    def __post_init__(self) -> None:
+        families.of(self.model).check_trial(self.model, self.data, self.train)
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {name: getattr(self, name).to_dict() if name == "model" else dataclasses.asdict(getattr(self, name))
+                for name in SECTIONS}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, indent=2)
 
+    def canonical(self) -> dict[str, Any]:
+        """What the trial id hashes (see Section.canonical and FamilyConfig.canonical)."""
+        return {name: getattr(self, name).canonical() for name in SECTIONS}
+
     @property
     def trial_id(self) -> str:
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
-    def validate(self) -> "TrialConfig":
-        try:
-            self.model.validate()
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
-        checks = [
-            (self.data.max_len >= 1, "data.max_len must be >= 1"),
-            (self.data.row_len <= self.model.max_positions,
-             f"data.max_len + 1 = {self.data.row_len} exceeds model.max_positions = {self.model.max_positions}"),
-            (self.train.batch_size >= 1, "train.batch_size must be >= 1"),
-            (self.train.grad_accum == 0 or (self.train.grad_accum >= 1 and self.train.batch_size % self.train.grad_accum == 0),
-             f"train.batch_size={self.train.batch_size} is not divisible by train.grad_accum={self.train.grad_accum}"),
-            (self.train.steps > 0 or self.train.epochs > 0, "train.steps or train.epochs must be > 0"),
-            (self.train.learning_rate > 0, "train.learning_rate must be > 0"),
-            (self.train.negatives >= 1, "train.negatives must be >= 1"),
-            (self.train.temperature > 0, "train.temperature must be > 0"),
-            (self.train.log_every >= 1, "train.log_every must be >= 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-        return self
 
-
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Check/convert a JSON value (or override string) to the field's declared type."""
-    origin = typing.get_origin(annotation)
-    if origin is Literal:
-        if value not in typing.get_args(annotation):
-            raise ConfigError(f"{key}={value!r}; allowed: {', '.join(map(str, typing.get_args(annotation)))}")
-        return value
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
-            return value.lower() in ("true", "1")
-        raise ConfigError(f"{key}={value!r} is not a boolean")
-    if annotation is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}={value!r} is not an integer")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}={value!r} is not an integer")
-    if annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}={value!r} is not a number")
-    if annotation is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key}={value!r} is not a string")
-    raise ConfigError(f"{key}: unsupported field type {annotation}")
-
-
-def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+def from_dict(values: dict[str, Any], droppable_model_keys: frozenset[str] | set[str] = frozenset()) -> TrialConfig:
     if not isinstance(values, dict):
-        raise ConfigError(f"{prefix or 'config'} must be an object, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - fields)
+        raise ConfigError(f"config must be an object, got {values!r}")
+    unknown = sorted(set(values) - set(SECTIONS))
     if unknown:
-        raise ConfigError(f"unknown config key {prefix}{unknown[0]}; known: {', '.join(sorted(fields))}")
-    kwargs = {}
-    for name, value in values.items():
-        annotation = hints[name]
-        if dataclasses.is_dataclass(annotation):
-            kwargs[name] = _build(annotation, value, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(value, annotation, f"{prefix}{name}")
-    return cls(**kwargs)
-
-
-def from_dict(values: dict[str, Any]) -> TrialConfig:
-    return _build(TrialConfig, values, "")
+        raise ConfigError(f"unknown config section {unknown[0]!r}; known: {', '.join(SECTIONS)}")
+    sections = {name: build_section(cls, values[name], f"{name}.") for name, cls in SECTIONS.items()
+                if name in values and name != "model"}
+    if "model" in values:
+        sections["model"] = model_config(values["model"], droppable_model_keys)
+    return TrialConfig(**sections)
 
 
 def from_json(text: str) -> TrialConfig:
@@ -192,8 +157,12 @@ def from_json(text: str) -> TrialConfig:
 
 
 def with_overrides(config: TrialConfig, overrides: Sequence[str]) -> TrialConfig:
-    """Apply `section.key=value` overrides (e.g. `model.blocks=4`, `train.learning_rate=3e-4`)."""
+    """Apply `section.key=value` overrides (e.g. `model.blocks=4`, `train.learning_rate=3e-4`).
+
+    `model.family=NAME` switches the family: the base config's model keys that the new family
+    lacks are dropped, keys set by these overrides are checked against the new family."""
     values = config.to_dict()
+    set_model_keys = set()
     for override in overrides:
         key, sep, raw = override.partition("=")
         parts = key.strip().split(".")
@@ -202,7 +171,11 @@ def with_overrides(config: TrialConfig, overrides: Sequence[str]) -> TrialConfig
         section, name = parts
         if section not in values:
             raise ConfigError(f"unknown config section {section!r} in {override!r}; known: {', '.join(values)}")
-        if name not in values[section]:
+        if section == "model":
+            set_model_keys.add(name)  # checked against the family the overrides end with
+        elif name not in values[section]:
             raise ConfigError(f"unknown config key {key}; known: {', '.join(sorted(values[section]))}")
         values[section][name] = raw
-    return from_dict(values)
+    switched = values["model"]["family"] != config.model.family
+    droppable = set(config.to_dict()["model"]) - set_model_keys if switched else set()
+    return from_dict(values, droppable)

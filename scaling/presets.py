@@ -4,10 +4,8 @@ negatives, temperature 0.05, max length 200 (N = 200 + 11 = 211), 101 epochs."""
 
 from __future__ import annotations
 
-import dataclasses
-
 from models.config import ModelConfig
-from scaling.config import ConfigError, DataConfig, TrainConfig, TrialConfig
+from scaling.config import ConfigError, DataConfig, TrainConfig, TrialConfig, with_overrides
 
 _REFERENCE_TRAIN = TrainConfig(batch_size=128, epochs=101.0, learning_rate=1e-3, beta1=0.9, beta2=0.98,
                                weight_decay=0.0, negatives=128, temperature=0.05)
@@ -48,5 +46,5 @@ def preset(name: str, family: str | None = None) -> TrialConfig:
         raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
     config = PRESETS[name]
     if family is not None and family != config.model.family:
-        config = dataclasses.replace(config, model=dataclasses.replace(config.model, family=family))
+        config = with_overrides(config, [f"model.family={family}"])
     return config

@@ -1,4 +1,4 @@
-"""`python -m scaling.train`: train HSTU or SASRec on a device mesh, evaluate, write results.
+"""`python -m scaling.train`: train a registered model family on a device mesh, evaluate, write results.
 
 WORKDIR/config.json     the trial configuration (its hash is the trial id)
 WORKDIR/metrics.jsonl   one line per log step ("learning/", "perf/") and per eval ("eval/")
@@ -23,11 +23,11 @@ from etils import epath
 from data.dataset import prepare
 from data.errors import DataError
 from data.pipeline import PipelineConfig, epoch_plan, eval_dataset, train_dataset
-from data.ranking import ranking_metrics
+from data.ranking import DEFAULT_KS, ranking_metrics, ranks_from_top_k
 from data.sequences import PreprocessOptions
 from data.split import EvalTargets, leave_one_out
+from models import family as families
 from scaling import checkpoint, distributed, flops, hardware, host
-from scaling.batches import EVAL_FIELDS, TRAIN_FIELDS, to_global
 from scaling.config import ConfigError, TrialConfig, from_json, with_overrides
 from scaling.mesh import logical_names, make_mesh
 from scaling.meter import StepMeter, format_record
@@ -61,17 +61,28 @@ class MetricsLog:
             self.path.write_text("\n".join(self.lines) + "\n")
 
 
-def evaluate(step_fn: Any, params: Any, targets: EvalTargets, config: TrialConfig, mesh: Any) -> dict[str, float]:
-    """Full-ranking metrics and full-softmax loss over every user's target."""
-    ranks, losses = [], []
+def evaluate(trainer: Any, params: Any, targets: EvalTargets) -> dict[str, float]:
+    """Ranking metrics (and the family's eval loss, if it has one) over every user's target:
+    from each target's rank, or from the family's top-K lists (metrics at K up to the list's
+    length only)."""
+    config = trainer.config
+    ranks, losses, list_length = [], [], None
     for host_batch in eval_dataset(targets, config.data.row_len, config.train.eval_batch_size,
                                    history_len=config.data.max_len):
-        out = step_fn(params, to_global(host_batch, mesh, EVAL_FIELDS))
+        out = trainer.eval_step(params, trainer.eval_batch(host_batch))
         valid = np.asarray(out["valid"])
-        ranks.append(np.asarray(out["rank"])[valid])
-        losses.append(np.asarray(out["loss"])[valid])
-    metrics = ranking_metrics(np.concatenate(ranks))
-    metrics["loss"] = float(np.mean(np.concatenate(losses)))
+        if "rank" in out:
+            ranks.append(np.asarray(out["rank"])[valid])
+        else:
+            top_k = np.asarray(out["top_k"])
+            list_length = top_k.shape[1]
+            ranks.append(ranks_from_top_k(top_k, np.asarray(out["target"]))[valid])
+        if "loss" in out:
+            losses.append(np.asarray(out["loss"])[valid])
+    ks = [k for k in DEFAULT_KS if list_length is None or k <= list_length]
+    metrics = ranking_metrics(np.concatenate(ranks), ks)
+    if losses:
+        metrics["loss"] = float(np.mean(np.concatenate(losses)))
     return metrics
 
 
@@ -82,11 +93,12 @@ def run(config: TrialConfig, workdir: epath.Path) -> dict[str, Any]:
     train_cfg, data_cfg = config.train, config.data
 
     # ---- Data -------------------------------------------------------------------------------
+    mesh = make_mesh(config.mesh.spec)  # an impossible mesh fails before any data is read
     prepared = prepare(data_cfg.name, format=data_cfg.format or None,
                        columns=_columns(data_cfg.columns), options=PreprocessOptions(data_cfg.user_core, data_cfg.item_core))
     split = leave_one_out(prepared.sequences, data_cfg.split)
     num_items = prepared.sequences.num_items
-    pipeline = PipelineConfig(batch_size=train_cfg.batch_size, max_len=data_cfg.row_len, packed=data_cfg.packed,
+    pipeline = PipelineConfig(batch_size=train_cfg.batch_size, row_len=data_cfg.row_len, packed=data_cfg.packed,
                               window=data_cfg.window, whole_epochs=data_cfg.whole_epochs, seed=train_cfg.seed)
     rows_per_epoch = epoch_plan(split.train, pipeline, 0).num_rows
     steps_per_epoch = math.ceil(rows_per_epoch / train_cfg.batch_size)  # the reference counts a partial batch
@@ -94,8 +106,7 @@ def run(config: TrialConfig, workdir: epath.Path) -> dict[str, Any]:
     log(f"data {data_cfg.name}: {split.train.num_users} users, {num_items} items, {rows_per_epoch} rows/epoch, "
         f"{total_steps} steps")
 
-    # ---- Mesh, compiled steps, restored or fresh state --------------------------------------
-    mesh = make_mesh(config.mesh.spec)
+    # ---- Compiled steps, restored or fresh state ---------------------------------------------
     trainer = build_trainer(config, num_items, mesh, total_steps)
     init_key, step_key = jax.random.split(jax.random.key(train_cfg.seed))
     if jax.process_index() == 0:
@@ -111,7 +122,7 @@ def run(config: TrialConfig, workdir: epath.Path) -> dict[str, Any]:
             log(f"resumed from step {resumed_from}")
         else:
             state = trainer.init(init_key)
-        train_step, eval_step = trainer.train_step, trainer.eval_step
+        train_step = trainer.train_step
 
         # ---- Train --------------------------------------------------------------------------
         peak_per_device, peak_source = hardware.peak_flops_per_device(config.model.compute_dtype)
@@ -126,11 +137,9 @@ def run(config: TrialConfig, workdir: epath.Path) -> dict[str, Any]:
         def drain() -> None:
             while pending:
                 done_step, metrics = pending.pop()
-                tokens = float(metrics["tokens"])
-                step_flops = flops.model_flops_from_counts(config.model, tokens, float(metrics["squared_lengths"]),
-                                                           float(metrics["positions"]), train_cfg.loss,
-                                                           train_cfg.negatives, num_items)
-                record = meter.record(done_step, metrics, tokens, step_flops)
+                counts = {name: float(value) for name, value in metrics["counts"].items()}
+                step_flops = flops.model_flops_from_counts(config.model, train_cfg, counts, num_items)
+                record = meter.record(done_step, metrics, counts["tokens"], step_flops)
                 if record is not None:
                     metrics_log.write(record)
                     log(format_record(record, total_steps))
@@ -141,7 +150,7 @@ def run(config: TrialConfig, workdir: epath.Path) -> dict[str, Any]:
 
         try:
             while step < total_steps:
-                state, metrics = train_step(state, to_global(next(iterator), mesh, TRAIN_FIELDS), step_key)
+                state, metrics = train_step(state, trainer.train_batch(next(iterator)), step_key)
                 step += 1
                 drain()
                 pending.append((step, metrics))
@@ -151,8 +160,8 @@ def run(config: TrialConfig, workdir: epath.Path) -> dict[str, Any]:
                 if train_cfg.eval_every and step % train_cfg.eval_every == 0 and step < total_steps:
                     drain()
                     eval_started = time.perf_counter()
-                    valid = evaluate(eval_step, state["params"], split.valid, config, mesh)
-                    test = evaluate(eval_step, state["params"], split.test, config, mesh)
+                    valid = evaluate(trainer, state["params"], split.valid)
+                    test = evaluate(trainer, state["params"], split.test)
                     metrics_log.write({"step": step, **{f"eval/valid_{k}": v for k, v in valid.items()},
                                        **{f"eval/test_{k}": v for k, v in test.items()}})
                     log(f"eval step {step}: valid hr@10 {valid['hr@10']:.4f} ndcg@10 {valid['ndcg@10']:.4f}, "
@@ -166,11 +175,12 @@ def run(config: TrialConfig, workdir: epath.Path) -> dict[str, Any]:
             checkpoints.close()
 
         # ---- Final evaluation ---------------------------------------------------------------
-        test = evaluate(eval_step, state["params"], split.test, config, mesh)
-        valid = evaluate(eval_step, state["params"], split.valid, config, mesh)
+        test = evaluate(trainer, state["params"], split.test)
+        valid = evaluate(trainer, state["params"], split.valid)
     metrics_log.write({"step": step, **{f"eval/test_{k}": v for k, v in test.items()},
                        **{f"eval/valid_{k}": v for k, v in valid.items()}})
-    non_embedding = flops.non_embedding_params(config.model)
+    counted = flops.param_counts(config.model, num_items)
+    non_embedding = counted["params_non_embedding"]
     result = {
         "trial_id": config.trial_id,
         "status": "ok",
@@ -179,9 +189,8 @@ def run(config: TrialConfig, workdir: epath.Path) -> dict[str, Any]:
         "split": data_cfg.split,
         "params": trainer.param_count,
         "params_non_embedding": non_embedding,
-        "d_model": config.model.d_model,
-        "blocks": config.model.blocks,
-        "heads": config.model.heads,
+        "params_active": counted["params_active"],
+        **trainer.family.summary(config.model),
         "max_len": data_cfg.max_len,
         "packed": data_cfg.packed,
         "seed": train_cfg.seed,
@@ -202,10 +211,10 @@ def run(config: TrialConfig, workdir: epath.Path) -> dict[str, Any]:
         "processes": jax.process_count(),
         "mesh": dict(mesh.shape),
         "final_train_loss": meter.final_loss,
-        "eval_loss": valid["loss"],
-        "test_loss": test["loss"],
-        **{key: test[key] for key in ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "hr@200", "ndcg@200", "mrr")},
-        **{f"valid_{key}": valid[key] for key in ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr")},
+        "eval_loss": valid.get("loss"),
+        "test_loss": test.get("loss"),
+        **{key: test.get(key) for key in ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "hr@200", "ndcg@200", "mrr")},
+        **{f"valid_{key}": valid.get(key) for key in ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr")},
         "resumed_from_step": resumed_from,
         **plateau(workdir / "metrics.jsonl"),
     }
@@ -243,7 +252,11 @@ def config_from_args(args: argparse.Namespace) -> TrialConfig:
         except OSError as error:
             raise ConfigError(f"{args.config}: cannot read: {error.strerror}") from None
     else:
-        config = preset(args.preset or f"{args.model or 'hstu'}-ml1m", args.model)
+        name = args.preset or f"{args.model or 'hstu'}-ml1m"
+        if args.preset is None and name not in PRESETS:  # a family without a preset: its defaults
+            config = with_overrides(TrialConfig(), [f"model.family={args.model}"])
+        else:
+            config = preset(name, args.model)
     overrides = list(args.set or [])
     if args.model:
         overrides.insert(0, f"model.family={args.model}")
@@ -257,13 +270,13 @@ def config_from_args(args: argparse.Namespace) -> TrialConfig:
                       ("eval_every", "train.eval_every"), ("mesh", "mesh.spec")):
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
-    return with_overrides(config, overrides).validate()
+    return with_overrides(config, overrides)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m scaling.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["hstu", "sasrec"], help="model family (default: the preset's)")
+    parser.add_argument("--model", choices=families.names(), help="model family (default: the preset's)")
     parser.add_argument("--data", help="dataset name or path (default: the preset's, ml-100k)")
     parser.add_argument("--workdir", required=True, help="where config, metrics, checkpoints and result go")
     parser.add_argument("--preset", help=f"one of {', '.join(PRESETS)} (default: MODEL-ml1m)")

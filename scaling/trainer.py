@@ -11,8 +11,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from models.decoder import build_model
-from scaling.batches import EVAL_FIELDS, TRAIN_FIELDS
+from models import family as families
+from models.family import BatchField, Family
+from scaling.batches import to_global
 from scaling.config import ConfigError, TrialConfig
 from scaling.mesh import LOGICAL_AXIS_RULES, batch_sharding
 from scaling.shardings import state_shardings
@@ -25,6 +26,7 @@ class Trainer:
 
     config: TrialConfig
     mesh: Mesh
+    family: Family
     functions: StepFunctions
     boxed_params: Any  # abstract parameters boxed with logical names
     abstract_state: Any
@@ -41,6 +43,17 @@ class Trainer:
     def param_count(self) -> int:
         return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.abstract_state["params"]))
 
+    def _global(self, batch: dict, fields: dict[str, BatchField]) -> dict[str, jax.Array]:
+        return to_global(self.family.device_batch(self.config.model, batch, fields), self.mesh)
+
+    def train_batch(self, batch: dict) -> dict[str, jax.Array]:
+        """This process's rows of a host training batch as global arrays for train_step."""
+        return self._global(batch, self.family.train_fields(self.config.model))
+
+    def eval_batch(self, batch: dict) -> dict[str, jax.Array]:
+        """This process's rows of a host evaluation batch as global arrays for eval_step."""
+        return self._global(batch, self.family.eval_fields(self.config.model))
+
 
 class _Context:
     def __init__(self, mesh: Mesh):
@@ -55,11 +68,6 @@ class _Context:
     def __exit__(self, *exc):
         self.rules_context.__exit__(*exc)
         return self.mesh_context.__exit__(*exc)
-
-
-def _example_batch(row_len: int) -> dict[str, np.ndarray]:
-    names = ("items", "timestamps", "next_timestamps", "segment_ids", "positions")
-    return {name: np.zeros((1, row_len), np.int32) for name in names}
 
 
 CPU_SCORES_BYTES = 4 << 20  # one micro-batch's (rows, heads, L, L) fp32 attention scores per device
@@ -82,9 +90,7 @@ def auto_grad_accum(config: TrialConfig, mesh: Mesh) -> int:
     valid = [m for m in range(1, batch + 1) if batch % m == 0 and _splits_evenly(batch // m, batch_split)]
     if not valid:
         return 1  # check_batch_fits_mesh names the problem
-    model, length = config.model, config.data.row_len
-    queries = min(length, model.attention_block) if model.attention == "blockwise" else length
-    scores_per_row = model.heads * queries * length * 4
+    scores_per_row = families.of(config.model).scores_bytes_per_row(config.model, config.data.row_len)
     for micro in valid:
         if batch // micro // batch_split * scores_per_row <= CPU_SCORES_BYTES:
             return micro
@@ -105,20 +111,22 @@ def build_trainer(config: TrialConfig, num_items: int, mesh: Mesh, total_steps: 
     train = dataclasses.replace(config.train, grad_accum=auto_grad_accum(config, mesh))
     config = dataclasses.replace(config, train=train)
     check_batch_fits_mesh(config, mesh)
-    model = build_model(config.model, num_items)
+    family = families.of(config.model)
+    family.check_data(config.model, config.train, num_items)
+    model = family.build(config.model, config.train, num_items)
     optimizer = make_optimizer(config.train, total_steps)
-    functions = StepFunctions(model, optimizer, config.train, num_items)
-    example = _example_batch(config.data.row_len)
+    functions = StepFunctions(model, optimizer, config.train)
+    example = family.example_batch(config.model, 1, config.data.row_len)
     replicated = NamedSharding(mesh, PartitionSpec())
     with _Context(mesh):
         key = jax.random.key(0)
         boxed = jax.eval_shape(functools.partial(boxed_params, model), key, example)
         abstract_state = jax.eval_shape(functools.partial(init_state, model, optimizer), key, example)
     shardings = state_shardings(abstract_state, boxed, mesh)
-    train_batch = {name: batch_sharding(mesh, 2) for name in TRAIN_FIELDS}
-    eval_batch = {name: batch_sharding(mesh, 2 if name in TRAIN_FIELDS else 1) for name in EVAL_FIELDS}
+    train_batch = {name: batch_sharding(mesh, len(field.axes)) for name, field in family.train_fields(config.model).items()}
+    eval_batch = {name: batch_sharding(mesh, len(field.axes)) for name, field in family.eval_fields(config.model).items()}
     init = jax.jit(lambda rng: init_state(model, optimizer, rng, example), out_shardings=shardings)
     train_step = jax.jit(functions.train_step, in_shardings=(shardings, train_batch, replicated),
                          out_shardings=(shardings, replicated), donate_argnums=(0,))
     eval_step = jax.jit(functions.eval_step, in_shardings=(shardings["params"], eval_batch), out_shardings=replicated)
-    return Trainer(config, mesh, functions, boxed, abstract_state, shardings, init, train_step, eval_step)
+    return Trainer(config, mesh, family, functions, boxed, abstract_state, shardings, init, train_step, eval_step)

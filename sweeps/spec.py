@@ -14,8 +14,7 @@ import itertools
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-
+from models import family as families
 from scaling import flops
 from scaling.config import ConfigError, TrialConfig, with_overrides
 
@@ -74,11 +73,20 @@ def zipped(*axes: Sequence[Point]) -> list[Point]:
     return points
 
 
+def _configure(base: TrialConfig, point: Point, sweep_name: str) -> TrialConfig:
+    """base with the point's overrides; a bad key or value names the sweep and the trial."""
+    try:
+        return with_overrides(base, [f"{key}={value}" for key, value in point.overrides.items()])
+    except ConfigError as error:
+        labels = " ".join(f"{k}={v}" for k, v in point.labels.items()) or "(base)"
+        raise ConfigError(f"sweep {sweep_name}, trial {labels}: {error}") from None
+
+
 def train_flops_per_step(config: TrialConfig, num_items: int) -> float:
     """Model FLOPs of one step with every row full of one user's window (packed rows, or users
     with at least max_len + 1 interactions): the planning estimate behind isoflop()."""
-    lengths = np.full(config.train.batch_size, config.data.row_len)
-    return flops.model_flops(config.model, lengths, config.train.loss, config.train.negatives, num_items)
+    counts = families.of(config.model).full_row_counts(config.model, config.train.batch_size, config.data.row_len)
+    return flops.model_flops_from_counts(config.model, config.train, counts, num_items)
 
 
 def isoflop(budgets: Sequence[float], sizes: Sequence[Point], base: TrialConfig, num_items: int) -> list[Point]:
@@ -87,7 +95,7 @@ def isoflop(budgets: Sequence[float], sizes: Sequence[Point], base: TrialConfig,
     points = []
     for budget in budgets:
         for size in sizes:
-            config = with_overrides(base, [f"{k}={v}" for k, v in size.overrides.items()])
+            config = _configure(base, size, "isoflop")
             steps = max(1, round(budget / train_flops_per_step(config, num_items)))
             points.append(size.merge(Point({"train.steps": steps}, {"budget": budget})))
     return points
@@ -105,22 +113,20 @@ class Trial:
 
 @dataclasses.dataclass(frozen=True)
 class Sweep:
-    """name: used in resource names and reports. analysis: what the report fits, e.g.
-    {"x": ["params_non_embedding", "train_flops"], "y": ["eval_loss", "hr@10"], "group": "seq_len"}.
-    launcher: defaults for TPU launchers (accelerator_type, zone, ...), overridable by flags."""
+    """name: used in resource names and reports. launcher: defaults for TPU launchers
+    (accelerator_type, zone, ...), overridable by flags. The report fits every law the results
+    support (`python -m analysis report`), so a spec says nothing about analysis."""
 
     name: str
     base: TrialConfig
     points: Sequence[Point]
-    analysis: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     launcher: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     description: str = ""
 
     def trials(self) -> list[Trial]:
         trials, seen = [], set()
         for point in self.points or [Point({}, {})]:
-            overrides = [f"{key}={value}" for key, value in point.overrides.items()]
-            config = with_overrides(self.base, overrides).validate()
+            config = _configure(self.base, point, self.name)
             if config.trial_id in seen:
                 raise ConfigError(f"sweep {self.name}: two points give the same trial ({dict(point.labels)})")
             seen.add(config.trial_id)
@@ -144,6 +150,10 @@ def load_spec(path: str | Path) -> Sweep:
     sweep = getattr(module, "SWEEP", None)
     if not isinstance(sweep, Sweep):
         raise ConfigError(f"{path}: defines no SWEEP = Sweep(...)")
+    try:
+        sweep.trials()  # every trial's config is checked before anything runs
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
     return sweep
 
 

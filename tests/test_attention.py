@@ -103,7 +103,7 @@ def test_blockwise_model_equals_dense_model() -> None:
 
 def test_blockwise_is_hstu_only() -> None:
     with pytest.raises(ValueError, match="model.attention"):
-        ModelConfig(family="sasrec", attention="blockwise").validate()
+        ModelConfig(family="sasrec", attention="blockwise")
 
 
 def test_silu_projection_gradient_equals_autodiff_of_the_formula() -> None:

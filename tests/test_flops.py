@@ -8,14 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from models import family as families
 from models.config import ModelConfig
-from models.losses import scores_all_items
 from scaling import flops, xla_cost
 from scaling.config import DataConfig, TrainConfig, TrialConfig
 from scaling.mesh import make_mesh
 from scaling.trainer import build_trainer
 
-FIELDS = ("items", "timestamps", "next_timestamps", "targets", "segment_ids", "positions")
 
 
 def lowered_step(family: str, d: int, heads: int, row_len: int, rows: int, items: int, negatives: int, loss: str):
@@ -25,11 +24,11 @@ def lowered_step(family: str, d: int, heads: int, row_len: int, rows: int, items
         train=TrainConfig(batch_size=rows, negatives=negatives, steps=1, eval_batch_size=rows, loss=loss, grad_accum=1),
     )
     trainer = build_trainer(config, items, make_mesh("data=1", jax.devices()[:1]), total_steps=1)
-    batch = {k: jax.ShapeDtypeStruct((rows, row_len), jnp.int32) for k in FIELDS}
+    example = families.of(config.model).example_batch(config.model, rows, row_len)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in example.items()}
     with trainer.context():
         lowered = trainer.train_step.lower(trainer.abstract_state, batch, jax.random.key(0))
-    executed = flops.executed_flops(config.model, rows, row_len, loss, negatives, items,
-                                    score_all_items=scores_all_items(items + 1, negatives))
+    executed = flops.executed_flops(config.model, rows, row_len, loss, negatives, items)
     return lowered, executed
 
 
@@ -90,16 +89,15 @@ def test_model_flops_exclude_padding_and_halve_causal_attention():
     one_row_each = flops.model_flops(model, np.array([10]), "sampled_softmax", 16, 100) + \
         flops.model_flops(model, np.array([12]), "sampled_softmax", 16, 100)
     assert packed_rows == pytest.approx(one_row_each)  # segments, not rows, are what count
-    assert packed_rows < flops.executed_flops(model, 1, 22, "sampled_softmax", 16, 100, score_all_items=False)
+    assert packed_rows < flops.executed_flops(model, 1, 22, "sampled_softmax", 16, 100)
 
 
 @pytest.mark.parametrize("family", ["hstu", "sasrec"])
 def test_non_embedding_params_count_every_parameter_outside_the_tables(family):
-    from models.decoder import build_model
 
     model = ModelConfig(family=family, d_model=16, blocks=2, heads=2, max_positions=16, ffn_dim=24)
-    example = {k: jnp.zeros((1, 12), jnp.int32) for k in ("items", "timestamps", "next_timestamps", "segment_ids", "positions")}
-    params = build_model(model, 30).init(jax.random.key(0), example)["params"]
+    example = families.of(model).example_batch(model, 1, 12)
+    params = families.of(model).build(model, TrainConfig(), 30).init(jax.random.key(0), example)
     tables = params.pop("item_embedding").value.size + params.pop("position_embedding").value.size
     assert tables == 31 * 16 + 16 * 16
     assert sum(leaf.size for leaf in jax.tree.leaves(params)) == flops.non_embedding_params(model)

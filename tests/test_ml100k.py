@@ -39,7 +39,7 @@ def test_popularity_ranks_equal_dense_scoring(ml100k) -> None:
     counts = popularity_counts(split)
     fast = popularity_ranks(counts, split.test, max_len=50)
     dense = []
-    for batch in eval_dataset(split.test, max_len=50, batch_size=256):
+    for batch in eval_dataset(split.test, row_len=50, batch_size=256):
         scores = np.tile(counts.astype(float), (len(batch["items"]), 1))
         dense.append(ranks_from_scores(scores, batch["eval_target"], batch["items"])[batch["eval_valid"]])
     assert np.array_equal(fast, np.concatenate(dense))
@@ -50,8 +50,8 @@ def test_popularity_ranks_equal_dense_scoring(ml100k) -> None:
 
 def test_packing_saves_most_padding_at_max_len_200(ml100k) -> None:
     train = leave_one_out(ml100k.sequences).train
-    padded = padding_fraction(train, PipelineConfig(max_len=200))
-    packed = padding_fraction(train, PipelineConfig(max_len=200, packed=True))
+    padded = padding_fraction(train, PipelineConfig(row_len=200))
+    packed = padding_fraction(train, PipelineConfig(row_len=200, packed=True))
     assert padded > 0.5 and packed < 0.05
 
 

@@ -10,11 +10,11 @@ import pytest
 from data.errors import DataError
 from data.interactions import Interactions
 from data.packing import best_fit_rows
-from data.pipeline import PipelineConfig, epoch_plan, eval_dataset, train_dataset
+from data.pipeline import TOKEN_FIELDS, PipelineConfig, epoch_plan, eval_dataset, train_dataset
 from data.sequences import PreprocessOptions, Sequences, build_sequences
 from data.split import leave_one_out
 
-FIELDS = ("items", "timestamps", "next_timestamps", "targets", "segment_ids", "positions", "users")
+FIELDS = tuple(TOKEN_FIELDS)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def segments_of(batch: dict) -> list[dict]:
 @pytest.mark.parametrize("packed, window", [(False, "recent"), (True, "recent"), (True, "random")])
 def test_every_token_is_the_right_one(split, packed: bool, window: str) -> None:
     train = split.train
-    config = PipelineConfig(batch_size=4, max_len=12, packed=packed, window=window, seed=3)
+    config = PipelineConfig(batch_size=4, row_len=12, packed=packed, window=window, seed=3)
     batches = take(config, train, 6)
     for batch in batches:
         pad = batch["segment_ids"] == 0
@@ -75,8 +75,8 @@ def test_every_token_is_the_right_one(split, packed: bool, window: str) -> None:
 
 
 def test_packing_leaves_less_padding_and_covers_each_user_once_per_epoch(split) -> None:
-    padded = epoch_plan(split.train, PipelineConfig(max_len=12), 0)
-    packed = epoch_plan(split.train, PipelineConfig(max_len=12, packed=True), 0)
+    padded = epoch_plan(split.train, PipelineConfig(row_len=12), 0)
+    packed = epoch_plan(split.train, PipelineConfig(row_len=12, packed=True), 0)
     assert packed.padding_fraction < padded.padding_fraction
     assert packed.real_tokens == padded.real_tokens
     assert sorted(packed.users.tolist()) == sorted(padded.users.tolist()) == list(range(40))
@@ -95,7 +95,7 @@ def test_best_fit_never_overfills_and_opens_rows_only_when_needed() -> None:
 
 
 def test_same_seed_same_batches_other_seed_other_order(split) -> None:
-    config = PipelineConfig(batch_size=4, max_len=12, packed=True, seed=11)
+    config = PipelineConfig(batch_size=4, row_len=12, packed=True, seed=11)
     first, again = take(config, split.train, 15), take(config, split.train, 15)
     other = take(dataclasses.replace(config, seed=12), split.train, 15)
     assert all(np.array_equal(a[f], b[f]) for a, b in zip(first, again) for f in FIELDS)
@@ -105,7 +105,7 @@ def test_same_seed_same_batches_other_seed_other_order(split) -> None:
 
 
 def test_processes_feed_slices_of_the_same_global_batches(split) -> None:
-    config = PipelineConfig(batch_size=4, max_len=12, packed=True, num_epochs=2)
+    config = PipelineConfig(batch_size=4, row_len=12, packed=True, num_epochs=2)
     one_process = list(train_dataset(split.train, config, 0, 1))
     shards = [list(train_dataset(split.train, config, p, 2)) for p in (0, 1)]
     assert len(shards[0]) == len(shards[1]) == len(one_process)
@@ -122,7 +122,7 @@ def test_processes_feed_slices_of_the_same_global_batches(split) -> None:
 def test_whole_epochs_end_with_their_own_partial_batch(split, process_count: int) -> None:
     """40 users at batch 16: each epoch is batches of 16, 16 and 8 users + 8 empty rows, and
     holds every user once; the stream of full batches instead runs on into the next epoch."""
-    config = PipelineConfig(batch_size=16, max_len=12, whole_epochs=True, seed=3, num_epochs=3)
+    config = PipelineConfig(batch_size=16, row_len=12, whole_epochs=True, seed=3, num_epochs=3)
     shards = [list(train_dataset(split.train, config, p, process_count)) for p in range(process_count)]
     batches = [{f: np.concatenate([shard[k][f] for shard in shards]) for f in FIELDS} for k in range(len(shards[0]))]
     assert len(batches) == 3 * 3
@@ -137,7 +137,7 @@ def test_whole_epochs_end_with_their_own_partial_batch(split, process_count: int
 
 @pytest.mark.parametrize("whole_epochs", [False, True])
 def test_iterator_state_round_trip_resumes_exactly(split, whole_epochs: bool) -> None:
-    config = PipelineConfig(batch_size=4, max_len=12, packed=True, seed=5, whole_epochs=whole_epochs)
+    config = PipelineConfig(batch_size=4, row_len=12, packed=True, seed=5, whole_epochs=whole_epochs)
     iterator = iter(train_dataset(split.train, config))
     for _ in range(9):  # crosses an epoch boundary (about 8 batches per epoch)
         next(iterator)
@@ -151,7 +151,7 @@ def test_iterator_state_round_trip_resumes_exactly(split, whole_epochs: bool) ->
 
 
 def test_eval_rows_hold_truncated_history_and_target(split) -> None:
-    batches = list(eval_dataset(split.test, max_len=12, batch_size=16))
+    batches = list(eval_dataset(split.test, row_len=12, batch_size=16))
     assert len(batches) == 3 and all(b["items"].shape == (16, 12) for b in batches)
     valid = np.concatenate([b["eval_valid"] for b in batches])
     assert valid.sum() == 40 and not valid[40:].any()
@@ -162,7 +162,7 @@ def test_eval_rows_hold_truncated_history_and_target(split) -> None:
             assert np.array_equal(batch["items"][r][: last + 1], history[-12:])
             assert batch["targets"][r][last] == batch["eval_target"][r] == split.test.targets[user]
             assert batch["next_timestamps"][r][last] == split.test.target_timestamps[user]
-    shorter = eval_dataset(split.test, max_len=12, batch_size=16, history_len=5)[0]
+    shorter = eval_dataset(split.test, row_len=12, batch_size=16, history_len=5)[0]
     assert np.all(shorter["eval_position"] <= 4) and np.all(shorter["segment_ids"][:, 5:] == 0)
     shards = [list(eval_dataset(split.test, 12, 16, p, 2)) for p in (0, 1)]
     users = [u for shard in shards for b in shard for u in b["eval_user"][b["eval_valid"]]]
@@ -172,5 +172,5 @@ def test_eval_rows_hold_truncated_history_and_target(split) -> None:
 def test_bad_configs_fail_clearly(split) -> None:
     with pytest.raises(DataError, match="does not split over 3 processes"):
         train_dataset(split.train, PipelineConfig(batch_size=4), 0, 3)
-    with pytest.raises(DataError, match="max_len=1"):
-        train_dataset(split.train, PipelineConfig(max_len=1))
+    with pytest.raises(DataError, match="row_len=1"):
+        train_dataset(split.train, PipelineConfig(row_len=1))

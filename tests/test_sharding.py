@@ -16,7 +16,6 @@ from data.sequences import PreprocessOptions, build_sequences
 from data.split import leave_one_out
 from models.config import ModelConfig
 from scaling import checkpoint
-from scaling.batches import TRAIN_FIELDS, to_global
 from scaling.config import ConfigError, DataConfig, MeshConfig, TrainConfig, TrialConfig
 from scaling.mesh import make_mesh, parse_mesh_spec
 from scaling.trainer import build_trainer
@@ -45,7 +44,7 @@ def host_batches():
         ts += np.cumsum(rng.integers(1, 10**6, n)).tolist()
     seqs, _ = build_sequences(Interactions(np.array(user), np.array(item), np.array(ts, np.int64)), PreprocessOptions())
     assert seqs.num_items == NUM_ITEMS
-    iterator = iter(train_dataset(leave_one_out(seqs).train, PipelineConfig(batch_size=8, max_len=12, packed=True), 0, 1))
+    iterator = iter(train_dataset(leave_one_out(seqs).train, PipelineConfig(batch_size=8, row_len=12, packed=True), 0, 1))
     return [next(iterator) for _ in range(3)]
 
 
@@ -56,8 +55,8 @@ def one_step(family: str, spec: str, batch: dict):
     with trainer.context():
         state = trainer.init(jax.random.key(1))
         params = jax.device_get(state["params"])
-        grads, loss_sum, count = jax.jit(trainer.functions.gradients)(state["params"], to_global(batch, trainer.mesh, TRAIN_FIELDS),
-                                                                      jax.random.key(2))
+        grads, loss_sum, count, _ = jax.jit(trainer.functions.gradients)(state["params"], trainer.train_batch(batch),
+                                                                         jax.random.key(2))
         return params, jax.device_get(grads), float(loss_sum / count), trainer, state
 
 
@@ -102,11 +101,11 @@ def test_checkpoint_restores_onto_another_mesh_and_training_continues(tmp_path, 
     key = jax.random.key(3)
     with first.context():
         state = first.init(jax.random.key(0))
-        state, _ = first.train_step(state, to_global(host_batches[0], first.mesh, TRAIN_FIELDS), key)
+        state, _ = first.train_step(state, first.train_batch(host_batches[0]), key)
         manager = checkpoint.manager(tmp_path / "ckpt", keep=2, asynchronous=False)
         checkpoint.save(manager, 1, state, {"epoch": 0, "row": 8})
         manager.wait_until_finished()
-        _, metrics = first.train_step(state, to_global(host_batches[1], first.mesh, TRAIN_FIELDS), key)
+        _, metrics = first.train_step(state, first.train_batch(host_batches[1]), key)
         expected_loss = float(metrics["loss_sum"] / metrics["positions"])
 
     second = trainer_for("data=2,fsdp=2,tensor=2")
@@ -115,7 +114,7 @@ def test_checkpoint_restores_onto_another_mesh_and_training_continues(tmp_path, 
         restored, data_state = checkpoint.restore(manager, 1, target)
         assert data_state == {"epoch": 0, "row": 8} and int(restored["step"]) == 1
         assert restored["params"]["item_embedding"].sharding.spec == PartitionSpec("tensor", "fsdp")
-        _, metrics = second.train_step(restored, to_global(host_batches[1], second.mesh, TRAIN_FIELDS), key)
+        _, metrics = second.train_step(restored, second.train_batch(host_batches[1]), key)
         assert float(metrics["loss_sum"] / metrics["positions"]) == pytest.approx(expected_loss, rel=1e-5)
     manager.close()
 

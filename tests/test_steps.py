@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from models.config import ModelConfig
-from scaling.batches import TRAIN_FIELDS, to_global
 from scaling.config import DataConfig, MeshConfig, TrainConfig, TrialConfig
 from scaling.mesh import make_mesh
 from scaling.steps import make_optimizer
@@ -43,7 +42,7 @@ def gradients(trainer, host_batch):
     with trainer.context():
         state = trainer.init(jax.random.key(0))
         return jax.device_get(jax.jit(trainer.functions.gradients)(
-            state["params"], to_global(host_batch, trainer.mesh, TRAIN_FIELDS), jax.random.key(1)))
+            state["params"], trainer.train_batch(host_batch), jax.random.key(1)))[:3]
 
 
 def test_gradient_accumulation_equals_one_big_batch() -> None:
@@ -89,20 +88,20 @@ def test_schedules() -> None:
 
 def test_step_returns_the_counts_model_flops_need() -> None:
     from scaling import flops
-    from scaling.batches import segment_lengths
+    from data.pipeline import segment_lengths
 
     host_batch = batch()
     trainer = trainer_for()
     with trainer.context():
         state = trainer.init(jax.random.key(0))
-        _, metrics = trainer.train_step(state, to_global(host_batch, trainer.mesh, TRAIN_FIELDS), jax.random.key(1))
+        _, metrics = trainer.train_step(state, trainer.train_batch(host_batch), jax.random.key(1))
     lengths = segment_lengths(host_batch)
-    assert float(metrics["tokens"]) == lengths.sum()
-    assert float(metrics["squared_lengths"]) == np.sum(lengths.astype(np.int64) ** 2)
-    assert float(metrics["positions"]) == np.sum(host_batch["targets"] > 0)
+    counts = {name: float(value) for name, value in metrics["counts"].items()}
+    assert counts["tokens"] == lengths.sum()
+    assert counts["squared_lengths"] == np.sum(lengths.astype(np.int64) ** 2)
+    assert counts["positions"] == float(metrics["positions"]) == np.sum(host_batch["targets"] > 0)
     model = trainer.config.model
-    from_counts = flops.model_flops_from_counts(model, float(metrics["tokens"]), float(metrics["squared_lengths"]),
-                                                float(metrics["positions"]), "full_softmax", 128, ITEMS)
+    from_counts = flops.model_flops_from_counts(model, trainer.config.train, counts, ITEMS)
     assert from_counts == pytest.approx(flops.model_flops(model, lengths, "full_softmax", 128, ITEMS,
                                                           int(np.sum(host_batch["targets"] > 0))))
 

@@ -15,6 +15,7 @@ import pytest
 from scaling import train as train_module
 from scaling.config import TrainConfig
 from scaling.presets import preset
+from scaling.trainer import Trainer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULT_KEYS = {"model", "params", "params_non_embedding", "tokens", "steps", "train_flops", "wall_seconds", "mfu",
@@ -60,18 +61,18 @@ def test_interrupted_run_resumes_bitwise(tmp_path, lab_cache, monkeypatch, finis
     """A run killed after its step-6 checkpoint, restarted, ends exactly where an uninterrupted run does."""
     monkeypatch.setenv("SCALING_LAB_CACHE", str(lab_cache))
     calls = {"n": 0}
-    real_to_global = train_module.to_global
+    real_train_batch = Trainer.train_batch
 
-    def dies_at_step_8(batch, mesh, fields):
+    def dies_at_step_8(self, batch):
         calls["n"] += 1
-        if calls["n"] == 8 and "eval_target" not in fields:
+        if calls["n"] == 8:
             raise KeyboardInterrupt("simulated preemption")
-        return real_to_global(batch, mesh, fields)
+        return real_train_batch(self, batch)
 
-    monkeypatch.setattr(train_module, "to_global", dies_at_step_8)
+    monkeypatch.setattr(Trainer, "train_batch", dies_at_step_8)
     with pytest.raises(KeyboardInterrupt):
         train_module.run(tiny(checkpoint_every=6), tmp_path)
-    monkeypatch.setattr(train_module, "to_global", real_to_global)
+    monkeypatch.setattr(Trainer, "train_batch", real_train_batch)
     resumed = train_module.run(tiny(checkpoint_every=6), tmp_path)
     assert resumed["resumed_from_step"] == 6 and resumed["steps"] == 12
     _, uninterrupted = finished_run
@@ -82,7 +83,7 @@ def test_interrupted_run_resumes_bitwise(tmp_path, lab_cache, monkeypatch, finis
 def test_cli_rejects_bad_config_with_one_line(tmp_path) -> None:
     env = dict(os.environ, XLA_FLAGS="")
     command = [sys.executable, "-m", "scaling.train", "--preset", "tiny", "--workdir", str(tmp_path)]
-    for extra, message in ((["--set", "model.blockz=2"], "error: unknown config key model.blockz; known: "),
+    for extra, message in ((["--set", "model.blockz=2"], "error: unknown config key model.blockz for model.family='hstu'; known: "),
                            (["--set", "train.batch_size=ten"], "error: train.batch_size='ten' is not an integer"),
                            (["--mesh", "data=3"], "error: mesh spec 'data=3' needs 3 devices, but 1 are available")):
         done = subprocess.run(command + extra, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)

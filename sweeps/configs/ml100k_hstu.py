@@ -28,5 +28,4 @@ SWEEP = Sweep(
     description=__doc__,
     base=BASE,
     points=grid(SIZES, axis("seq_len", "data.max_len", [50, 100])),
-    analysis={"x": ["params_non_embedding", "train_flops"], "y": ["eval_loss", "hr@10", "ndcg@10"], "group": "seq_len"},
 )

@@ -36,6 +36,5 @@ SWEEP = Sweep(
     base=BASE,
     points=isoflop([1e17, 3e17, 1e18], grid(SIZES, axis("model", "model.family", ["hstu", "sasrec"])), BASE,
                    ML20M_ITEMS),
-    analysis={"x": ["params_non_embedding", "train_flops"], "y": ["eval_loss", "hr@10"], "group": "model"},
     launcher={"accelerator_type": "v5p-32", "runtime_version": "v2-alpha-tpuv5", "spot": True},
 )

@@ -30,6 +30,5 @@ SWEEP = Sweep(
                         {"model.blocks": 16, "model.d_model": 1024, "model.heads": 16}], ["d256", "d512", "d1024"]),
         axis("users", "data.name", [f"synthetic:users={u},items=100000,seed=0" for u in USERS], USERS),
     ),
-    analysis={"x": ["tokens"], "y": ["eval_loss"], "group": "size"},
     launcher={"accelerator_type": "v5litepod-256", "num_slices": 1, "runtime_version": "v2-alpha-tpuv5-lite"},
 )

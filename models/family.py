@@ -1,0 +1,242 @@
+"""The model-family seam: what a family gives the engine, and the one registry of families.
+
+A family is a Family subclass instance passed to `register()`. It supplies its config dataclass
+(a FamilyConfig subclass, selected by `model.family`), `build` (a Model: init, loss_sums,
+evaluate, step_counts as pure functions of params and a batch), its batch fields with logical
+axes, analytic FLOPs from the counts its step returns, parameter counts, and the rules that need
+the whole trial or the catalogue size. scaling/, sweeps/ and benchmarks/ call only this
+interface. Built-in families are imported on first use; modules named in
+$SCALING_LAB_FAMILIES (comma-separated) are imported too, so that trials started as
+subprocesses know a family registered outside this repository.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import importlib
+import os
+from typing import Any, ClassVar, Literal, Mapping
+
+import numpy as np
+
+from models import axes
+from models.fields import ConfigError, Section, build_section, coerce
+
+BUILTIN_MODULES = {"hstu": "models.hstu", "sasrec": "models.sasrec"}
+PLUGINS_ENV = "SCALING_LAB_FAMILIES"
+
+Batch = Mapping[str, Any]
+TRAIN_MULTIPLIER = 3  # FLOP convention: backward = 2 x forward for every matmul
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchField:
+    """One array the jitted steps read: numpy dtype and logical axes (first: axes.BATCH; an
+    axes.LENGTH axis has the row length)."""
+
+    dtype: Any
+    axes: tuple[str | None, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilyConfig(Section):
+    """Base of every family's model config (the `model` section of a trial).
+
+    Trial ids hash `family`, ID_FIELDS, other fields when not at their defaults (see Section), and
+    ID_LEGACY: keys the 2026-12-01 flat model config had and this family lacks, with their
+    defaults then. A config that set such a key (ModelConfig(family="hstu", ffn_dim=64), or an
+    old config.json) keeps its value in legacy_values: unused by the model, hashed and written
+    back under its old name, so its id and its file stay what they were. A family new since then
+    has no ID_FIELDS and no ID_LEGACY.
+    """
+
+    SECTION: ClassVar[str] = "model"
+    ID_LEGACY: ClassVar[Mapping[str, Any]] = {}
+
+    family: str = ""
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    legacy_values: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        tag = next(f.default for f in dataclasses.fields(self) if f.name == "family")
+        if self.family != tag:
+            raise ConfigError(f"model.family={self.family!r} in a {type(self).__name__}; "
+                              f"build the section with ModelConfig(family=...)")
+        super().__post_init__()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The section as config.json holds it: its fields, and legacy values under their old names."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "legacy_values"}
+        return {**dict(self.legacy_values), **fields}
+
+    def canonical(self) -> dict[str, Any]:
+        """The model section as the trial id hashes it."""
+        own = {k: v for k, v in super().canonical().items() if k != "legacy_values"}
+        return {**self.ID_LEGACY, **dict(self.legacy_values), **own, "family": self.family}
+
+
+class Model(abc.ABC):
+    """A built model: pure functions of (params, batch[, rng]); nothing is stored between calls."""
+
+    @abc.abstractmethod
+    def init(self, rng: Any, batch: Batch) -> Any:
+        """Parameters boxed with their logical axis names (nn.LogicallyPartitioned leaves)."""
+
+    @abc.abstractmethod
+    def loss_sums(self, params: Any, batch: Batch, rng: Any) -> tuple[Any, Any, dict]:
+        """(sum of per-position losses, number of positions, aux) of one (micro-)batch in training
+        mode. aux = {"losses": {name: scalar}, "metrics": {name: scalar}}: each loss term is a
+        per-position mean added to the objective; metrics are only logged."""
+
+    @abc.abstractmethod
+    def evaluate(self, params: Any, batch: Batch) -> dict:
+        """Per row: "valid" (bool) and either "rank" (the target's 1-based rank among all items,
+        history excluded) or "top_k" (item ids, best first) with "target"; optionally "loss"."""
+
+    @abc.abstractmethod
+    def step_counts(self, batch: Batch) -> dict[str, Any]:
+        """Scalars the train step returns for FLOP and data accounting; "tokens" is required."""
+
+
+class Family(abc.ABC):
+    """One model family; subclasses set `name` and `config_class` and are registered once."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[FamilyConfig]]
+
+    @abc.abstractmethod
+    def build(self, config: Any, train: Any, num_items: int) -> Model:
+        """The model for `config` trained with `train` (scaling.config.TrainConfig) on num_items items."""
+
+    @abc.abstractmethod
+    def train_fields(self, config: Any) -> Mapping[str, BatchField]:
+        """The fields of a training batch the jitted train step reads."""
+
+    @abc.abstractmethod
+    def eval_fields(self, config: Any) -> Mapping[str, BatchField]:
+        """The fields of an evaluation batch the jitted eval step reads."""
+
+    @abc.abstractmethod
+    def model_flops(self, config: Any, train: Any, counts: Mapping[str, float], num_items: int) -> float:
+        """Training model FLOPs of one step from its step counts (../shared/specs/flops_mfu.md)."""
+
+    @abc.abstractmethod
+    def param_counts(self, config: Any, num_items: int) -> dict[str, int]:
+        """{"params", "params_non_embedding", "params_active"} analytically."""
+
+    def full_row_counts(self, config: Any, rows: int, row_len: int) -> dict[str, float]:
+        """Step counts of a batch of full rows (one user of row_len items each): sweep planning."""
+        return {"tokens": float(rows * row_len), "positions": float(rows * (row_len - 1)),
+                "squared_lengths": float(rows * row_len * row_len)}
+
+    def executed_flops(self, config: Any, train: Any, rows: int, row_len: int, num_items: int) -> float | None:
+        """Matmul FLOPs the compiled train step executes on (rows, row_len); None if not counted."""
+        return None
+
+    def device_batch(self, config: Any, batch: Batch, fields: Mapping[str, BatchField]) -> dict[str, np.ndarray]:
+        """The host arrays of `fields` from a pipeline batch, in their device dtypes."""
+        return {name: np.asarray(batch[name], field.dtype) for name, field in fields.items()}
+
+    def example_batch(self, config: Any, rows: int, row_len: int, fields: Mapping[str, BatchField] | None = None
+                      ) -> dict[str, np.ndarray]:
+        """Zeros shaped like a batch of `rows` rows of row_len tokens (train fields by default)."""
+        fields = self.train_fields(config) if fields is None else fields
+        shape = lambda field: tuple(row_len if a == axes.LENGTH else rows for a in field.axes)
+        return {name: np.zeros(shape(field), field.dtype) for name, field in fields.items()}
+
+    def check_trial(self, config: Any, data: Any, train: Any) -> None:
+        """Rules across the model, data and train sections; raise ConfigError naming the keys."""
+
+    def check_data(self, config: Any, train: Any, num_items: int) -> None:
+        """Rules that need the catalogue size, checked before anything compiles."""
+
+    def scores_bytes_per_row(self, config: Any, row_len: int) -> float:
+        """Bytes of the largest per-row activation (attention scores): the CPU micro-batching
+        keeps a micro-batch's worth of them cache-sized. 0 when nothing is quadratic."""
+        return 0.0
+
+    def summary(self, config: Any) -> dict[str, Any]:
+        """Size fields recorded with every result (d_model, blocks, heads when the family has them)."""
+        names = ("d_model", "blocks", "heads")
+        return {name: getattr(config, name) for name in names if hasattr(config, name)}
+
+
+_FAMILIES: dict[str, Family] = {}
+_plugins_loaded = False
+
+
+def register(family: Family) -> Family:
+    """Add a family; a second family under one name is an error (re-registering the same class is not)."""
+    known = _FAMILIES.get(family.name)
+    if known is not None and type(known).__qualname__ != type(family).__qualname__:
+        raise ValueError(f"model family {family.name!r} is already registered by {type(known).__module__}")
+    _FAMILIES[family.name] = family
+    return family
+
+
+def _load_all() -> None:
+    global _plugins_loaded
+    for name, module in BUILTIN_MODULES.items():
+        if name not in _FAMILIES:
+            importlib.import_module(module)
+    if not _plugins_loaded:
+        _plugins_loaded = True
+        for module in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
+            try:
+                importlib.import_module(module)
+            except ImportError as error:
+                raise ConfigError(f"${PLUGINS_ENV}: cannot import {module!r}: {error}") from None
+
+
+def names() -> list[str]:
+    _load_all()
+    return sorted(_FAMILIES)
+
+
+def get(name: str) -> Family:
+    """The registered family called `name`; ConfigError naming model.family otherwise."""
+    if name not in _FAMILIES:
+        _load_all()
+    if name not in _FAMILIES:
+        raise ConfigError(f"model.family={name!r}; known: {', '.join(sorted(_FAMILIES))}")
+    return _FAMILIES[name]
+
+
+def of(config: FamilyConfig) -> Family:
+    """The family of a model config."""
+    return get(config.family)
+
+
+DEFAULT_FAMILY = "hstu"  # the family of a model section that names none (configs before the registry)
+
+
+def model_config(values: Mapping[str, Any], droppable: frozenset[str] | set[str] = frozenset()) -> FamilyConfig:
+    """The model section from a JSON object, its class chosen by values["family"] (a tagged union).
+
+    A key this family lacks is kept in legacy_values when it is one of the 2026-12-01 flat
+    config's keys (FamilyConfig.ID_LEGACY) set to another value than its old default, ignored at
+    that default, and dropped when it is in `droppable` (a base config's keys after an override
+    switched the family); any other key is an error naming it.
+    """
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"model must be an object, got {values!r}")
+    name = values.get("family", DEFAULT_FAMILY)
+    if not isinstance(name, str):
+        raise ConfigError(f"model.family={name!r} is not a string")
+    cls = get(name).config_class
+    fields = {f.name for f in dataclasses.fields(cls)}
+    fields.discard("legacy_values")
+    kept, legacy = {}, {}
+    for key, value in values.items():
+        if key in fields:
+            kept[key] = value
+        elif key in cls.ID_LEGACY:
+            value = coerce(value, type(cls.ID_LEGACY[key]), f"model.{key}")
+            if value != cls.ID_LEGACY[key]:
+                legacy[key] = value
+        elif key not in droppable:
+            raise ConfigError(f"unknown config key model.{key} for model.family={name!r}; "
+                              f"known: {', '.join(sorted(fields))}")
+    config = build_section(cls, {"family": name, **kept}, "model.")
+    return dataclasses.replace(config, legacy_values=tuple(sorted(legacy.items()))) if legacy else config
