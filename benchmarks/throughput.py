@@ -186,7 +186,7 @@ def config_from(args: argparse.Namespace) -> TrialConfig:
         if args.data:
             overrides.append(f"data.name={args.data}")
     else:
-        name = args.model or "hstu"
+        name = args.model or families.DEFAULT_FAMILY
         config = TrialConfig(data=DataConfig(max_len=args.seq_len - 1, packed=args.packed),
                              train=TrainConfig(batch_size=args.batch, negatives=args.negatives))
         # The size flags go to the family's fields of those names; a flag its family lacks is

@@ -11,6 +11,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from data.sources import cache_dir
+
 # Dense bf16 peak per JAX device, FLOP/s (../shared/specs/flops_mfu.md; vendor datasheets).
 PEAK_BF16 = {
     "TPU v4": 275e12,
@@ -67,8 +69,7 @@ def measure_matmul_rate(dtype: str = "float32", size: int = 2048, repeats: int =
 
 
 def _cache_file() -> Path:
-    root = Path(os.environ.get("SCALING_LAB_CACHE", Path.home() / ".cache" / "scaling-lab"))
-    return root / "peak_flops.json"
+    return cache_dir() / "peak_flops.json"
 
 
 def peak_flops_per_device(dtype: str = "float32", remeasure: bool = False,

@@ -28,8 +28,8 @@ from data.sequences import PreprocessOptions
 from data.split import EvalTargets, leave_one_out
 from models import family as families
 from scaling import checkpoint, distributed, flops, hardware, host
-from scaling.config import ConfigError, TrialConfig, from_json, with_overrides
-from scaling.mesh import logical_names, make_mesh
+from scaling.config import ConfigError, ModelConfig, TrialConfig, from_json, with_overrides
+from scaling.mesh import logical_names, make_mesh, parse_mesh_spec
 from scaling.meter import StepMeter, format_record
 from scaling.presets import PRESETS, preset
 from scaling.trainer import build_trainer
@@ -252,9 +252,9 @@ def config_from_args(args: argparse.Namespace) -> TrialConfig:
         except OSError as error:
             raise ConfigError(f"{args.config}: cannot read: {error.strerror}") from None
     else:
-        name = args.preset or f"{args.model or 'hstu'}-ml1m"
+        name = args.preset or f"{args.model or families.DEFAULT_FAMILY}-ml1m"
         if args.preset is None and name not in PRESETS:  # a family without a preset: its defaults
-            config = with_overrides(TrialConfig(), [f"model.family={args.model}"])
+            config = TrialConfig(model=ModelConfig(family=args.model))
         else:
             config = preset(name, args.model)
     overrides = list(args.set or [])
@@ -306,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
         config = config_from_args(args)
+        parse_mesh_spec(config.mesh.spec, jax.device_count())  # an impossible mesh: refused before anything is written
         saved = workdir / "config.json"
         if saved.is_file():
             previous = from_json(saved.read_text())

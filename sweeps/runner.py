@@ -135,8 +135,8 @@ def run_trials(sweep: Sweep, workdir: epath.Path, trials: Sequence[Trial], paral
             elapsed = time.perf_counter() - started
             remaining = elapsed / len(finished) * (len(todo) - len(finished))
             labels = " ".join(f"{k}={v}" for k, v in trial.labels.items())
-            summary = f"eval_loss {record['eval_loss']:.4f} hr@10 {record['hr@10']:.4f}" if record["status"] == "ok" \
-                else record["status"]
+            shown = [f"{key} {record[key]:.4f}" for key in ("eval_loss", "hr@10") if record.get(key) is not None]
+            summary = " ".join(shown) if record["status"] == "ok" else record["status"]
             log(f"[{len(finished)}/{len(todo)}] {trial.trial_id} {labels}: {summary} "
                 f"({time.perf_counter() - trial_started:.0f}s, ETA {remaining:.0f}s)")
 
