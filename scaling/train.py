@@ -164,8 +164,8 @@ def run(config: TrialConfig, workdir: epath.Path) -> dict[str, Any]:
                     test = evaluate(trainer, state["params"], split.test)
                     metrics_log.write({"step": step, **{f"eval/valid_{k}": v for k, v in valid.items()},
                                        **{f"eval/test_{k}": v for k, v in test.items()}})
-                    log(f"eval step {step}: valid hr@10 {valid['hr@10']:.4f} ndcg@10 {valid['ndcg@10']:.4f}, "
-                        f"test hr@10 {test['hr@10']:.4f} ndcg@10 {test['ndcg@10']:.4f}")
+                    shown = lambda m: " ".join(f"{k} {m[k]:.4f}" for k in ("hr@10", "ndcg@10") if k in m)
+                    log(f"eval step {step}: valid {shown(valid)}, test {shown(test)}")
                     meter.exclude(time.perf_counter() - eval_started)
             drain()
             if step > (resumed_from or 0) and (not train_cfg.checkpoint_every or step % train_cfg.checkpoint_every):
