@@ -76,12 +76,13 @@ def source(table: pd.DataFrame) -> str:
 
 
 def pick_column(table: pd.DataFrame, given: str | None, candidates: Sequence[str], role: str) -> str:
-    """`given` if set (it must exist), else the first of `candidates` the table has."""
+    """`given` if set (it must exist), else the first of `candidates` the table has with a value
+    in some row (a family whose evaluation has no loss leaves eval_loss empty)."""
     if given is not None:
         require_column(table, given)
         return given
     for name in candidates:
-        if name in table.columns:
+        if name in table.columns and table[name].notna().any():
             return name
     raise FitError(f"{source(table)}: no {role} column (looked for {', '.join(candidates)}; "
                    f"have: {', '.join(map(str, table.columns))}); name one with the matching --*-col option")

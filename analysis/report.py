@@ -76,6 +76,9 @@ def _complete(table: pd.DataFrame, needed: list[str], what: str, report: Report)
     keep = values.notna().all(axis=1).to_numpy()
     if not keep.all():
         report.text(f"{what}: {int((~keep).sum())} run(s) without a value in {', '.join(needed)} left out.")
+    if not keep.any():
+        report.skipped.append(f"{what}: no run has a value in every one of {', '.join(needed)}")
+        return None
     subset = table[keep].reset_index(drop=True)
     subset.attrs.update(table.attrs)
     return subset

@@ -33,7 +33,8 @@ from scaling.trainer import build_trainer
 
 
 def random_batch(rows: int, row_len: int, num_items: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Full rows of random items (one user per row, no padding), increasing timestamps."""
+    """Pipeline rows (data/pipeline.py's token fields) full of random items, one user per row,
+    no padding, increasing timestamps; each family takes the fields it reads."""
     rng = np.random.default_rng(seed)
     items = rng.integers(1, num_items + 1, (rows, row_len)).astype(np.int32)
     times = 1_000_000 + np.cumsum(rng.integers(1, 100_000, (rows, row_len)), axis=1)
@@ -178,26 +179,31 @@ def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def _model_overrides(family: str, wanted: dict, asked: set[str]) -> list[str]:
+    """`model.KEY=VALUE` for the wanted keys the family's config has; a key it lacks is passed
+    on (and refused by the config) only when the user asked for a non-default value."""
+    fields = {f.name for f in dataclasses.fields(families.get(family).config_class)}
+    return [f"model.{key}={value}" for key, value in wanted.items() if key in fields or key in asked]
+
+
 def config_from(args: argparse.Namespace) -> TrialConfig:
+    asked = {key for key, given in (("attention", args.attention != "dense"), ("compute_dtype", args.dtype != "float32"))
+             if given}
     if args.preset:
         config = preset(args.preset, args.model)
-        overrides = [f"train.batch_size={args.batch}", f"data.packed={args.packed}", f"model.attention={args.attention}",
-                     f"model.attention_block={args.attention_block}"]
+        overrides = [f"train.batch_size={args.batch}", f"data.packed={args.packed}"]
+        overrides += _model_overrides(config.model.family, {"attention": args.attention,
+                                                            "attention_block": args.attention_block}, asked)
         if args.data:
             overrides.append(f"data.name={args.data}")
     else:
         name = args.model or families.DEFAULT_FAMILY
         config = TrialConfig(data=DataConfig(max_len=args.seq_len - 1, packed=args.packed),
                              train=TrainConfig(batch_size=args.batch, negatives=args.negatives))
-        # The size flags go to the family's fields of those names; a flag its family lacks is
-        # an error only when it asks for something other than the default.
-        fields = {f.name for f in dataclasses.fields(families.get(name).config_class)}
         wanted = {"d_model": args.d_model, "blocks": args.blocks, "heads": args.heads, "max_positions": args.seq_len,
                   "dropout": 0.0, "input_dropout": 0.0, "compute_dtype": args.dtype, "attention": args.attention,
                   "attention_block": args.attention_block}
-        explicit = {"attention": args.attention != "dense", "compute_dtype": args.dtype != "float32"}
-        overrides = [f"model.family={name}"] + [f"model.{key}={value}" for key, value in wanted.items()
-                                                if key in fields or explicit.get(key, False)]
+        overrides = [f"model.family={name}", *_model_overrides(name, wanted, asked)]
     overrides.append(f"mesh.spec={args.mesh}")
     return with_overrides(config, overrides + list(args.set or []))
 
@@ -254,15 +260,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"timing {count} steps of {config.model.family} d{config.model.d_model}x{config.model.blocks} "
-          f"batch {args.batch}", file=sys.stderr)
+    size = " ".join(f"{k}={v}" for k, v in families.of(config.model).summary(config.model).items())
+    print(f"timing {count} steps of {config.model.family} {size} batch {args.batch}", file=sys.stderr)
     result = measure(config, batches, num_items, args.warmup)
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:
         for key in ("step_seconds", "train_flops_per_step", "executed_flops_per_step", "xla_flops_per_step", "mfu",
                     "tokens_per_second", "peak_flops", "padding_fraction"):
-            print(f"{key:<24} {result[key]:.4g}")
+            print(f"{key:<24} {result[key]:.4g}" if result[key] is not None else f"{key:<24} -")
     return 0
 
 

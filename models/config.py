@@ -3,7 +3,8 @@
 The model section is a tagged union: `family` selects the registered family (models/family.py),
 whose FamilyConfig subclass holds the fields (HSTUConfig in models/hstu.py, SASRecConfig in
 models/sasrec.py). This constructor keeps specs written before the registry loading: keys of the
-old flat config that the family lacks are accepted with their old default values.
+old flat config that the family lacks are accepted (kept as unused, hashed legacy values when
+they differ from their old defaults; see FamilyConfig).
 """
 
 from __future__ import annotations

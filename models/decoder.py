@@ -48,6 +48,22 @@ class DecoderConfig(FamilyConfig):
     input_dropout: float = fraction(0.2)
     causal_splits: int = positive(2)
 
+    # The 2026-12-01 flat config's rules for the keys a family now carries only as legacy values.
+    LEGACY_RULES: ClassVar[Mapping[str, tuple[Callable[[Any], bool], str]]] = {
+        "dqk": (lambda v: v >= 0, ">= 0"), "dv": (lambda v: v >= 0, ">= 0"),
+        "attention_divisor": (lambda v: v >= 0, ">= 0"), "time_buckets": (lambda v: v >= 1, ">= 1"),
+        "attention_block": (lambda v: v >= 1, ">= 1"), "ffn_dim": (lambda v: v >= 0, ">= 0"),
+        "ffn_activation": (lambda v: v in ("relu", "gelu"), "relu or gelu"),
+        "attention": (lambda v: v in ("dense", "blockwise"), "dense or blockwise"),
+    }
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key, value in self.legacy_values:
+            check, rule = self.LEGACY_RULES[key]
+            if not check(value):
+                raise ConfigError(f"model.{key}={value!r} must be {rule}")
+
 
 class SequentialRecommender(nn.Module):
     """Item table and positions in, the family's blocks, L2-normalised outputs."""

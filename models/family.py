@@ -46,8 +46,8 @@ class FamilyConfig(Section):
     Trial ids hash `family`, ID_FIELDS, other fields when not at their defaults (see Section), and
     ID_LEGACY: keys the 2026-12-01 flat model config had and this family lacks, with their
     defaults then. A config that set such a key (ModelConfig(family="hstu", ffn_dim=64), or an
-    old config.json) keeps its value in legacy_values: unused by the model, hashed and written
-    back under its old name, so its id and its file stay what they were. A family new since then
+    old config.json) keeps its value in legacy_values: unused by the model (checked by the old
+    rule), hashed and written back under its old name, so its id stays what it was. A family new since then
     has no ID_FIELDS and no ID_LEGACY.
     """
 
@@ -169,7 +169,8 @@ _plugins_loaded = False
 def register(family: Family) -> Family:
     """Add a family; a second family under one name is an error (re-registering the same class is not)."""
     known = _FAMILIES.get(family.name)
-    if known is not None and type(known).__qualname__ != type(family).__qualname__:
+    where = lambda f: (type(f).__module__, type(f).__qualname__)
+    if known is not None and where(known) != where(family):
         raise ValueError(f"model family {family.name!r} is already registered by {type(known).__module__}")
     _FAMILIES[family.name] = family
     return family

@@ -71,7 +71,7 @@ class TrainConfig(Section):
 
     batch_size: int = positive(128)
     steps: int = non_negative(0, ">= 0 (0 = train by epochs)")
-    epochs: float = positive(101.0)
+    epochs: float = non_negative(101.0, "finite and > 0 when train.steps=0")
     learning_rate: float = positive(1e-3)
     beta1: float = constrained(0.9, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
     beta2: float = constrained(0.98, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
@@ -83,7 +83,7 @@ class TrainConfig(Section):
     loss: Literal["sampled_softmax", "full_softmax"] = "sampled_softmax"
     negatives: int = positive(128)
     temperature: float = positive(0.05)
-    seed: int = 0
+    seed: int = constrained(0, lambda v: 0 <= v < 2**32, "in [0, 2**32)")
     log_every: int = positive(10)
     eval_every: int = non_negative(0, ">= 0 (0 = only at the end)")
     eval_batch_size: int = positive(128)
@@ -91,6 +91,8 @@ class TrainConfig(Section):
     keep_checkpoints: int = positive(2)
 
     def check(self) -> None:
+        if self.steps == 0 and not self.epochs > 0:
+            raise ConfigError(f"train.epochs={self.epochs!r} must be > 0 when train.steps=0 (train by epochs)")
         if self.grad_accum and self.batch_size % self.grad_accum:
             raise ConfigError(f"train.batch_size={self.batch_size} is not divisible by train.grad_accum={self.grad_accum}")
 
@@ -159,8 +161,10 @@ def from_json(text: str) -> TrialConfig:
 def with_overrides(config: TrialConfig, overrides: Sequence[str]) -> TrialConfig:
     """Apply `section.key=value` overrides (e.g. `model.blocks=4`, `train.learning_rate=3e-4`).
 
-    `model.family=NAME` switches the family: the base config's model keys that the new family
-    lacks are dropped, keys set by these overrides are checked against the new family."""
+    `model.family=NAME` switches the family: the shared keys carry over; the base config's keys
+    that the new family lacks are dropped, except the 2026-12-01 keys away from their defaults,
+    which it keeps as legacy values (so old ids hold); keys set by these overrides are checked
+    against the new family."""
     values = config.to_dict()
     set_model_keys = set()
     for override in overrides:

@@ -57,7 +57,7 @@ class StepMeter:
             "step": step,
             "learning/loss": self.final_loss,
             "learning/grad_norm": float(metrics["grad_norm"]),
-            **{f"learning/{name}": float(value) for name, value in metrics.get("aux", {}).items()},
+            **{f"aux/{name}": float(value) for name, value in metrics.get("aux", {}).items()},
             "perf/step_seconds": statistics.median(self.step_times[-self.log_every:]) if timed else None,
             "perf/tokens_per_second": window["tokens"] / window["seconds"] if timed else None,
             "perf/mfu": window["flops"] / window["seconds"] / self.peak_flops if timed else None,

@@ -273,6 +273,12 @@ def config_from_args(args: argparse.Namespace) -> TrialConfig:
     return with_overrides(config, overrides)
 
 
+def _has_progress(workdir: epath.Path) -> bool:
+    """Whether a workdir holds a trial's checkpoints or result (not just its config)."""
+    checkpoints = workdir / "checkpoints"
+    return (workdir / "result.json").exists() or (checkpoints.is_dir() and any(checkpoints.iterdir()))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m scaling.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -308,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from_args(args)
         parse_mesh_spec(config.mesh.spec, jax.device_count())  # an impossible mesh: refused before anything is written
         saved = workdir / "config.json"
-        if saved.is_file():
+        if saved.is_file() and _has_progress(workdir):  # a config refused before training may be corrected
             previous = from_json(saved.read_text())
             if previous.trial_id != config.trial_id:
                 raise ConfigError(f"{saved} holds a different trial ({previous.trial_id}, this is {config.trial_id}); "

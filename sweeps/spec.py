@@ -79,7 +79,7 @@ def _configure(base: TrialConfig, point: Point, sweep_name: str) -> TrialConfig:
         return with_overrides(base, [f"{key}={value}" for key, value in point.overrides.items()])
     except ConfigError as error:
         labels = " ".join(f"{k}={v}" for k, v in point.labels.items()) or "(base)"
-        raise ConfigError(f"sweep {sweep_name}, trial {labels}: {error}") from None
+        raise ConfigError(f"{f'sweep {sweep_name}, ' if sweep_name else ''}trial {labels}: {error}") from None
 
 
 def train_flops_per_step(config: TrialConfig, num_items: int) -> float:
@@ -89,13 +89,14 @@ def train_flops_per_step(config: TrialConfig, num_items: int) -> float:
     return flops.model_flops_from_counts(config.model, config.train, counts, num_items)
 
 
-def isoflop(budgets: Sequence[float], sizes: Sequence[Point], base: TrialConfig, num_items: int) -> list[Point]:
+def isoflop(budgets: Sequence[float], sizes: Sequence[Point], base: TrialConfig, num_items: int,
+            sweep_name: str = "") -> list[Point]:
     """For each compute budget C and point (a size, or any combination of axes applied to base),
     the steps that spend C: steps = C / FLOPs per step of that point's config."""
     points = []
     for budget in budgets:
         for size in sizes:
-            config = _configure(base, size, "isoflop")
+            config = _configure(base, size, sweep_name)
             steps = max(1, round(budget / train_flops_per_step(config, num_items)))
             points.append(size.merge(Point({"train.steps": steps}, {"budget": budget})))
     return points

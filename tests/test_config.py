@@ -32,7 +32,11 @@ SHARED_IDS = REPO_ROOT.parent / "shared" / "trial_ids_2026-12-01.txt"
 # (arguments after --preset tiny, the one line printed); every one exits with status 2.
 BEFORE_DATA = [
     (["--set", "train.steps=-5"], "error: train.steps=-5 must be >= 0 (0 = train by epochs)"),
-    (["--epochs", "0"], "error: train.epochs=0.0 must be finite and > 0"),
+    (["--epochs", "0"], "error: train.epochs=0.0 must be > 0 when train.steps=0 (train by epochs)"),
+    (["--set", "train.epochs=inf"], "error: train.epochs=inf must be finite and > 0 when train.steps=0"),
+    (["--set", "train.seed=-1"], "error: train.seed=-1 must be in [0, 2**32)"),
+    (["--set", "model.ffn_dim=-7"], "error: model.ffn_dim=-7 must be >= 0"),
+    (["--model", "sasrec", "--set", "model.time_buckets=0"], "error: model.time_buckets=0 must be >= 1"),
     (["--set", "train.learning_rate=inf"], "error: train.learning_rate=inf must be finite and > 0"),
     (["--set", "train.learning_rate=nan"], "error: train.learning_rate=nan must be finite and > 0"),
     (["--set", "train.temperature=0"], "error: train.temperature=0.0 must be finite and > 0"),
@@ -83,6 +87,8 @@ def test_data_rules_are_checked_before_anything_compiles(tmp_path, capsys, monke
     monkeypatch.setattr(jax, "jit", lambda *a, **k: pytest.fail("something was compiled"))
     lines = _refused(tmp_path, capsys, extra)
     assert lines[-1] == line and lines[0].startswith("data ml-100k: 943 users")  # the progress line, then the error
+    # the workdir holds only the refused config, so another config may use it (here: another seed)
+    assert _refused(tmp_path, capsys, [*extra, "--seed", "1"])[-1] == line
 
 
 def test_unknown_family_names_the_known_ones() -> None:
