@@ -20,6 +20,7 @@ import numpy as np
 
 from data import pipeline
 from models import axes, family
+from models.attention import causal_query_blocks
 from models.family import TRAIN_MULTIPLIER, BatchField, FamilyConfig
 from models.fields import ConfigError, positive, fraction
 from models.layers import hand_written_kernels, l2_normalize, logical_param, truncated_normal
@@ -47,22 +48,6 @@ class DecoderConfig(FamilyConfig):
     dropout: float = fraction(0.2)
     input_dropout: float = fraction(0.2)
     causal_splits: int = positive(2)
-
-    # The 2026-12-01 flat config's rules for the keys a family now carries only as legacy values.
-    LEGACY_RULES: ClassVar[Mapping[str, tuple[Callable[[Any], bool], str]]] = {
-        "dqk": (lambda v: v >= 0, ">= 0"), "dv": (lambda v: v >= 0, ">= 0"),
-        "attention_divisor": (lambda v: v >= 0, ">= 0"), "time_buckets": (lambda v: v >= 1, ">= 1"),
-        "attention_block": (lambda v: v >= 1, ">= 1"), "ffn_dim": (lambda v: v >= 0, ">= 0"),
-        "ffn_activation": (lambda v: v in ("relu", "gelu"), "relu or gelu"),
-        "attention": (lambda v: v in ("dense", "blockwise"), "dense or blockwise"),
-    }
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for key, value in self.legacy_values:
-            check, rule = self.LEGACY_RULES[key]
-            if not check(value):
-                raise ConfigError(f"model.{key}={value!r} must be {rule}")
 
 
 class SequentialRecommender(nn.Module):
@@ -224,8 +209,6 @@ class DecoderFamily(family.Family):
 
     def executed_pairs(self, config: DecoderConfig, row_len: int) -> tuple[float, int]:
         """(query-key pairs per row the attention computes, passes over them in training)."""
-        from models.attention import causal_query_blocks
-
         pairs = float(sum((end - start) * end for start, end in causal_query_blocks(row_len, config.causal_splits)))
         return pairs, TRAIN_MULTIPLIER
 
@@ -264,6 +247,9 @@ class DecoderFamily(family.Family):
         non_embedding = config.blocks * self.block_params(config)
         total = non_embedding + (num_items + 1) * config.d_model + config.max_positions * config.d_model
         return {"params": total, "params_non_embedding": non_embedding, "params_active": total}
+
+    def full_row_counts(self, config: DecoderConfig, rows: int, row_len: int) -> dict[str, float]:
+        return {**super().full_row_counts(config, rows, row_len), "squared_lengths": float(rows * row_len * row_len)}
 
     def scores_bytes_per_row(self, config: DecoderConfig, row_len: int) -> float:
         return config.heads * row_len * row_len * 4.0

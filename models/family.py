@@ -16,12 +16,13 @@ import abc
 import dataclasses
 import importlib
 import os
+import typing
 from typing import Any, ClassVar, Literal, Mapping
 
 import numpy as np
 
 from models import axes
-from models.fields import ConfigError, Section, build_section, coerce
+from models.fields import ConfigError, Section, build_section, check_value, coerce
 
 BUILTIN_MODULES = {"hstu": "models.hstu", "sasrec": "models.sasrec"}
 PLUGINS_ENV = "SCALING_LAB_FAMILIES"
@@ -64,6 +65,11 @@ class FamilyConfig(Section):
             raise ConfigError(f"model.family={self.family!r} in a {type(self).__name__}; "
                               f"build the section with ModelConfig(family=...)")
         super().__post_init__()
+        for key, value in self.legacy_values:  # by the rules of the family whose field it is
+            owner = _owner_of(key)
+            field = next(f for f in dataclasses.fields(owner) if f.name == key)
+            coerce(value, typing.get_type_hints(owner)[key], f"model.{key}")
+            check_value(field, value, f"model.{key}")
 
     def to_dict(self) -> dict[str, Any]:
         """The section as config.json holds it: its fields, and legacy values under their old names."""
@@ -126,9 +132,9 @@ class Family(abc.ABC):
         """{"params", "params_non_embedding", "params_active"} analytically."""
 
     def full_row_counts(self, config: Any, rows: int, row_len: int) -> dict[str, float]:
-        """Step counts of a batch of full rows (one user of row_len items each): sweep planning."""
-        return {"tokens": float(rows * row_len), "positions": float(rows * (row_len - 1)),
-                "squared_lengths": float(rows * row_len * row_len)}
+        """Step counts of a batch of full rows (one user of row_len items each): sweep planning.
+        The base gives the counts every pipeline row has; families add their own."""
+        return {"tokens": float(rows * row_len), "positions": float(rows * (row_len - 1))}
 
     def executed_flops(self, config: Any, train: Any, rows: int, row_len: int, num_items: int) -> float | None:
         """Matmul FLOPs the compiled train step executes on (rows, row_len); None if not counted."""
@@ -188,6 +194,12 @@ def _load_all() -> None:
                 importlib.import_module(module)
             except ImportError as error:
                 raise ConfigError(f"${PLUGINS_ENV}: cannot import {module!r}: {error}") from None
+
+
+def _owner_of(key: str) -> type[FamilyConfig]:
+    """The registered config class that has `key` among the fields it has hashed since 2026-12-01."""
+    _load_all()
+    return next(f.config_class for f in _FAMILIES.values() if key in f.config_class.ID_FIELDS)
 
 
 def names() -> list[str]:

@@ -72,16 +72,20 @@ def check_fields(config: Any) -> None:
     """Raise ConfigError for the first constrained field whose value breaks its rule."""
     section = getattr(config, "SECTION", "")
     for field in dataclasses.fields(config):
-        check = field.metadata.get("check")
-        value = getattr(config, field.name)
-        if check is None:
-            continue
-        try:
-            ok = bool(check(value))
-        except TypeError:
-            ok = False
-        if not ok:
-            raise ConfigError(f"{section}.{field.name}={value!r} must be {field.metadata['rule']}")
+        check_value(field, getattr(config, field.name), f"{section}.{field.name}")
+
+
+def check_value(field: dataclasses.Field, value: Any, key: str) -> None:
+    """Raise ConfigError naming `key` when `value` breaks the field's rule (if it has one)."""
+    check = field.metadata.get("check")
+    if check is None:
+        return
+    try:
+        ok = bool(check(value))
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"{key}={value!r} must be {field.metadata['rule']}")
 
 
 def coerce(value: Any, annotation: Any, key: str) -> Any:

@@ -35,7 +35,8 @@ BEFORE_DATA = [
     (["--epochs", "0"], "error: train.epochs=0.0 must be > 0 when train.steps=0 (train by epochs)"),
     (["--set", "train.epochs=inf"], "error: train.epochs=inf must be finite and > 0 when train.steps=0"),
     (["--set", "train.seed=-1"], "error: train.seed=-1 must be in [0, 2**32)"),
-    (["--set", "model.ffn_dim=-7"], "error: model.ffn_dim=-7 must be >= 0"),
+    (["--set", "model.ffn_dim=-7"], "error: model.ffn_dim=-7 must be >= 0 (0 = d_model)"),  # SASRec's rule
+    (["--set", "model.ffn_activation=banana"], "error: model.ffn_activation='banana'; allowed: relu, gelu"),
     (["--model", "sasrec", "--set", "model.time_buckets=0"], "error: model.time_buckets=0 must be >= 1"),
     (["--set", "train.learning_rate=inf"], "error: train.learning_rate=inf must be finite and > 0"),
     (["--set", "train.learning_rate=nan"], "error: train.learning_rate=nan must be finite and > 0"),
