@@ -1,4 +1,4 @@
-"""`python -m data`: dataset statistics, the popularity baseline, padding of batch layouts."""
+"""`python -m data`: dataset statistics, the popularity baseline, padding of batch layouts, semantic IDs."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import datetime
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -96,6 +97,33 @@ def _run_padding(args: argparse.Namespace) -> dict:
     return result
 
 
+def _run_semantic_ids(args: argparse.Namespace) -> dict:
+    from data import semantic_ids
+
+    config = semantic_ids.SemanticIdConfig(
+        method=args.method, levels=args.levels, codebook=args.codebook, source=args.source, seed=args.seed,
+        dim=args.dim, window=args.window, n_init=args.n_init, lloyd=args.lloyd, balanced_iters=args.balanced_iters,
+        rqvae_steps=args.rqvae_steps)
+    args.dataset = args.data
+    prepared = _prepare(args)
+    ids = semantic_ids.build(prepared, config, mesh=_row_mesh(), use_cache=not args.no_cache, log=_log)
+    if args.out:
+        semantic_ids.save(ids, Path(args.out))
+        _log(f"wrote {args.out}: {len(ids.item_ids)} items x {ids.codes.shape[1]} codes")
+    return {"dataset": args.data, "out": args.out, **config.to_dict(), "input_hash": ids.input_hash,
+            "items": int(len(ids.item_ids)), **ids.quality}
+
+
+def _row_mesh():
+    """A one-axis mesh over every device when there are several (quantisers shard items over it)."""
+    import jax
+    from jax.sharding import Mesh
+
+    if jax.device_count() == 1:
+        return None
+    return Mesh(np.asarray(jax.devices()), ("rows",))
+
+
 def _print(result: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(result, sort_keys=True))
@@ -138,6 +166,33 @@ def _parser() -> argparse.ArgumentParser:
     padding.add_argument("--window", choices=["recent", "random"], default="recent")
     padding.add_argument("--split", choices=["reference", "holdout"], default="reference")
     padding.add_argument("--seed", type=int, default=0)
+    ids = add("semantic-ids", _run_semantic_ids,
+              "build semantic IDs (residual codes + a collision code) for every item and measure their quality")
+    ids.add_argument("--data", required=True, help=f"a dataset name ({', '.join(known_names())}) or a file/folder")
+    for name, flag_help in (("--format", f"format of a file/folder ({', '.join(FORMATS)})"),
+                            ("--columns", "for csv/parquet: user=COL,item=COL,timestamp=COL[,rating=COL]")):
+        ids.add_argument(name, choices=FORMATS if name == "--format" else None, help=flag_help)
+    ids.add_argument("--user-core", type=int, default=0, help="k-core: minimum interactions per user")
+    ids.add_argument("--item-core", type=int, default=0, help="k-core: minimum interactions per item")
+    from data.semantic_ids import METHODS, SemanticIdConfig
+
+    defaults = SemanticIdConfig()
+    ids.add_argument("--method", choices=METHODS, default=defaults.method)
+    ids.add_argument("--levels", type=int, default=defaults.levels, help="residual levels L (the ID has L + 1 codes)")
+    ids.add_argument("--codebook", type=int, default=defaults.codebook, help="codes per level K")
+    ids.add_argument("--source", default=defaults.source,
+                     help="item vectors: metadata, cooccurrence, checkpoint:WORKDIR, npy:FILE, or A+B")
+    ids.add_argument("--seed", type=int, default=defaults.seed)
+    ids.add_argument("--dim", type=int, default=defaults.dim, help="width of each SVD-reduced vector part")
+    ids.add_argument("--window", type=int, default=defaults.window, help="co-occurrence window in training sequences")
+    ids.add_argument("--n-init", type=int, default=defaults.n_init, help="k-means restarts per level")
+    ids.add_argument("--lloyd", choices=("full", "minibatch"), default=defaults.lloyd)
+    ids.add_argument("--balanced-iters", type=int, default=defaults.balanced_iters,
+                     help="balanced Lloyd rounds over all items (rqkmeans-balanced)")
+    ids.add_argument("--rqvae-steps", type=int, default=defaults.rqvae_steps)
+    ids.add_argument("--out", help="write the artefact (.npz) here (it is also kept in the cache)")
+    ids.add_argument("--no-cache", action="store_true", help="rebuild; do not read or write cached sequences or IDs")
+    ids.add_argument("--json", action="store_true", help="print the quality metrics as one JSON object, the last line")
     return parser
 
 

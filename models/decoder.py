@@ -248,6 +248,9 @@ class DecoderFamily(family.Family):
         total = non_embedding + (num_items + 1) * config.d_model + config.max_positions * config.d_model
         return {"params": total, "params_non_embedding": non_embedding, "params_active": total}
 
+    def item_table(self, config: DecoderConfig, params: Any) -> np.ndarray:
+        return np.asarray(params["item_embedding"], np.float32)[1:]  # row 0 is padding
+
     def full_row_counts(self, config: DecoderConfig, rows: int, row_len: int) -> dict[str, float]:
         return {**super().full_row_counts(config, rows, row_len), "squared_lengths": float(rows * row_len * row_len)}
 

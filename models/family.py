@@ -162,6 +162,11 @@ class Family(abc.ABC):
         keeps a micro-batch's worth of them cache-sized. 0 when nothing is quadratic."""
         return 0.0
 
+    def item_table(self, config: Any, params: Any) -> Any:
+        """(num_items, d) learned item vectors of trained params, row i - 1 for dense item i (the
+        source `checkpoint:WORKDIR` of semantic IDs); None when the family learns none."""
+        return None
+
     def summary(self, config: Any) -> dict[str, Any]:
         """Size fields recorded with every result (d_model, blocks, heads when the family has them)."""
         names = ("d_model", "blocks", "heads")

@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -36,3 +37,20 @@ def restore(checkpoints: ocp.CheckpointManager, step: int, abstract_state: Any) 
 def abstract_like(state: Any, shardings: Any) -> Any:
     """ShapeDtypeStructs of `state` (arrays or abstract values) carrying `shardings`."""
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+
+
+def restore_params(directory: epath.PathLike, step: int | None = None) -> tuple[Any, int]:
+    """(the parameters of a trial's checkpoint as host numpy arrays, its step): the newest step
+    unless one is named; no model, mesh or optimizer needed. FileNotFoundError when there is none."""
+    path = epath.Path(os.path.abspath(os.fspath(directory)))
+    steps = sorted(int(p.name) for p in path.iterdir() if p.name.isdigit() and (p / "state").is_dir()) \
+        if path.is_dir() else []
+    if not steps or (step is not None and step not in steps):
+        raise FileNotFoundError(f"no checkpoint {'' if step is None else f'of step {step} '}in {path}")
+    step = steps[-1] if step is None else step
+    checkpointer = ocp.PyTreeCheckpointer()
+    state_path = path / str(step) / "state"
+    tree = checkpointer.metadata(state_path).item_metadata
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), dict(tree))
+    state = checkpointer.restore(state_path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+    return state["params"], step
