@@ -119,7 +119,7 @@ def _check_rows(matrix: np.ndarray, prepared: PreparedData, part: str) -> None:
     bad = ~np.all(np.isfinite(matrix), 1)
     if bad.any():
         first = int(np.argmax(bad))
-        raise DataError(f"{part}: {int(bad.sum())} rows hold NaN or Inf (the first for item {item_ids[first]!r}, row {first})")
+        raise DataError(f"{part}: {int(bad.sum())} rows hold NaN or Inf (the first for item {item_ids[first]}, row {first})")
 
 
 def _aligned(ids: np.ndarray, vectors: np.ndarray, item_ids: np.ndarray, part: str) -> np.ndarray:

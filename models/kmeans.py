@@ -1,8 +1,9 @@
 """k-means in JAX, jitted and deterministic given a key: greedy k-means++ seeding, full-batch or
 mini-batch Lloyd, and a balanced assignment that caps every cluster at ceil(n / K).
 
-Points are rows of x (n, d) with weights w (n,) in {0, 1}: weight 0 marks padding (added so that n
-divides over the devices of a mesh), which is never sampled, counted or assigned. Every function
+Points are rows of x (n, d) with weights w (n,) in {0, 1}: weight 0 marks padding (added after the
+real rows so that n divides over the devices of a mesh), which is never sampled, counted or
+assigned, and which changes no random draw. Every function
 is shape-polymorphic in nothing: n, d and K are static, so one compiled program serves every
 level of a residual quantiser. With x sharded by rows over a mesh, the distance matrices, argmins
 and centre sums are computed where the rows live and XLA adds the reductions.
@@ -76,13 +77,21 @@ def nearest(x: jax.Array, centres: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.argmin(d2, 1).astype(jnp.int32), jnp.min(d2, 1)
 
 
+def draw(key: jax.Array, logits: jax.Array, count: int) -> jax.Array:
+    """`count` independent draws of a row index with probability softmax(logits), by Gumbel-max
+    with one (key, j) stream per draw over the rows: appending rows of logit -inf (padding to fit a
+    mesh) leaves every draw unchanged, so the result does not depend on the device count."""
+    keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(count))
+    return jax.vmap(lambda k: jnp.argmax(logits + jax.random.gumbel(k, logits.shape, logits.dtype)))(keys)
+
+
 def kmeans_plus_plus(x: jax.Array, w: jax.Array, k: int, key: jax.Array) -> jax.Array:
     """Greedy k-means++ seeding: each centre is the best of seeding_trials(k) candidates drawn with
     probability proportional to the squared distance to the centres so far."""
     trials = seeding_trials(k)
     log_w = jnp.log(w)
     key, first_key = jax.random.split(key)
-    first = jax.random.categorical(first_key, log_w)
+    first = draw(first_key, log_w, 1)[0]
     centres = jnp.zeros((k, x.shape[1]), x.dtype).at[0].set(x[first])
     closest = squared_distances(x, x[first][None])[:, 0] * w
 
@@ -91,7 +100,7 @@ def kmeans_plus_plus(x: jax.Array, w: jax.Array, k: int, key: jax.Array) -> jax.
         key, sub = jax.random.split(key)
         # When every point already sits on a centre (fewer distinct points than K), draw uniformly.
         logits = jnp.where(jnp.sum(closest) > 0, jnp.log(closest), log_w)
-        candidates = jax.random.categorical(sub, logits, shape=(trials,))
+        candidates = draw(sub, logits, trials)
         to_candidates = squared_distances(x, x[candidates])
         potential = jnp.sum(w[:, None] * jnp.minimum(closest[:, None], to_candidates), 0)
         best = jnp.argmin(potential)
@@ -146,11 +155,11 @@ def minibatch_lloyd(x: jax.Array, w: jax.Array, centres: jax.Array, steps: int, 
     """Mini-batch k-means (Sculley 2010): each centre moves towards its batch mean with a step of
     (its points in this batch) / (its points in all batches so far)."""
     k = centres.shape[0]
-    log_w = jnp.log(w)
+    real_rows = jnp.sum(w > 0)  # padding only ever follows the real rows
 
     def step(i: int, carry: tuple) -> tuple:
         centres, seen = carry
-        rows = jax.random.categorical(jax.random.fold_in(key, i), log_w, shape=(batch,))
+        rows = jax.random.randint(jax.random.fold_in(key, i), (batch,), 0, real_rows)
         xb = x[rows]
         assignment, _ = nearest(xb, centres)
         sums = jax.ops.segment_sum(xb, assignment, k)
@@ -222,7 +231,8 @@ def fit(x: jax.Array, w: jax.Array, k: int, key: jax.Array, options: KMeansOptio
     sample = min(n, k * options.sample_per_centre)
     sample_key, restart_key = jax.random.split(key)
     if sample < n:
-        rows = jax.random.choice(sample_key, n, (sample,), replace=False, p=w / jnp.sum(w))
+        # Without replacement, by Gumbel top-k (unchanged by trailing padding, as in draw).
+        _, rows = jax.lax.top_k(jnp.log(w) + jax.random.gumbel(sample_key, (n,)), sample)
         xs, ws = x[rows], w[rows]
     else:
         xs, ws = x, w

@@ -1,0 +1,274 @@
+"""Semantic IDs end to end: item vectors from every source, collision codes, quality metrics, the
+artefact and `python -m data semantic-ids`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from data import id_quality, item_features
+from data.cooccurrence import cooccurrence_counts, ppmi, training_sequences
+from data.dataset import PreparedData, prepare
+from data.errors import DataError
+from data.item_vectors import VectorOptions, item_vectors
+from data.semantic_ids import SemanticIdConfig, SemanticIds, build, collision_codes, load, save
+from data.sequences import Sequences
+from tests.conftest import REPO_ROOT
+
+SYNTHETIC = "synthetic:users=300,items=120,seed=5,mean_events=12"
+
+
+def sequences_of(users: list[list[int]], num_items: int) -> Sequences:
+    lengths = [len(u) for u in users]
+    items = np.concatenate([np.asarray(u, np.int32) for u in users])
+    return Sequences(offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), items=items,
+                     timestamps=np.arange(len(items), dtype=np.int64), ratings=None, num_items=num_items,
+                     user_ids=np.arange(len(users)), item_ids=np.arange(1, num_items + 1) * 10)
+
+
+def prepared_of(sequences: Sequences, metadata: pd.DataFrame | None = None) -> PreparedData:
+    return PreparedData("test", sequences, metadata, {}, {})
+
+
+@pytest.fixture(scope="module")
+def small(lab_cache) -> PreparedData:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SCALING_LAB_CACHE", str(lab_cache))
+        return prepare(SYNTHETIC)
+
+
+# ---- item vectors --------------------------------------------------------------------------------
+
+
+def test_cooccurrence_counts_pairs_within_the_window_of_one_user():
+    seqs = sequences_of([[1, 2, 3], [3, 1]], 4)
+    counts = cooccurrence_counts(seqs, window=1).toarray()
+    expected = np.zeros((4, 4))
+    for a, b in ((1, 2), (2, 3), (3, 1)):  # neighbours within each user; not 3 -> 3 across users
+        expected[a - 1, b - 1] += 1
+        expected[b - 1, a - 1] += 1
+    np.testing.assert_array_equal(counts, expected)
+    wide = cooccurrence_counts(seqs, window=2).toarray()
+    assert wide[0, 2] == 2 and wide[1, 0] == 1  # (1, 3) within two positions for user 0, and user 1
+
+
+def test_ppmi_matches_its_formula():
+    counts = sp.csr_matrix(np.array([[0, 2, 1], [2, 0, 0], [1, 0, 0]], float))
+    total, marginal = 6.0, np.array([3.0, 2.0, 1.0])
+    expected = np.zeros((3, 3))
+    for i, j in ((0, 1), (1, 0), (0, 2), (2, 0)):
+        expected[i, j] = max(0.0, np.log(counts[i, j] * total / (marginal[i] * marginal[j])))
+    np.testing.assert_allclose(ppmi(counts).toarray(), expected)
+
+
+def test_cooccurrence_vectors_ignore_every_held_out_target():
+    """Changing every user's validation and test targets changes nothing; changing a training
+    item does (so the first check can fail)."""
+    rng = np.random.default_rng(0)
+    users = [list(rng.integers(1, 41, 12)) for _ in range(60)]
+    base = item_vectors(prepared_of(sequences_of(users, 40)), "cooccurrence", VectorOptions(dim=8))
+    moved_targets = [u[:-2] + [int(rng.integers(1, 41)), int(rng.integers(1, 41))] for u in users]
+    same = item_vectors(prepared_of(sequences_of(moved_targets, 40)), "cooccurrence", VectorOptions(dim=8))
+    np.testing.assert_array_equal(base.vectors, same.vectors)
+    moved_train = [[u[1]] + u[1:] for u in users]
+    other = item_vectors(prepared_of(sequences_of(moved_train, 40)), "cooccurrence", VectorOptions(dim=8))
+    assert not np.array_equal(base.vectors, other.vectors)
+    assert len(training_sequences(sequences_of(users, 40)).items) == 60 * 10
+
+
+def test_metadata_vectors_encode_titles_labels_and_numbers():
+    metadata = pd.DataFrame({"item": [1, 2, 3, 4, 5, 6], "movie_title": ["Star Wars", "Star Trek", "Heat", "Heat",
+                                                                         "Up", None],
+                             "release_year": [1977.0, 1979.0, 1995.0, 1995.0, np.nan, 2009.0],
+                             "class": ["Sci-Fi Action", "Sci-Fi", "Crime", "Crime", "Animation", "Animation"]})
+    blocks = item_features.metadata_blocks(metadata)
+    assert set(blocks) == {"movie_title", "release_year", "class"}
+    assert blocks["class"].shape == (6, 4) and blocks["release_year"].shape == (6, 2)  # value + missing flag
+    assert blocks["movie_title"].shape[1] == 2  # tokens in at least two titles: "star", "heat"
+    vectors = item_features.metadata_vectors(metadata, dim=4, seed=0)
+    np.testing.assert_allclose(vectors[2], vectors[3], atol=1e-6)  # identical rows, identical vectors
+    assert not np.allclose(vectors[0], vectors[2])
+    labels = item_features.item_labels(metadata).toarray()
+    assert labels.sum(1).tolist() == [2, 1, 1, 1, 1, 1]
+
+
+def test_sources_from_files_align_by_item_id(tmp_path):
+    seqs = sequences_of([[1, 2, 3, 4, 1], [2, 3, 4, 1, 2]], 4)
+    prepared = prepared_of(seqs)
+    table = np.arange(8, dtype=np.float32).reshape(4, 2)
+    np.save(tmp_path / "v.npy", table)
+    np.testing.assert_array_equal(item_vectors(prepared, f"npy:{tmp_path / 'v.npy'}").vectors, table)
+    order = np.array([2, 0, 3, 1])
+    np.savez(tmp_path / "v.npz", item_ids=seqs.item_ids[order], vectors=table[order])
+    np.testing.assert_array_equal(item_vectors(prepared, f"npy:{tmp_path / 'v.npz'}").vectors, table)
+    both = item_vectors(prepared, f"npy:{tmp_path / 'v.npy'}+npy:{tmp_path / 'v.npz'}").vectors
+    assert both.shape == (4, 4)
+    np.testing.assert_allclose(both.mean(0), 0, atol=1e-6)  # parts centred...
+    np.testing.assert_allclose([np.mean(both[:, :2] ** 2), np.mean(both[:, 2:] ** 2)], [1, 1], rtol=1e-5)  # ...and scaled
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: np.save(p / "bad.npy", np.zeros((3, 2))), "3, 2"),
+    (lambda p: np.save(p / "bad.npy", np.array([[0, 1], [np.nan, 0], [1, 1], [2, 2]])), "NaN or Inf.*item 20"),
+    (lambda p: (p / "bad.npy").write_text("not numpy"), "cannot read"),
+    (lambda p: np.savez(p / "bad.npy", item_ids=np.array([10, 20, 30]), vectors=np.zeros((3, 2))), "no vector for 1"),
+])
+def test_bad_vector_files_name_the_problem(tmp_path, make, message):
+    make(tmp_path)
+    path = tmp_path / "bad.npy"
+    if not path.exists():
+        path = tmp_path / "bad.npy.npz"
+    prepared = prepared_of(sequences_of([[1, 2, 3, 4], [4, 3, 2, 1]], 4))
+    with pytest.raises(DataError, match=message):
+        item_vectors(prepared, f"npy:{path}")
+
+
+def test_unknown_source_parts_are_refused():
+    prepared = prepared_of(sequences_of([[1, 2, 3]], 3))
+    for source, message in (("text", "unknown part 'text'"), ("metadata+", "expected PART"), ("npy:", "needs a path"),
+                            ("metadata", "no item metadata")):
+        with pytest.raises(DataError, match=message):
+            item_vectors(prepared, source)
+
+
+def test_checkpoint_source_reads_a_trials_item_table(tmp_path, small, use_lab_cache):
+    import jax.numpy as jnp
+
+    from scaling import checkpoint
+    from scaling.config import DataConfig, TrialConfig
+
+    workdir = tmp_path / "trial"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(TrialConfig(data=DataConfig(name=SYNTHETIC)).to_json())
+    n = small.sequences.num_items
+    table = np.random.default_rng(0).normal(size=(n + 1, 6)).astype(np.float32)
+    manager = checkpoint.manager(workdir / "checkpoints", keep=1, asynchronous=False)
+    checkpoint.save(manager, 7, {"params": {"item_embedding": jnp.asarray(table), "other": jnp.zeros(3)},
+                                 "step": jnp.int32(7)}, {"iterator": {}})
+    manager.close()
+    vectors = item_vectors(small, f"checkpoint:{workdir}")
+    assert vectors.parts[0]["step"] == 7
+    np.testing.assert_allclose(vectors.vectors, (table[1:] - table[1:].mean(0)) / np.sqrt(np.mean((table[1:] - table[1:].mean(0)) ** 2)),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(DataError, match="cannot read"):
+        item_vectors(small, f"checkpoint:{tmp_path / 'missing'}")
+
+
+# ---- codes and quality ---------------------------------------------------------------------------
+
+
+def test_collision_codes_make_every_id_unique_in_row_order():
+    codes = np.array([[0, 1], [2, 2], [0, 1], [0, 1], [2, 2], [1, 0]])
+    np.testing.assert_array_equal(collision_codes(codes), [0, 0, 1, 2, 1, 0])
+    full = np.concatenate([codes, collision_codes(codes)[:, None]], 1)
+    assert len(np.unique(full, axis=0)) == len(full)
+
+
+def test_quality_metrics_match_hand_counts():
+    codes = np.array([[0, 1], [2, 2], [0, 1], [0, 1], [2, 2], [1, 0]])
+    assert id_quality.collisions(codes) == {"collision_rate": 0.5, "largest_collision_group": 3}
+    usage = id_quality.level_usage(codes, 4)
+    assert usage["utilization"] == [0.75, 0.75]
+    p = np.array([3, 1, 2]) / 6
+    assert usage["entropy"][0] == pytest.approx(-(p * np.log2(p)).sum())
+    first = codes[:, 0]
+    linked = sp.csr_matrix(np.array([[0, 0, 1, 0, 0, 0], [0, 0, 0, 0, 1, 0], [1, 0, 0, 0, 0, 0],
+                                     [0, 0, 0, 0, 0, 1], [0, 1, 0, 0, 0, 0], [0, 0, 0, 1, 0, 0]]))
+    # linked pairs (0,2), (1,4), (3,5): 2 of the 4 same-first-code pairs, 3 of all 15 pairs
+    assert id_quality.cooccurrence_lift(first, linked) == pytest.approx((2 / 4) / (3 / 15))
+    labels = sp.csr_matrix(np.array([[1, 0], [0, 1], [1, 0], [0, 1], [0, 1], [1, 1]]))
+    sharing = [(i, j) for i in range(6) for j in range(i + 1, 6) if (labels[i].toarray() * labels[j].toarray()).sum()]
+    same = [(i, j) for i in range(6) for j in range(i + 1, 6) if first[i] == first[j]]
+    expected = (len(set(sharing) & set(same)) / len(same)) / (len(sharing) / 15)
+    assert id_quality.label_lift(first, labels) == pytest.approx(expected)
+
+
+def test_sampled_label_lift_estimates_the_exact_one(monkeypatch):
+    rng = np.random.default_rng(0)
+    first = rng.integers(0, 20, 3000)
+    labels = sp.csr_matrix(np.eye(10)[np.where(rng.random(3000) < 0.5, first % 10, rng.integers(0, 10, 3000))])
+    exact = id_quality.label_lift(first, labels)
+    monkeypatch.setattr(id_quality, "EXACT_PAIRS_UP_TO", 100)
+    assert id_quality.label_lift(first, labels) == pytest.approx(exact, rel=0.05)
+
+
+@pytest.fixture(scope="module")
+def built(small, lab_cache) -> SemanticIds:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SCALING_LAB_CACHE", str(lab_cache))
+        return build(small, SemanticIdConfig(codebook=8, source="cooccurrence", dim=8, n_init=2))
+
+
+def test_built_ids_are_unique_balanced_and_cached(built, small, use_lab_cache):
+    assert built.codes.shape == (small.sequences.num_items, 4) and built.codes.dtype == np.int32
+    assert len(np.unique(built.codes, axis=0)) == len(built.codes)
+    assert np.bincount(built.codes[:, 0]).max() <= -(-len(built.codes) // 8)
+    assert (np.diff(built.item_ids.astype(np.int64)) > 0).all()
+    assert built.quality["utilization"][0] == 1.0 and len(built.quality["entropy"]) == 3
+    again = build(small, SemanticIdConfig(codebook=8, source="cooccurrence", dim=8, n_init=2))
+    np.testing.assert_array_equal(again.codes, built.codes)
+    rebuilt = build(small, SemanticIdConfig(codebook=8, source="cooccurrence", dim=8, n_init=2), use_cache=False)
+    np.testing.assert_array_equal(rebuilt.codes, built.codes)
+    assert rebuilt.input_hash == built.input_hash
+
+
+def test_artefact_round_trip_and_damage(built, tmp_path):
+    path = tmp_path / "ids.npz"
+    save(built, path)
+    loaded = load(path)
+    np.testing.assert_array_equal(loaded.codes, built.codes)
+    np.testing.assert_array_equal(loaded.item_ids, built.item_ids)
+    assert loaded.config == built.config and loaded.input_hash == built.input_hash
+    with np.load(path) as arrays:
+        assert str(arrays["method"]) == "rqkmeans-balanced" and int(arrays["seed"]) == 0
+        stored = dict(arrays)
+    stored["codes"] = np.zeros_like(built.codes)
+    np.savez(tmp_path / "clash.npz", **stored)
+    with pytest.raises(DataError, match="share a full semantic ID"):
+        load(tmp_path / "clash.npz")
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    with pytest.raises(DataError, match="not a semantic-ID artefact"):
+        load(tmp_path / "junk.npz")
+
+
+def test_codebook_larger_than_the_catalogue_is_refused(small):
+    with pytest.raises(DataError, match="larger than the catalogue"):
+        build(small, SemanticIdConfig(codebook=10_000, source="cooccurrence"), use_cache=False)
+
+
+# ---- the command ---------------------------------------------------------------------------------
+
+
+def run_cli(*args: str, cache: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "data", "semantic-ids", *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=300, env={"PATH": "/usr/bin:/bin", "SCALING_LAB_CACHE": str(cache),
+                                                       "PYTHONPATH": str(REPO_ROOT), "JAX_PLATFORMS": "cpu"})
+
+
+@pytest.mark.slow
+def test_command_writes_the_artefact_and_prints_its_quality(tmp_path, lab_cache):
+    out = tmp_path / "ids.npz"
+    done = run_cli("--data", SYNTHETIC, "--source", "cooccurrence", "--codebook", "8", "--dim", "8",
+                   "--method", "rqkmeans", "--out", str(out), "--json", cache=lab_cache)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    for key in ("collision_rate", "largest_collision_group", "utilization", "entropy", "recon_error", "seconds"):
+        assert key in result
+    assert len(result["utilization"]) == 3
+    assert "level 3/3" in done.stderr
+    ids = load(out)
+    assert ids.config["method"] == "rqkmeans" and ids.quality["collision_rate"] == result["collision_rate"]
+    for args, message in ((("--codebook", "100000"), "larger than the catalogue"),
+                          (("--source", "npy:/nonexistent.npy"), "cannot read"),
+                          (("--source", "metadata+graph"), "unknown part 'graph'"),
+                          (("--levels", "0"), "levels=0")):
+        bad = run_cli("--data", SYNTHETIC, *args, cache=lab_cache)
+        assert bad.returncode == 2, (args, bad.stderr)
+        assert bad.stderr.strip().splitlines()[-1].startswith("error:") and message in bad.stderr
