@@ -14,7 +14,9 @@ from data.errors import DataError
 
 LABEL_COLUMNS = ("class", "genre", "genres", "categories", "category")  # several labels per item
 CATEGORY_COLUMNS = ("brand",)  # one label per item
+TOKEN_COLUMNS = ("kg",)  # whitespace-separated tokens (knowledge-graph relation=entity pairs), TF-IDF weighted
 _TOKEN = re.compile(r"[a-z0-9]+")
+EXACT_SVD_UP_TO = 4096  # the smaller side of a matrix below which truncated_svd is exact
 
 
 def _missing(values: pd.Series) -> np.ndarray:
@@ -46,9 +48,11 @@ def _vocabulary_matrix(rows: list[list[str]], min_count: int = 1) -> sp.csr_matr
     return matrix
 
 
-def tfidf(texts: pd.Series, min_count: int = 2) -> sp.csr_matrix:
-    """Smoothed TF-IDF (idf = ln((1 + n) / (1 + df)) + 1) of lower-cased word tokens, rows unit-norm."""
-    rows = [_TOKEN.findall(str(t).lower()) if isinstance(t, str) else [] for t in texts]
+def tfidf(texts: pd.Series, min_count: int = 2, words: bool = True) -> sp.csr_matrix:
+    """Smoothed TF-IDF (idf = ln((1 + n) / (1 + df)) + 1) of lower-cased word tokens (or of the
+    whitespace-separated tokens as they stand), rows unit-norm; tokens in < min_count items dropped."""
+    split = (lambda t: _TOKEN.findall(t.lower())) if words else str.split
+    rows = [split(t) if isinstance(t, str) else [] for t in texts]
     counts = _vocabulary_matrix(rows, min_count)
     df = np.bincount(counts.indices, minlength=counts.shape[1])
     idf = np.log((1.0 + counts.shape[0]) / (1.0 + df)) + 1.0
@@ -69,6 +73,12 @@ def _standardised(values: pd.Series) -> sp.csr_matrix:
     return sp.csr_matrix(np.stack(columns, 1))
 
 
+def _mostly_numbers(column: pd.Series) -> bool:
+    """A text column whose present values are (nearly all) numbers, e.g. RecBole's year tokens."""
+    present = column.dropna()
+    return bool(len(present)) and pd.to_numeric(present, errors="coerce").notna().mean() >= 0.9
+
+
 def metadata_blocks(metadata: pd.DataFrame) -> dict[str, sp.csr_matrix]:
     """One sparse block per usable column: its encoding chosen by the column's name and type."""
     blocks: dict[str, sp.csr_matrix] = {}
@@ -83,7 +93,9 @@ def metadata_blocks(metadata: pd.DataFrame) -> dict[str, sp.csr_matrix]:
             blocks[name] = _vocabulary_matrix(label_sets(column))
         elif lowered in CATEGORY_COLUMNS:
             blocks[name] = _vocabulary_matrix([[str(v)] if isinstance(v, str) and v else [] for v in column])
-        elif pd.api.types.is_numeric_dtype(column):
+        elif lowered in TOKEN_COLUMNS:
+            blocks[name] = tfidf(column, words=False)
+        elif pd.api.types.is_numeric_dtype(column) or _mostly_numbers(column):
             blocks[name] = _standardised(column)
         else:
             blocks[name] = tfidf(column)
@@ -103,14 +115,18 @@ def item_labels(metadata: pd.DataFrame | None) -> sp.csr_matrix | None:
 
 
 def truncated_svd(matrix: sp.spmatrix | np.ndarray, dim: int, seed: int) -> np.ndarray:
-    """U_d S_d of the top-d singular triplets: exact below 4096 columns or rows, else randomised
-    (Halko et al. 2011, 4 power iterations); each column's sign makes its largest entry positive."""
+    """U_d S_d of the top-d singular triplets, each column's sign fixed so that its largest entry is
+    positive. Exact when either side has at most 4096 entries (an eigendecomposition of the smaller
+    Gram matrix), else randomised (Halko et al. 2011, 4 power iterations, seeded)."""
     rows, columns = matrix.shape
     dim = min(dim, rows, columns)
-    if min(rows, columns) <= 4096:
-        dense = matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix, np.float64)
-        u, s, _ = np.linalg.svd(dense, full_matrices=False)
-        u, s = u[:, :dim], s[:dim]
+    if min(rows, columns) <= EXACT_SVD_UP_TO:
+        by_rows = rows <= columns
+        gram = matrix @ matrix.T if by_rows else matrix.T @ matrix
+        gram = gram.toarray() if sp.issparse(gram) else np.asarray(gram)
+        values, vectors = np.linalg.eigh(gram.astype(np.float64))
+        values, vectors = np.maximum(values[::-1][:dim], 0.0), vectors[:, ::-1][:, :dim]
+        projected = vectors * np.sqrt(values) if by_rows else np.asarray(matrix @ vectors)
     else:
         rng = np.random.default_rng(seed)
         sketch = matrix @ rng.standard_normal((columns, dim + 10))
@@ -120,9 +136,9 @@ def truncated_svd(matrix: sp.spmatrix | np.ndarray, dim: int, seed: int) -> np.n
         basis, _ = np.linalg.qr(sketch)
         small = np.asarray((matrix.T @ basis).T)
         u_small, s, _ = np.linalg.svd(small, full_matrices=False)
-        u, s = basis @ u_small[:, :dim], s[:dim]
-    signs = np.sign(u[np.argmax(np.abs(u), 0), np.arange(u.shape[1])])
-    return (u * np.where(signs == 0, 1.0, signs) * s).astype(np.float32)
+        projected = (basis @ u_small[:, :dim]) * s[:dim]
+    signs = np.sign(projected[np.argmax(np.abs(projected), 0), np.arange(projected.shape[1])])
+    return (projected * np.where(signs == 0, 1.0, signs)).astype(np.float32)
 
 
 def metadata_vectors(metadata: pd.DataFrame | None, dim: int, seed: int, source: str = "metadata") -> np.ndarray:

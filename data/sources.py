@@ -19,6 +19,7 @@ from data.interactions import Interactions
 RECBOLE_WHEEL = "recbole-1.2.1-py3-none-any.whl"
 RECBOLE_WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
 _ML100K_IN_WHEEL = "recbole/dataset_example/ml-100k/"
+ML100K_FILES = ("inter", "item", "user", "kg", "link")  # .kg / .link: a knowledge graph of the films
 GROUPLENS = "https://files.grouplens.org/datasets/movielens/"
 # GroupLens release name -> folder inside its zip.
 GROUPLENS_RELEASES = {
@@ -113,14 +114,19 @@ def read_path(path: Path, format: str, columns: Mapping[str, str] | None) -> Int
                        and not p.name.startswith("meta"))
         if len(files) != 1:
             raise DataError(f"{path}: expected one Amazon reviews file in the folder, found {len(files)}")
-        path = files[0]
+        metadata = sorted(p for p in path.iterdir() if p.name.startswith("meta")
+                          and p.name.endswith((".json", ".jsonl", ".json.gz", ".jsonl.gz")))
+        if len(metadata) > 1:
+            raise DataError(f"{path}: expected at most one Amazon metadata file (meta_*) in the folder, "
+                            f"found {len(metadata)}")
+        return reader(files[0], metadata[0] if metadata else None)
     return reader(path)
 
 
 def ml100k_folder() -> Path:
     """The MovieLens-100K atomic files from the recbole wheel, fetched once into the cache."""
     folder = cache_dir() / "ml-100k"
-    if (folder / "ml-100k.inter").is_file():
+    if all((folder / f"ml-100k.{suffix}").is_file() for suffix in ML100K_FILES):
         return folder
     wheel = _recbole_wheel()
     tmp = folder.with_name(folder.name + ".partial")
@@ -129,7 +135,7 @@ def ml100k_folder() -> Path:
     with zipfile.ZipFile(wheel) as archive:
         members = [m for m in archive.namelist() if m.startswith(_ML100K_IN_WHEEL) and not m.endswith("/")]
         for member in members:
-            if member.endswith((".inter", ".item", ".user")):
+            if member.endswith(tuple(f".{suffix}" for suffix in ML100K_FILES)):
                 (tmp / Path(member).name).write_bytes(archive.read(member))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)

@@ -134,7 +134,7 @@ def train_rqvae(x: np.ndarray, levels: int, k: int, seed: int, options: RQVAEOpt
     data = jnp.asarray(x) if mesh is None else jax.device_put(x, replicated)
 
     def batch_rows(data: jax.Array, step: jax.Array) -> jax.Array:
-        rows = jax.random.choice(jax.random.fold_in(data_key, step), n, (batch,), replace=batch > n)
+        rows = jax.random.randint(jax.random.fold_in(data_key, step), (batch,), 0, n)  # with replacement
         picked = data[rows]
         return picked if rows_sharding is None else jax.lax.with_sharding_constraint(picked, rows_sharding)
 

@@ -219,3 +219,18 @@ def test_bad_metadata_line(tmp_path: Path, line: str, problem: str) -> None:
     meta = write(tmp_path / "meta.json", ["{'asin': 'B1'}", line])
     with pytest.raises(DataError, match=re.escape(f"meta.json:2: {problem}: {line!r}")):
         read_amazon_metadata(meta)
+
+
+def test_a_folder_with_reviews_and_metadata_attaches_the_metadata(tmp_path: Path) -> None:
+    from data.sources import load_interactions
+
+    write(tmp_path / "reviews_Beauty_5.json", [review_2014("A1", "B01", 1, 5.0), review_2014("A1", "B02", 2, 3.0)])
+    write(tmp_path / "meta_Beauty.json", [{"asin": "B01", "title": "Soap", "brand": "Acme", "price": 2.0,
+                                           "categories": [["Beauty", "Bath"]]},
+                                          {"asin": "B02", "title": "Brush", "categories": [["Beauty"]]}])
+    got = load_interactions(str(tmp_path))
+    assert got.item_metadata["item"].tolist() == ["B01", "B02"]
+    assert values(got.item_metadata["categories"]) == ["Beauty|Bath", "Beauty"]
+    write(tmp_path / "meta_Other.json", [{"asin": "B01", "title": "x"}])
+    with pytest.raises(DataError, match="at most one Amazon metadata file"):
+        load_interactions(str(tmp_path))

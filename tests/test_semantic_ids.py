@@ -272,3 +272,50 @@ def test_command_writes_the_artefact_and_prints_its_quality(tmp_path, lab_cache)
         bad = run_cli("--data", SYNTHETIC, *args, cache=lab_cache)
         assert bad.returncode == 2, (args, bad.stderr)
         assert bad.stderr.strip().splitlines()[-1].startswith("error:") and message in bad.stderr
+
+
+def test_amazon_metadata_gives_content_vectors(tmp_path):
+    """Title, brand, categories and price of an Amazon meta file (read beside the reviews)."""
+    from data.sources import load_interactions
+    from data.sequences import PreprocessOptions, build_sequences, item_metadata_in_dense_order
+
+    reviews = [{"reviewerID": f"U{u}", "asin": f"B{(u + t) % 6}", "overall": 5.0, "unixReviewTime": t}
+               for u in range(4) for t in range(5)]
+    (tmp_path / "reviews_Toys_5.json").write_text("".join(json.dumps(r) + "\n" for r in reviews))
+    meta = [{"asin": f"B{i}", "title": ["Red Car", "Blue Car", "Red Doll", "Doll House", "Car Park", "Kite"][i],
+             "brand": ["Acme", "Acme", "Toyco", "Toyco", None, None][i], "price": [5, 6, 9, None, 20, 3][i],
+             "categories": [["Toys", "Cars"]] if "Car" in ["Red Car", "Blue Car", "Red Doll", "Doll House", "Car Park",
+                                                           "Kite"][i] else [["Toys", "Dolls"]]} for i in range(6)]
+    (tmp_path / "meta_Toys.json").write_text("".join(json.dumps(m) + "\n" for m in meta))
+    interactions = load_interactions(str(tmp_path))
+    seqs, _ = build_sequences(interactions, PreprocessOptions())
+    prepared = prepared_of(seqs, item_metadata_in_dense_order(seqs, interactions.item_metadata))
+    assert set(item_features.metadata_blocks(prepared.item_metadata)) == {"title", "categories", "brand", "price"}
+    vectors = item_vectors(prepared, "metadata", VectorOptions(dim=4)).vectors
+    assert vectors.shape == (6, 4) and np.isfinite(vectors).all()
+    assert item_features.item_labels(prepared.item_metadata).shape == (6, 3)  # Toys, Cars, Dolls
+
+
+@pytest.mark.slow
+def test_ml100k_metadata_ids_group_items_of_a_genre(ml100k, use_lab_cache):
+    """ML-100K's content (titles, year, genres, knowledge graph) from the recbole wheel: items under
+    one first code share a genre far more often than random pairs."""
+    metadata = ml100k.item_metadata
+    assert metadata["kg"].notna().sum() > 1500  # the films linked to the knowledge graph
+    assert set(item_features.metadata_blocks(metadata)) == {"movie_title", "release_year", "class", "kg"}
+    ids = build(ml100k, SemanticIdConfig(source="metadata", n_init=1), use_cache=False)
+    assert ids.codes.shape == (1682, 4) and len(np.unique(ids.codes, axis=0)) == 1682
+    assert ids.quality["genre_lift"] > 1.5 and ids.quality["utilization"] == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("shape, exact_up_to", [((30, 50), 4096), ((50, 30), 4096), ((500, 40), 4096),
+                                                ((300, 200), 10)])
+def test_truncated_svd_matches_numpy(shape, exact_up_to, monkeypatch):
+    monkeypatch.setattr(item_features, "EXACT_SVD_UP_TO", exact_up_to)  # 10: the randomised path
+    rng = np.random.default_rng(0)
+    matrix = rng.normal(size=(shape[0], 6)) @ rng.normal(size=(6, shape[1])) + 0.01 * rng.normal(size=shape)
+    got = item_features.truncated_svd(sp.csr_matrix(matrix), 4, seed=0)
+    u, s, _ = np.linalg.svd(matrix, full_matrices=False)
+    expected = u[:, :4] * s[:4]
+    expected *= np.sign(expected[np.abs(expected).argmax(0), np.arange(4)])
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3 * s[0] / np.sqrt(shape[0]))

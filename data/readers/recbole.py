@@ -1,4 +1,5 @@
-"""RecBole atomic files: `NAME.inter` (and `NAME.item`) with typed headers like `user_id:token`."""
+"""RecBole atomic files: `NAME.inter` (and `NAME.item`, `NAME.kg` + `NAME.link`) with typed headers
+like `user_id:token`."""
 
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def read_recbole(path: Path) -> Interactions:
         item=frame["item_id"].to_numpy(object),
         timestamp=np.floor(frame["timestamp"].to_numpy()).astype(np.int64),
         rating=frame["rating"].to_numpy(np.float32) if "rating" in kinds else None,
-        item_metadata=_read_items(inter_path.with_suffix(".item")),
+        item_metadata=_with_knowledge_graph(_read_items(inter_path.with_suffix(".item")), inter_path),
         source=str(inter_path),
     )
 
@@ -75,3 +76,25 @@ def _read_items(path: Path) -> pd.DataFrame | None:
     kinds = {name: ("str" if name == "item_id" else _FIELD_KINDS[kind]) for name, kind in header}
     frame = read_delimited(path, sep="\t", names=names, kinds=kinds, header_lines=1)
     return frame.rename(columns={"item_id": "item"})
+
+
+def _with_knowledge_graph(items: pd.DataFrame | None, inter_path: Path) -> pd.DataFrame | None:
+    """Add a `kg` column (space-separated `relation=entity` tokens of every triple that names the
+    item's entity, as head or as tail) when NAME.kg and NAME.link stand beside NAME.inter."""
+    kg_path, link_path = inter_path.with_suffix(".kg"), inter_path.with_suffix(".link")
+    if items is None or not (kg_path.is_file() and link_path.is_file()):
+        return items
+    link = read_delimited(link_path, sep="\t", names=["item", "entity"], kinds={"item": "str", "entity": "str"},
+                          header_lines=1)
+    triples = read_delimited(kg_path, sep="\t", names=["head", "relation", "tail"],
+                             kinds={"head": "str", "relation": "str", "tail": "str"}, header_lines=1)
+    entity_of = dict(zip(link["entity"], link["item"]))
+    tokens: dict[str, list[str]] = {}
+    for head, relation, tail in zip(triples["head"], triples["relation"], triples["tail"]):
+        if head in entity_of:
+            tokens.setdefault(entity_of[head], []).append(f"{relation}={tail}")
+        if tail in entity_of:
+            tokens.setdefault(entity_of[tail], []).append(f"{relation}={head}")
+    items = items.copy()
+    items["kg"] = [" ".join(tokens[item]) if item in tokens else None for item in items["item"].astype(str)]
+    return items
