@@ -107,9 +107,8 @@ def _run_semantic_ids(args: argparse.Namespace) -> dict:
     args.dataset = args.data
     prepared = _prepare(args)
     ids = semantic_ids.build(prepared, config, mesh=_row_mesh(), use_cache=not args.no_cache, log=_log)
-    if args.out:
-        semantic_ids.save(ids, Path(args.out))
-        _log(f"wrote {args.out}: {len(ids.item_ids)} items x {ids.codes.shape[1]} codes")
+    semantic_ids.save(ids, Path(args.out))
+    _log(f"wrote {args.out}: {len(ids.item_ids)} items x {ids.codes.shape[1]} codes")
     return {"dataset": args.data, "out": args.out, **config.to_dict(), "input_hash": ids.input_hash,
             "items": int(len(ids.item_ids)), **ids.quality}
 
@@ -190,7 +189,7 @@ def _parser() -> argparse.ArgumentParser:
     ids.add_argument("--balanced-iters", type=int, default=defaults.balanced_iters,
                      help="balanced Lloyd rounds over all items (rqkmeans-balanced)")
     ids.add_argument("--rqvae-steps", type=int, default=defaults.rqvae_steps)
-    ids.add_argument("--out", help="write the artefact (.npz) here (it is also kept in the cache)")
+    ids.add_argument("--out", required=True, help="write the artefact (.npz) here (it is also kept in the cache)")
     ids.add_argument("--no-cache", action="store_true", help="rebuild; do not read or write cached sequences or IDs")
     ids.add_argument("--json", action="store_true", help="print the quality metrics as one JSON object, the last line")
     return parser

@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-EXACT_PAIRS_UP_TO = 20000  # items; beyond this the genre lift samples pairs
+EXACT_PAIRS_UP_TO = 3000  # items; beyond this the genre lift samples pairs
 SAMPLED_PAIRS = 200_000
+COMMON_LABEL = 0.5  # labels on more than this fraction of the items (a top-level category) are dropped
 
 
 def tuple_groups(codes: np.ndarray) -> np.ndarray:
@@ -61,36 +62,41 @@ def cooccurrence_lift(first_codes: np.ndarray, linked: sp.spmatrix) -> float | N
 
 
 def label_lift(first_codes: np.ndarray, labels: sp.csr_matrix, seed: int = 0) -> float | None:
-    """P(share a label | same first code) / P(share a label); exact up to EXACT_PAIRS_UP_TO items,
-    else estimated from SAMPLED_PAIRS random pairs of each kind."""
+    """P(share a label | same first code) / P(share a label) over unordered pairs of distinct items;
+    labels carried by more than COMMON_LABEL of the items are dropped (every pair would share
+    them). Exact up to EXACT_PAIRS_UP_TO items, else estimated from SAMPLED_PAIRS uniform pairs of
+    each kind."""
     n = len(first_codes)
     labels = sp.csr_matrix(labels, dtype=np.float64)
-    if n < 2 or labels.nnz == 0:
+    labels = labels[:, np.flatnonzero(np.asarray((labels > 0).sum(0)).ravel() <= COMMON_LABEL * n)]
+    if n < 2 or labels.nnz == 0 or _pairs_within(first_codes) == 0:
         return None
     if n <= EXACT_PAIRS_UP_TO:
         shared = (labels @ labels.T).tocoo()
         off = shared.row < shared.col
         rows, cols = shared.row[off], shared.col[off]
         p_all = len(rows) / (n * (n - 1) / 2)
-        same_pairs = _pairs_within(first_codes)
-        if same_pairs == 0 or p_all == 0:
-            return None
-        return float((np.count_nonzero(first_codes[rows] == first_codes[cols]) / same_pairs) / p_all)
-    rng = np.random.default_rng(seed)
-    a, b = rng.integers(0, n, SAMPLED_PAIRS), rng.integers(0, n, SAMPLED_PAIRS)
-    keep = a != b
-    p_all = _share(labels, a[keep], b[keep])
-    order = np.argsort(first_codes, kind="stable")
-    starts = np.searchsorted(first_codes[order], first_codes[order], side="left")
-    ends = np.searchsorted(first_codes[order], first_codes[order], side="right")
-    anchor = rng.integers(0, n, SAMPLED_PAIRS)
-    size = ends[anchor] - starts[anchor]
-    keep = size > 1
-    partner = order[starts[anchor] + (rng.random(SAMPLED_PAIRS) * size).astype(np.int64)]
-    keep &= partner != order[anchor]
-    if p_all == 0 or not keep.any():
-        return None
-    return float(_share(labels, order[anchor][keep], partner[keep]) / p_all)
+        p_same = np.count_nonzero(first_codes[rows] == first_codes[cols]) / _pairs_within(first_codes)
+    else:
+        rng = np.random.default_rng(seed)
+        a = rng.integers(0, n, SAMPLED_PAIRS)
+        b = (a + rng.integers(1, n, SAMPLED_PAIRS)) % n  # uniform over the other items
+        p_all = _share(labels, a, b)
+        p_same = _share(labels, *_pairs_in_groups(first_codes, SAMPLED_PAIRS, rng))
+    return None if p_all == 0 else float(p_same / p_all)
+
+
+def _pairs_in_groups(groups: np.ndarray, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`count` pairs drawn uniformly from all unordered pairs of distinct items in one group: a
+    group with probability proportional to its number of pairs, then two distinct members."""
+    order = np.argsort(groups, kind="stable")
+    sizes = np.bincount(groups).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    pairs = sizes * (sizes - 1) / 2.0
+    group = rng.choice(len(sizes), count, p=pairs / pairs.sum())
+    first = rng.integers(0, sizes[group])
+    second = (first + rng.integers(1, sizes[group])) % sizes[group]
+    return order[starts[group] + first], order[starts[group] + second]
 
 
 def _share(labels: sp.csr_matrix, a: np.ndarray, b: np.ndarray) -> float:

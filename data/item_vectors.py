@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -142,24 +144,28 @@ def user_file_vectors(path: Path, item_ids: np.ndarray, part: str) -> np.ndarray
     """A .npy of num_items rows (ascending original id) or an .npz with item_ids and vectors."""
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:
+        if isinstance(loaded, np.ndarray):
+            ids, vectors = None, loaded
+        else:
+            with loaded:
+                if not {"item_ids", "vectors"} <= set(loaded.files):
+                    raise DataError(f"{part}: {path} needs arrays item_ids and vectors (it has "
+                                    f"{', '.join(loaded.files) or 'none'})")
+                ids, vectors = loaded["item_ids"], loaded["vectors"]
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise DataError(f"{part}: cannot read {path} ({error})") from None
-    if isinstance(loaded, np.ndarray):
-        vectors = loaded
+    if not np.issubdtype(vectors.dtype, np.number) or vectors.dtype == np.bool_:
+        raise DataError(f"{part}: {path} holds {vectors.dtype} values, not numbers")
+    if ids is None:
         if vectors.ndim != 2 or vectors.shape[0] != len(item_ids):
             raise DataError(f"{part}: {path} holds an array of shape {vectors.shape}; expected ({len(item_ids)}, d), "
                             f"one row per item in ascending original-id order")
-    else:
-        with loaded:
-            if not {"item_ids", "vectors"} <= set(loaded.files):
-                raise DataError(f"{part}: {path} needs arrays item_ids and vectors (it has {', '.join(loaded.files)})")
-            ids, vectors = loaded["item_ids"], loaded["vectors"]
-        if vectors.ndim != 2 or len(ids) != len(vectors):
-            raise DataError(f"{part}: {path}: item_ids ({len(ids)}) and vectors {vectors.shape} do not match")
-        vectors = _aligned(ids, vectors, item_ids, part)
-    if not np.issubdtype(vectors.dtype, np.number):
-        raise DataError(f"{part}: {path} holds {vectors.dtype} values, not numbers")
-    return vectors.astype(np.float32)
+        return vectors.astype(np.float32)
+    if ids.ndim != 1 or vectors.ndim != 2 or len(ids) != len(vectors) or not len(ids):
+        raise DataError(f"{part}: {path}: item_ids {ids.shape} and vectors {vectors.shape} are not (n,) and (n, d)")
+    return _aligned(ids, vectors, item_ids, part).astype(np.float32)
 
 
 def checkpoint_item_table(workdir: Path, item_ids: np.ndarray, part: str) -> tuple[np.ndarray, dict]:
@@ -176,9 +182,10 @@ def checkpoint_item_table(workdir: Path, item_ids: np.ndarray, part: str) -> tup
         raise DataError(f"{part}: {workdir / 'config.json'}: {error}") from None
     try:
         params, step = checkpoint.restore_params(workdir / "checkpoints")
-    except (OSError, ValueError, KeyError, FileNotFoundError) as error:
-        raise DataError(f"{part}: cannot restore a checkpoint from {workdir / 'checkpoints'} ({error})") from None
-    table = families.of(config.model).item_table(config.model, params)
+        table = families.of(config.model).item_table(config.model, params)
+    except Exception as error:  # orbax / tensorstore raise many kinds on a damaged checkpoint
+        raise DataError(f"{part}: cannot read the item table of a checkpoint in {workdir / 'checkpoints'} "
+                        f"({type(error).__name__}: {error})") from None
     if table is None:
         raise DataError(f"{part}: the {config.model.family} family has no item table")
     trial_items = _trial_item_ids(config)

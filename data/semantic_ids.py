@@ -14,6 +14,8 @@ import hashlib
 import json
 import os
 import time
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -130,13 +132,16 @@ def quality(prepared: PreparedData, codes: np.ndarray, vectors: np.ndarray, reco
 
     first = codes[:, 0]
     labels = item_labels(prepared.item_metadata)
-    linked = cooccurrence_counts(training_sequences(prepared.sequences), window)
+    try:
+        linked = cooccurrence_counts(training_sequences(prepared.sequences), window)
+    except DataError:  # users too short for a leave-one-out split: no training sequences to judge by
+        linked = None
     return {
         **id_quality.collisions(codes),
         **id_quality.level_usage(codes, codebook),
         "recon_error": relative_error(vectors, reconstruction),
         "genre_lift": None if labels is None else id_quality.label_lift(first, labels),
-        "cooccurrence_lift": id_quality.cooccurrence_lift(first, linked),
+        "cooccurrence_lift": None if linked is None else id_quality.cooccurrence_lift(first, linked),
     }
 
 
@@ -162,6 +167,7 @@ def build(prepared: PreparedData, config: SemanticIdConfig, *, mesh: Any = None,
             cached = load(path)
             if log is not None:
                 log(f"semantic IDs from the cache: {path}")
+            cached.quality["seconds"] = time.perf_counter() - started
             return cached
         except DataError as error:
             if log is not None:
@@ -185,14 +191,23 @@ def build(prepared: PreparedData, config: SemanticIdConfig, *, mesh: Any = None,
 def save(ids: SemanticIds, path: Path) -> None:
     """Write the artefact atomically (a partial file never stands under the final name)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial.npz")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write(ids, partial)
+        os.replace(partial, path)
+    except OSError as error:
+        if partial.parent.is_dir():
+            partial.unlink(missing_ok=True)
+        raise DataError(f"{path}: cannot write the artefact ({error.strerror or error})") from None
+
+
+def _write(ids: SemanticIds, partial: Path) -> None:
     np.savez(partial, item_ids=ids.item_ids, codes=ids.codes, method=np.str_(ids.config["method"]),
              source=np.str_(ids.config["source"]), seed=np.int64(ids.config["seed"]),
              input_hash=np.str_(ids.input_hash), config=np.str_(json.dumps(ids.config, sort_keys=True)),
              quality=np.str_(json.dumps(ids.quality, sort_keys=True)),
              vector_parts=np.str_(json.dumps(list(ids.vector_parts), sort_keys=True)))
-    os.replace(partial, path)
 
 
 def load(path: Path) -> SemanticIds:
@@ -204,7 +219,7 @@ def load(path: Path) -> SemanticIds:
             quality_metrics = json.loads(str(arrays["quality"]))
             input_hash = str(arrays["input_hash"])
             parts = tuple(json.loads(str(arrays["vector_parts"])))
-    except (OSError, ValueError, KeyError, EOFError) as error:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise DataError(f"{path}: not a semantic-ID artefact ({error})") from None
     if codes.ndim != 2 or codes.shape[0] != len(item_ids) or codes.dtype != np.int32:
         raise DataError(f"{path}: codes {codes.shape} {codes.dtype} do not give one int32 row per item")

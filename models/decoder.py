@@ -249,7 +249,9 @@ class DecoderFamily(family.Family):
         return {"params": total, "params_non_embedding": non_embedding, "params_active": total}
 
     def item_table(self, config: DecoderConfig, params: Any) -> np.ndarray:
-        return np.asarray(params["item_embedding"], np.float32)[1:]  # row 0 is padding
+        table = np.asarray(params["item_embedding"], np.float32)[1:]  # row 0 is padding
+        # Items are scored against unit-norm rows (candidates()), so their directions are the vectors.
+        return table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), 1e-12)
 
     def full_row_counts(self, config: DecoderConfig, rows: int, row_len: int) -> dict[str, float]:
         return {**super().full_row_counts(config, rows, row_len), "squared_lengths": float(rows * row_len * row_len)}

@@ -224,16 +224,18 @@ def _fit_restart(xs: jax.Array, ws: jax.Array, k: int, key: jax.Array, options: 
     return centres, jnp.sum(ws * to_centre)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "options"))
-def fit(x: jax.Array, w: jax.Array, k: int, key: jax.Array, options: KMeansOptions) -> KMeansFit:
-    """K centres for the weighted points x and every point's assignment (capped when balanced)."""
+@functools.partial(jax.jit, static_argnames=("k", "options", "rows"))
+def fit(x: jax.Array, w: jax.Array, k: int, key: jax.Array, options: KMeansOptions, rows: int | None = None) -> KMeansFit:
+    """K centres for the weighted points x and every point's assignment (capped when balanced).
+    rows: how many of x's rows are real (the rest padding); it decides whether to fit on a sample,
+    so that the choice does not depend on how much padding a mesh needed."""
     n = x.shape[0]
-    sample = min(n, k * options.sample_per_centre)
+    sample = min(n if rows is None else rows, k * options.sample_per_centre)
     sample_key, restart_key = jax.random.split(key)
-    if sample < n:
+    if sample < (n if rows is None else rows):
         # Without replacement, by Gumbel top-k (unchanged by trailing padding, as in draw).
-        _, rows = jax.lax.top_k(jnp.log(w) + jax.random.gumbel(sample_key, (n,)), sample)
-        xs, ws = x[rows], w[rows]
+        _, picked = jax.lax.top_k(jnp.log(w) + jax.random.gumbel(sample_key, (n,)), sample)
+        xs, ws = x[picked], w[picked]
     else:
         xs, ws = x, w
     restart_keys = jax.random.split(restart_key, options.n_init)

@@ -55,7 +55,7 @@ def residual_kmeans(x: np.ndarray, levels: int, k: int, seed: int, options: kmea
     residual, weights = place_rows(np.asarray(x, np.float32), mesh)
     codes, codebooks = [], []
     for level in range(levels):
-        fitted = kmeans.fit(residual, weights, k, jax.random.fold_in(jax.random.key(seed), level), options)
+        fitted = kmeans.fit(residual, weights, k, jax.random.fold_in(jax.random.key(seed), level), options, rows=n)
         residual = _subtract_assigned(residual, fitted.centres, fitted.assignment)
         codes.append(np.asarray(fitted.assignment)[:n])
         codebooks.append(np.asarray(fitted.centres))

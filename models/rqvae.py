@@ -123,14 +123,12 @@ def train_rqvae(x: np.ndarray, levels: int, k: int, seed: int, options: RQVAEOpt
     relative reconstruction error at the k-means initialisation and after training)."""
     x = np.asarray(x, np.float32)
     n = x.shape[0]
-    batch = min(options.batch_size, n)
-    if mesh is not None:
-        batch = max(mesh.size, batch // mesh.size * mesh.size)
+    batch = min(options.batch_size, n)  # the same on every mesh: the batch is split only when it divides
     model = RQVAE(x.shape[1], levels, k, options)
     init_key, data_key, reset_key = jax.random.split(jax.random.key(seed), 3)
     params = model.init(init_key)
     replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
-    rows_sharding = None if mesh is None else NamedSharding(mesh, PartitionSpec(mesh.axis_names, None))
+    rows_sharding = None if mesh is None or batch % mesh.size else NamedSharding(mesh, PartitionSpec(mesh.axis_names, None))
     data = jnp.asarray(x) if mesh is None else jax.device_put(x, replicated)
 
     def batch_rows(data: jax.Array, step: jax.Array) -> jax.Array:
@@ -138,9 +136,10 @@ def train_rqvae(x: np.ndarray, levels: int, k: int, seed: int, options: RQVAEOpt
         picked = data[rows]
         return picked if rows_sharding is None else jax.lax.with_sharding_constraint(picked, rows_sharding)
 
-    # Codebooks from residual k-means of the first batch's latents.
-    first_latents = np.asarray(jax.jit(lambda p, d: model.encode(p, batch_rows(d, jnp.int32(0))))(params, data))
-    init = residual_kmeans(first_latents, levels, k, seed, kmeans.KMeansOptions(n_init=1), mesh=mesh)
+    # Codebooks from residual k-means of the first batch's latents (at least 4 K distinct items).
+    first_rows = np.asarray(jax.random.permutation(data_key, n)[:max(batch, min(n, 4 * k))])
+    first_latents = np.asarray(jax.jit(model.encode)(params, x[first_rows]))
+    init = residual_kmeans(first_latents, levels, k, seed, kmeans.KMeansOptions(), mesh=mesh)
     params = {**params, "codebooks": jnp.asarray(init.codebooks)}
     optimizer = optax.adam(options.learning_rate)
     state = TrainState(params, optimizer.init(params), jnp.zeros((levels, k), jnp.int32))
@@ -154,7 +153,7 @@ def train_rqvae(x: np.ndarray, levels: int, k: int, seed: int, options: RQVAEOpt
         usage = state.usage + jax.vmap(lambda c: jnp.bincount(c, length=k))(q.codes.T).astype(jnp.int32)
         if options.reset_every:
             due = (step + 1) % options.reset_every == 0
-            donors = jax.random.randint(jax.random.fold_in(reset_key, step), (levels, k), 0, batch)
+            donors = _donors(jax.random.fold_in(reset_key, step), levels, k, batch)
             fresh = jnp.take_along_axis(q.residuals, donors[..., None], 1)  # (L, K, latent)
             dead = due & (usage == 0)
             params = {**params, "codebooks": jnp.where(dead[..., None], fresh, params["codebooks"])}
@@ -176,6 +175,15 @@ def train_rqvae(x: np.ndarray, levels: int, k: int, seed: int, options: RQVAEOpt
     history["final_recon_error"] = relative_error(x, result.reconstruction)
     history["steps"] = options.steps
     return result, history
+
+
+def _donors(key: jax.Array, levels: int, k: int, batch: int) -> jax.Array:
+    """(levels, k) batch rows whose residuals restart dead codewords: distinct within a level
+    when the batch has at least k rows."""
+    keys = jax.random.split(key, levels)
+    if k <= batch:
+        return jax.vmap(lambda level_key: jax.random.permutation(level_key, batch)[:k])(keys)
+    return jax.vmap(lambda level_key: jax.random.randint(level_key, (k,), 0, batch))(keys)
 
 
 def _encode_all(model: RQVAE, params: dict, x: np.ndarray, mesh: Mesh | None, chunk: int = 65536) -> Quantised:

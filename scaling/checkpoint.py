@@ -8,6 +8,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging as absl_logging
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -50,7 +51,12 @@ def restore_params(directory: epath.PathLike, step: int | None = None) -> tuple[
     step = steps[-1] if step is None else step
     checkpointer = ocp.PyTreeCheckpointer()
     state_path = path / str(step) / "state"
-    tree = checkpointer.metadata(state_path).item_metadata
-    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), dict(tree))
-    state = checkpointer.restore(state_path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)  # reading one item of a step warns of the step's metadata
+    try:
+        tree = checkpointer.metadata(state_path).item_metadata
+        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), dict(tree))
+        state = checkpointer.restore(state_path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+    finally:
+        absl_logging.set_verbosity(verbosity)
     return state["params"], step

@@ -141,11 +141,20 @@ def test_residual_codes_reconstruct_from_their_codebooks(even):
     np.testing.assert_allclose(rebuilt, quantised.reconstruction, atol=1e-5)
 
 
-@pytest.mark.parametrize("balanced", [False, True])
-def test_codes_are_the_same_on_eight_devices(skewed, balanced):
-    """Items spread over a mesh (with padding: 256 + 3 rows over 8 devices) get the same codes."""
+def test_gumbel_draws_are_unchanged_by_trailing_rows():
+    """What makes the draws independent of mesh padding (jax_threefry_partitionable)."""
+    short = kmeans.draw(jax.random.key(0), jax.numpy.zeros(259), 5)
+    padded = kmeans.draw(jax.random.key(0), jax.numpy.concatenate([jax.numpy.zeros(259), jax.numpy.full(5, -jax.numpy.inf)]), 5)
+    np.testing.assert_array_equal(np.asarray(short), np.asarray(padded))
+
+
+@pytest.mark.parametrize("balanced, sample_per_centre, spread", [(False, 256, 0.2), (True, 256, 0.2), (True, 16, 1.5)])
+def test_codes_are_the_same_on_eight_devices(skewed, balanced, sample_per_centre, spread):
+    """Items spread over a mesh (with padding: 256 + 3 rows over 8 devices) get the same codes; also
+    when the centres are fitted on a sample (16 per centre) of overlapping clusters."""
     points = np.concatenate([skewed[0], skewed[0][:3] + 0.05])
-    options = kmeans.KMeansOptions(balanced=balanced, n_init=2)
+    points = points + np.random.default_rng(4).normal(size=points.shape).astype(np.float32) * (spread - 0.2)
+    options = kmeans.KMeansOptions(balanced=balanced, n_init=2, sample_per_centre=sample_per_centre)
     single = residual_kmeans(points, 2, K, 0, options)
     mesh = Mesh(np.asarray(jax.devices()[:8]), ("rows",))
     sharded = residual_kmeans(points, 2, K, 0, options, mesh=mesh)
@@ -166,6 +175,29 @@ def test_rqvae_uses_its_codes_and_beats_its_initial_error():
     assert history["final_recon_error"] < history["initial_recon_error"]
     again, _ = train_rqvae(points, 2, K, 0, options)
     np.testing.assert_array_equal(quantised.codes, again.codes)
+
+
+def test_rqvae_gradients_put_beta_on_the_commitment_only():
+    """d/d(codeword) of the codebook terms is 2 (e - sg[r]) with no beta; d/dz is 2 beta (r - sg[e])
+    summed over the levels: the commitment weight is the one the spec gives, not ignored."""
+    import jax.numpy as jnp
+
+    from models.rqvae import quantise
+
+    z = jax.random.normal(jax.random.key(0), (6, 3))
+    books = jax.random.normal(jax.random.key(1), (2, 4, 3))
+    beta = 0.25
+    grad_books, grad_z = jax.grad(lambda b, z: jnp.mean(quantise(z, b, beta).codebook_loss), (0, 1))(books, z)
+    q = quantise(z, books, beta)
+    residuals, codes = np.asarray(q.residuals), np.asarray(q.codes)
+    expected_books, expected_z = np.zeros(books.shape), np.zeros(z.shape)
+    for level in range(2):
+        chosen = np.asarray(books)[level][codes[:, level]]
+        for row in range(6):
+            expected_books[level, codes[row, level]] += 2 * (chosen[row] - residuals[level, row]) / 6
+        expected_z += 2 * beta * (residuals[level] - chosen) / 6
+    np.testing.assert_allclose(np.asarray(grad_books), expected_books, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(grad_z), expected_z, rtol=1e-5, atol=1e-6)
 
 
 def test_rqvae_loss_matches_its_formula():
@@ -198,3 +230,16 @@ def test_options_refuse_bad_values():
         kmeans.KMeansOptions(lloyd="elkan")
     with pytest.raises(ValueError, match="n_init"):
         kmeans.KMeansOptions(n_init=0)
+
+
+def test_rqvae_trains_on_eight_devices_like_on_one():
+    """Batches split over a mesh: the same codes as one device after a few steps (planted data)."""
+    from models.rqvae import RQVAEOptions, train_rqvae
+
+    points, _ = planted([N // K] * K, spread=0.3)
+    options = RQVAEOptions(hidden=(16,), latent=4, steps=20, batch_size=64, reset_every=0)
+    single, _ = train_rqvae(points, 1, K, 0, options)
+    mesh = Mesh(np.asarray(jax.devices()[:8]), ("rows",))
+    sharded, _ = train_rqvae(points, 1, K, 0, options, mesh=mesh)
+    np.testing.assert_array_equal(single.codes, sharded.codes)
+    np.testing.assert_allclose(single.reconstruction, sharded.reconstruction, atol=1e-4)

@@ -119,6 +119,11 @@ def test_sources_from_files_align_by_item_id(tmp_path):
     (lambda p: np.save(p / "bad.npy", np.array([[0, 1], [np.nan, 0], [1, 1], [2, 2]])), "NaN or Inf.*item 20"),
     (lambda p: (p / "bad.npy").write_text("not numpy"), "cannot read"),
     (lambda p: np.savez(p / "bad.npy", item_ids=np.array([10, 20, 30]), vectors=np.zeros((3, 2))), "no vector for 1"),
+    (lambda p: (np.savez(p / "full.npz", item_ids=np.arange(4), vectors=np.zeros((4, 2))),
+                (p / "bad.npy").write_bytes((p / "full.npz").read_bytes()[:150])), "cannot read"),
+    (lambda p: np.savez(p / "bad.npy", item_ids=np.int64(3), vectors=np.zeros((1, 2))), "are not \\(n,\\)"),
+    (lambda p: np.savez(p / "bad.npy", item_ids=np.zeros(0), vectors=np.zeros((0, 2))), "are not \\(n,\\)"),
+    (lambda p: np.savez(p / "bad.npy", other=np.zeros(3)), "needs arrays item_ids and vectors"),
 ])
 def test_bad_vector_files_name_the_problem(tmp_path, make, message):
     make(tmp_path)
@@ -155,10 +160,16 @@ def test_checkpoint_source_reads_a_trials_item_table(tmp_path, small, use_lab_ca
     manager.close()
     vectors = item_vectors(small, f"checkpoint:{workdir}")
     assert vectors.parts[0]["step"] == 7
-    np.testing.assert_allclose(vectors.vectors, (table[1:] - table[1:].mean(0)) / np.sqrt(np.mean((table[1:] - table[1:].mean(0)) ** 2)),
-                               rtol=1e-5, atol=1e-6)
+    directions = table[1:] / np.linalg.norm(table[1:], axis=1, keepdims=True)  # the rows the model scores with
+    centred = directions - directions.mean(0)
+    np.testing.assert_allclose(vectors.vectors, centred / np.sqrt(np.mean(centred**2)), rtol=1e-5, atol=1e-6)
     with pytest.raises(DataError, match="cannot read"):
         item_vectors(small, f"checkpoint:{tmp_path / 'missing'}")
+    for entry in (workdir / "checkpoints" / "7" / "state").iterdir():  # damage the saved arrays
+        if entry.is_file():
+            entry.write_bytes(b"garbage")
+    with pytest.raises(DataError, match="cannot read the item table"):
+        item_vectors(small, f"checkpoint:{workdir}")
 
 
 # ---- codes and quality ---------------------------------------------------------------------------
@@ -183,20 +194,29 @@ def test_quality_metrics_match_hand_counts():
                                      [0, 0, 0, 0, 0, 1], [0, 1, 0, 0, 0, 0], [0, 0, 0, 1, 0, 0]]))
     # linked pairs (0,2), (1,4), (3,5): 2 of the 4 same-first-code pairs, 3 of all 15 pairs
     assert id_quality.cooccurrence_lift(first, linked) == pytest.approx((2 / 4) / (3 / 15))
-    labels = sp.csr_matrix(np.array([[1, 0], [0, 1], [1, 0], [0, 1], [0, 1], [1, 1]]))
+    labels = sp.csr_matrix(np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 1]]))
     sharing = [(i, j) for i in range(6) for j in range(i + 1, 6) if (labels[i].toarray() * labels[j].toarray()).sum()]
     same = [(i, j) for i in range(6) for j in range(i + 1, 6) if first[i] == first[j]]
     expected = (len(set(sharing) & set(same)) / len(same)) / (len(sharing) / 15)
     assert id_quality.label_lift(first, labels) == pytest.approx(expected)
 
 
-def test_sampled_label_lift_estimates_the_exact_one(monkeypatch):
+@pytest.mark.parametrize("sizes", [[150] * 20, [2000] + [10] * 100])
+def test_sampled_label_lift_estimates_the_exact_one(monkeypatch, sizes):
+    """Also with very unequal groups, where drawing an item and then a partner would be biased."""
     rng = np.random.default_rng(0)
-    first = rng.integers(0, 20, 3000)
-    labels = sp.csr_matrix(np.eye(10)[np.where(rng.random(3000) < 0.5, first % 10, rng.integers(0, 10, 3000))])
+    first = np.repeat(np.arange(len(sizes)), sizes)
+    labels = sp.csr_matrix(np.eye(12)[np.where(rng.random(len(first)) < 0.5, first % 12, rng.integers(0, 12, len(first)))])
     exact = id_quality.label_lift(first, labels)
     monkeypatch.setattr(id_quality, "EXACT_PAIRS_UP_TO", 100)
     assert id_quality.label_lift(first, labels) == pytest.approx(exact, rel=0.05)
+
+
+def test_a_label_on_most_items_is_ignored_by_the_lift():
+    first = np.array([0, 0, 1, 1])
+    genre = sp.csr_matrix(np.array([[1, 0], [1, 0], [0, 1], [0, 1]]))
+    everywhere = sp.hstack([genre, np.ones((4, 1))])  # a top-level category on every item
+    assert id_quality.label_lift(first, everywhere) == id_quality.label_lift(first, genre) == pytest.approx(3.0)
 
 
 @pytest.fixture(scope="module")
@@ -206,14 +226,19 @@ def built(small, lab_cache) -> SemanticIds:
         return build(small, SemanticIdConfig(codebook=8, source="cooccurrence", dim=8, n_init=2))
 
 
-def test_built_ids_are_unique_balanced_and_cached(built, small, use_lab_cache):
+def test_built_ids_are_unique_balanced_and_cached(built, small, use_lab_cache, monkeypatch):
     assert built.codes.shape == (small.sequences.num_items, 4) and built.codes.dtype == np.int32
     assert len(np.unique(built.codes, axis=0)) == len(built.codes)
     assert np.bincount(built.codes[:, 0]).max() <= -(-len(built.codes) // 8)
     assert (np.diff(built.item_ids.astype(np.int64)) > 0).all()
     assert built.quality["utilization"][0] == 1.0 and len(built.quality["entropy"]) == 3
+    from data import semantic_ids
+
+    quantise = semantic_ids._quantise
+    monkeypatch.setattr(semantic_ids, "_quantise", lambda *a: pytest.fail("the cache was not used"))
     again = build(small, SemanticIdConfig(codebook=8, source="cooccurrence", dim=8, n_init=2))
     np.testing.assert_array_equal(again.codes, built.codes)
+    monkeypatch.setattr(semantic_ids, "_quantise", quantise)
     rebuilt = build(small, SemanticIdConfig(codebook=8, source="cooccurrence", dim=8, n_init=2), use_cache=False)
     np.testing.assert_array_equal(rebuilt.codes, built.codes)
     assert rebuilt.input_hash == built.input_hash
@@ -236,6 +261,24 @@ def test_artefact_round_trip_and_damage(built, tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"junk")
     with pytest.raises(DataError, match="not a semantic-ID artefact"):
         load(tmp_path / "junk.npz")
+
+
+def test_a_damaged_cache_entry_is_rebuilt(small, use_lab_cache):
+    config = SemanticIdConfig(codebook=8, source="cooccurrence", dim=8, n_init=1, levels=1)
+    first = build(small, config)
+    entries = sorted((use_lab_cache / "semantic_ids").glob("*.npz"), key=lambda p: p.stat().st_mtime)
+    entries[-1].write_bytes(entries[-1].read_bytes()[:100])
+    np.testing.assert_array_equal(build(small, config).codes, first.codes)
+
+
+def test_quality_without_a_leave_one_out_split(tmp_path):
+    """Users with fewer than 3 events: no co-occurrence lift, the rest is measured."""
+    prepared = prepared_of(sequences_of([[1, 2], [3, 4, 5, 6, 7, 8]], 8))
+    np.save(tmp_path / "v.npy", np.arange(16, dtype=np.float32).reshape(8, 2) ** 1.5)
+    ids = build(prepared, SemanticIdConfig(codebook=2, levels=2, source=f"npy:{tmp_path / 'v.npy'}", n_init=1),
+                use_cache=False)
+    assert ids.quality["cooccurrence_lift"] is None and ids.quality["genre_lift"] is None
+    assert ids.quality["utilization"] == [1.0, 1.0]
 
 
 def test_codebook_larger_than_the_catalogue_is_refused(small):
@@ -268,7 +311,11 @@ def test_command_writes_the_artefact_and_prints_its_quality(tmp_path, lab_cache)
     for args, message in ((("--codebook", "100000"), "larger than the catalogue"),
                           (("--source", "npy:/nonexistent.npy"), "cannot read"),
                           (("--source", "metadata+graph"), "unknown part 'graph'"),
-                          (("--levels", "0"), "levels=0")):
+                          (("--levels", "0"), "levels=0"),
+                          (("--codebook", "8", "--dim", "8", "--source", "cooccurrence", "--out", "/proc/ids.npz"),
+                           "cannot write the artefact")):
+        if "--out" not in args:
+            args = (*args, "--out", str(tmp_path / "unused.npz"))
         bad = run_cli("--data", SYNTHETIC, *args, cache=lab_cache)
         assert bad.returncode == 2, (args, bad.stderr)
         assert bad.stderr.strip().splitlines()[-1].startswith("error:") and message in bad.stderr
