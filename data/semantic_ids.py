@@ -39,9 +39,9 @@ class SemanticIdConfig:
 
     Defaults for a catalogue of about 1.7k items (ML-100K): 3 levels x 64 codes. Level 1 splits the
     catalogue into groups of ~26 items (shared prefixes the generator can learn from); measured on
-    ML-100K, balanced residual k-means then leaves 9% of the items in a collision, in groups of at
-    most 4, so the collision code needs 4 values, and the code vocabulary is 3 x 64 + 4. (3 x 32
-    collides 22%, groups up to 12; 3 x 256, TIGER's choice for ~10^4-10^5 items, puts ~7 items
+    ML-100K, balanced residual k-means then leaves 6.4% of the items in a collision, in groups of
+    at most 5, so the collision code needs 5 values, and the code vocabulary is 3 x 64 + 5. (3 x 32
+    collides 23%, groups up to 11; 3 x 256, TIGER's choice for ~10^4-10^5 items, puts ~7 items
     under each first code.) Balanced residual k-means needs no training and uses every code; the
     content + collaborative source combines what the items are with how they are consumed.
     """
