@@ -24,7 +24,7 @@ import numpy as np
 from models import axes
 from models.fields import ConfigError, Section, build_section, check_value, coerce
 
-BUILTIN_MODULES = {"hstu": "models.hstu", "sasrec": "models.sasrec"}
+BUILTIN_MODULES = {"hstu": "models.hstu", "sasrec": "models.sasrec", "encdec": "models.encdec"}
 PLUGINS_ENV = "SCALING_LAB_FAMILIES"
 
 Batch = Mapping[str, Any]
@@ -104,6 +104,10 @@ class Model(abc.ABC):
     def step_counts(self, batch: Batch) -> dict[str, Any]:
         """Scalars the train step returns for FLOP and data accounting; "tokens" is required."""
 
+    def provenance(self) -> dict[str, Any]:
+        """What the model was built from besides its config (e.g. its semantic IDs), for result.json."""
+        return {}
+
 
 class Family(abc.ABC):
     """One model family; subclasses set `name` and `config_class` and are registered once."""
@@ -114,6 +118,11 @@ class Family(abc.ABC):
     @abc.abstractmethod
     def build(self, config: Any, train: Any, num_items: int) -> Model:
         """The model for `config` trained with `train` (scaling.config.TrainConfig) on num_items items."""
+
+    def build_for(self, config: Any, train: Any, num_items: int, prepared: Any = None, log: Any = None) -> Model:
+        """The model for a trial on prepared data (data.dataset.PreparedData), when it needs more of
+        the catalogue than its size (semantic IDs); by default `build`."""
+        return self.build(config, train, num_items)
 
     @abc.abstractmethod
     def train_fields(self, config: Any) -> Mapping[str, BatchField]:

@@ -107,7 +107,7 @@ def run(config: TrialConfig, workdir: epath.Path) -> dict[str, Any]:
         f"{total_steps} steps")
 
     # ---- Compiled steps, restored or fresh state ---------------------------------------------
-    trainer = build_trainer(config, num_items, mesh, total_steps)
+    trainer = build_trainer(config, num_items, mesh, total_steps, prepared=prepared, log=log)
     init_key, step_key = jax.random.split(jax.random.key(train_cfg.seed))
     if jax.process_index() == 0:
         (workdir / "param_axes.json").write_text(json.dumps(logical_names(trainer.boxed_params), indent=1, sort_keys=True))
@@ -191,6 +191,7 @@ def run(config: TrialConfig, workdir: epath.Path) -> dict[str, Any]:
         "params_non_embedding": non_embedding,
         "params_active": counted["params_active"],
         **trainer.family.summary(config.model),
+        **trainer.functions.model.provenance(),
         "max_len": data_cfg.max_len,
         "packed": data_cfg.packed,
         "seed": train_cfg.seed,

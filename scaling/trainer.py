@@ -106,14 +106,16 @@ def check_batch_fits_mesh(config: TrialConfig, mesh: Mesh) -> None:
                               f"and {jax.process_count()} processes")
 
 
-def build_trainer(config: TrialConfig, num_items: int, mesh: Mesh, total_steps: int) -> Trainer:
-    """The jitted functions for `config` on `mesh`; `trainer.config` has train.grad_accum resolved."""
+def build_trainer(config: TrialConfig, num_items: int, mesh: Mesh, total_steps: int, prepared: Any = None,
+                  log: Callable[[str], None] | None = None) -> Trainer:
+    """The jitted functions for `config` on `mesh`; `trainer.config` has train.grad_accum resolved.
+    prepared: the trial's data, for families that build from more than the catalogue size."""
     train = dataclasses.replace(config.train, grad_accum=auto_grad_accum(config, mesh))
     config = dataclasses.replace(config, train=train)
     check_batch_fits_mesh(config, mesh)
     family = families.of(config.model)
     family.check_data(config.model, config.train, num_items)
-    model = family.build(config.model, config.train, num_items)
+    model = family.build_for(config.model, config.train, num_items, prepared, log)
     optimizer = make_optimizer(config.train, total_steps)
     functions = StepFunctions(model, optimizer, config.train)
     example = family.example_batch(config.model, 1, config.data.row_len)

@@ -1,0 +1,464 @@
+"""The encoder-decoder family over semantic IDs (TIGER; ../shared/specs/generative_retrieval.md
+sections 3-4): items are generated as their L + 1 codes (L residual levels + the collision code).
+
+Vocabulary (one tied table, D wide): 0 PAD, 1 BOS, then (L + 1) ranges of K codes (level j owns
+[2 + j K, 2 + (j + 1) K); the collision code has K values too, as in TIGER), then U hashed user
+tokens. Every level, the collision level included, owns K = ids_codebook tokens, so sizes and
+FLOPs follow from the config alone; IDs whose largest collision group exceeds K are refused.
+
+Training examples: every (history, next item) of a training row (model.targets_per_row = 0, the
+TIGER protocol of all prefixes) or that many positions drawn per row per step. Example (row r,
+position t): the encoder reads [user token, codes of items[t - H + 1 .. t]] (H = history_items
+items of the same segment, older slots padded), bidirectionally; the decoder reads [BOS, c_1 ..
+c_L] and predicts c_1 .. c_{L+1} (causal self-attention, cross-attention to the encoder output).
+Loss: cross-entropy of each code over its level's K tokens, summed over positions.
+
+Evaluation (the exact scorer): log p(full ID of item i | user) = sum over positions of the code
+log-probabilities, teacher-forced, for every item of the catalogue, in chunks of score_chunk
+items under jit; the target's rank counts the items scoring strictly higher, history excluded as
+HSTU excludes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, ClassVar, Literal, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from data import pipeline
+from models import axes, family
+from models.encdec_layers import DecoderBlock, EncoderBlock, Norm, relative_buckets
+from models.family import TRAIN_MULTIPLIER, BatchField, FamilyConfig
+from models.fields import ConfigError, fraction, non_negative, positive
+from models.layers import logical_param, truncated_normal
+
+PAD, BOS, SPECIALS = 0, 1, 2
+_TOKENS = (axes.BATCH, axes.LENGTH)
+TRAIN_FIELDS = {name: BatchField(np.int32, _TOKENS) for name in ("items", "targets", "segment_ids", "positions",
+                                                                 "user_tokens")}
+EVAL_FIELDS = {**{k: v for k, v in TRAIN_FIELDS.items() if k != "targets"},
+               **{name: BatchField(dtype, (axes.BATCH,)) for name, dtype in pipeline.ROW_FIELDS.items()
+                  if name not in pipeline.BOOKKEEPING}}
+
+
+@dataclasses.dataclass(frozen=True)
+class EncDecConfig(FamilyConfig):
+    """d_model = D; heads x head_dim (0: D / heads) = A; d_ff = F; encoder_blocks, decoder_blocks;
+    norm: pre-norm kind; positions: T5 relative buckets (relative_buckets, relative_max_distance) or
+    learned tables; history_items = H; targets_per_row: examples per training row (0 = every
+    position); user_buckets = U hashed user tokens; score_chunk: items per chunk of the exact
+    scorer. ids: a semantic-ID artefact (python -m data semantic-ids); empty = built from the
+    ids_* fields (cached), so the tokenizer is a sweep axis like d_model."""
+
+    family: Literal["encdec"] = "encdec"
+    d_model: int = positive(64)
+    heads: int = positive(4)
+    head_dim: int = non_negative(0, ">= 0 (0 = d_model / heads)")
+    encoder_blocks: int = positive(2)
+    decoder_blocks: int = positive(2)
+    d_ff: int = positive(256)
+    activation: Literal["relu", "gelu"] = "relu"
+    dropout: float = fraction(0.1)
+    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    positions: Literal["relative", "learned"] = "relative"
+    relative_buckets: int = positive(32)
+    relative_max_distance: int = positive(128)
+    history_items: int = positive(20)
+    targets_per_row: int = non_negative(0, ">= 0 (0 = every position)")
+    user_buckets: int = positive(2000)
+    score_chunk: int = positive(256)
+    ids: str = ""
+    ids_method: Literal["rqkmeans", "rqkmeans-balanced", "rqvae"] = "rqkmeans-balanced"
+    ids_levels: int = positive(3)
+    ids_codebook: int = positive(64)
+    ids_source: str = "metadata+cooccurrence"
+    ids_seed: int = non_negative(0)
+
+    @property
+    def attention_head_dim(self) -> int:
+        return self.head_dim or self.d_model // self.heads
+
+    @property
+    def width(self) -> int:
+        return self.heads * self.attention_head_dim
+
+    @property
+    def id_length(self) -> int:
+        return self.ids_levels + 1
+
+    @property
+    def encoder_length(self) -> int:
+        return 1 + self.history_items * self.id_length
+
+    @property
+    def vocab_size(self) -> int:
+        return SPECIALS + self.id_length * self.ids_codebook + self.user_buckets
+
+    def check(self) -> None:
+        if not self.head_dim and self.d_model % self.heads:
+            raise ConfigError(f"model.d_model={self.d_model} is not divisible by model.heads={self.heads} "
+                              f"(or set model.head_dim)")
+        if self.ids_codebook < 2:
+            raise ConfigError(f"model.ids_codebook={self.ids_codebook} must be at least 2")
+        if self.relative_buckets < 4 or self.relative_max_distance <= self.relative_buckets // 4:
+            raise ConfigError("model.relative_buckets must be >= 4 and relative_max_distance > relative_buckets / 4")
+
+
+class EncDecNetwork(nn.Module):
+    """Token table, encoder stack, decoder stack. Inputs are vocabulary ids."""
+
+    config: EncDecConfig
+
+    def setup(self) -> None:
+        cfg = self.config
+        self.table = logical_param(self, "token_embedding", truncated_normal(1.0), (cfg.vocab_size, cfg.d_model),
+                                   (axes.VOCAB, axes.EMBED))
+        if cfg.positions == "learned":
+            self.encoder_positions = logical_param(self, "encoder_position_embedding", truncated_normal(0.02),
+                                                   (cfg.encoder_length, cfg.d_model), (axes.POSITIONS, axes.EMBED))
+            self.decoder_positions = logical_param(self, "decoder_position_embedding", truncated_normal(0.02),
+                                                   (cfg.id_length, cfg.d_model), (axes.POSITIONS, axes.EMBED))
+        else:
+            self.encoder_bias = logical_param(self, "encoder_relative_bias", nn.initializers.normal(0.1),
+                                              (cfg.relative_buckets, cfg.heads), (axes.RELATIVE, None))
+            self.decoder_bias = logical_param(self, "decoder_relative_bias", nn.initializers.normal(0.1),
+                                              (cfg.relative_buckets, cfg.heads), (axes.RELATIVE, None))
+        self.encoder_blocks = [EncoderBlock(cfg, name=f"encoder_{i}") for i in range(cfg.encoder_blocks)]
+        self.decoder_blocks = [DecoderBlock(cfg, name=f"decoder_{i}") for i in range(cfg.decoder_blocks)]
+        self.encoder_norm = Norm(cfg.norm, name="encoder_norm")
+        self.decoder_norm = Norm(cfg.norm, name="decoder_norm")
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def _bias(self, table: jax.Array, length: int, bidirectional: bool) -> jax.Array:
+        cfg = self.config
+        buckets = relative_buckets(length, length, bidirectional, cfg.relative_buckets, cfg.relative_max_distance)
+        return jnp.transpose(table[buckets], (2, 0, 1))  # (H, length, length)
+
+    def encode(self, tokens: jax.Array, deterministic: bool) -> jax.Array:
+        """(B, S) ids -> (B, S, D) memory (padding rows are masked by callers)."""
+        cfg = self.config
+        dtype = jnp.dtype(cfg.compute_dtype)
+        x = jnp.take(self.table, tokens, axis=0)
+        bias = None
+        if cfg.positions == "learned":
+            x = x + self.encoder_positions[None, : tokens.shape[1]]
+        else:
+            bias = self._bias(self.encoder_bias, tokens.shape[1], bidirectional=True)
+        real = tokens != PAD
+        mask = (real[:, None, :] & real[:, :, None])[:, None]  # (B, 1, S, S)
+        x = self.dropout(x.astype(dtype), deterministic=deterministic)
+        for block in self.encoder_blocks:
+            x = block(x, mask, bias, deterministic)
+        return self.dropout(self.encoder_norm(x), deterministic=deterministic)
+
+    def decode(self, tokens: jax.Array, memory: jax.Array, memory_real: jax.Array, deterministic: bool) -> jax.Array:
+        """(B, C, T) decoder ids against (B, S, D) memory -> (B, C, T, D) outputs."""
+        cfg = self.config
+        length = tokens.shape[-1]
+        x = jnp.take(self.table, tokens, axis=0)
+        bias = None
+        if cfg.positions == "learned":
+            x = x + self.decoder_positions[:length]
+        else:
+            bias = self._bias(self.decoder_bias, length, bidirectional=False)
+        causal = jnp.tril(jnp.ones((length, length), bool))
+        cross_mask = memory_real[:, None, None, None, :]  # (B, 1, 1, 1, S)
+        x = self.dropout(x.astype(memory.dtype), deterministic=deterministic)
+        for block in self.decoder_blocks:
+            x = block(x, memory, causal, cross_mask, bias, deterministic)
+        return self.dropout(self.decoder_norm(x), deterministic=deterministic)
+
+    def level_logits(self, outputs: jax.Array) -> jax.Array:
+        """(..., T, D) decoder outputs -> (..., T, K) logits, position j over level j's K tokens
+        (tied with the token table, scaled by D^-1/2 as T5 does)."""
+        cfg = self.config
+        k = cfg.ids_codebook
+        levels = self.table[SPECIALS : SPECIALS + cfg.id_length * k].reshape(cfg.id_length, k, cfg.d_model)
+        return jnp.einsum("...td,tkd->...tk", outputs.astype(jnp.float32), levels) / math.sqrt(cfg.d_model)
+
+    def __call__(self, encoder_tokens: jax.Array, decoder_tokens: jax.Array, deterministic: bool = True) -> jax.Array:
+        memory = self.encode(encoder_tokens, deterministic)
+        outputs = self.decode(decoder_tokens[:, None], memory, encoder_tokens != PAD, deterministic)[:, 0]
+        return self.level_logits(outputs)
+
+
+def user_tokens(users: np.ndarray, config: EncDecConfig) -> np.ndarray:
+    """The hashed user token of dense user indices (-1 = padding -> PAD)."""
+    hashed = (users.astype(np.uint64) * np.uint64(2654435761)) % np.uint64(2**32) % np.uint64(config.user_buckets)
+    first = SPECIALS + config.id_length * config.ids_codebook
+    return np.where(users >= 0, first + hashed.astype(np.int64), PAD).astype(np.int32)
+
+
+def history_windows(items: jax.Array, segment_ids: jax.Array, positions: jax.Array, history: int) -> jax.Array:
+    """(B, P, history) items ending at each chosen position (B, P) of its row, from the same
+    segment, oldest first; 0 where the segment has no such item."""
+    offsets = positions[..., None] - (history - 1) + jnp.arange(history)
+    inside = offsets >= 0
+    index = jnp.clip(offsets, 0, items.shape[1] - 1)
+    picked = jnp.take_along_axis(items[:, None, :], index, axis=2)
+    same = jnp.take_along_axis(segment_ids[:, None, :], index, axis=2) == jnp.take_along_axis(
+        segment_ids, positions, axis=1)[..., None]
+    return jnp.where(inside & same & (picked > 0), picked, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class EncDecModel(family.Model):
+    network: EncDecNetwork
+    config: EncDecConfig
+    num_items: int
+    codes: np.ndarray  # (num_items + 1, L + 1) vocabulary ids; row 0 = PAD
+    ids_record: dict
+
+    def _code_table(self) -> jax.Array:
+        return jnp.asarray(self.codes)
+
+    def encoder_tokens(self, history: jax.Array, user: jax.Array) -> jax.Array:
+        """[user token, codes of the history items] per example: (..., 1 + H (L + 1))."""
+        codes = jnp.take(self._code_table(), history, axis=0)  # (..., H, L + 1)
+        return jnp.concatenate([user[..., None], codes.reshape(*history.shape[:-1], -1)], axis=-1)
+
+    def decoder_inputs(self, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """([BOS, c_1 .. c_L] ids, (..., L + 1) per-level code indices) of target items."""
+        ids = jnp.take(self._code_table(), targets, axis=0)
+        inputs = jnp.concatenate([jnp.full((*ids.shape[:-1], 1), BOS, ids.dtype), ids[..., :-1]], axis=-1)
+        local = ids - SPECIALS - jnp.arange(self.config.id_length) * self.config.ids_codebook
+        return inputs, jnp.clip(local, 0, self.config.ids_codebook - 1)  # padding items (PAD ids) -> 0
+
+    def init(self, rng: jax.Array, batch: Mapping[str, jax.Array]) -> Any:
+        cfg = self.config
+        enc = jnp.zeros((1, cfg.encoder_length), jnp.int32)
+        dec = jnp.zeros((1, cfg.id_length), jnp.int32)
+        return self.network.init({"params": rng}, enc, dec)["params"]
+
+    def _examples(self, batch: Mapping[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(B, P) positions of the step's examples and their weights (1 where a target exists)."""
+        has_target = batch["targets"] > 0
+        per_row = self.config.targets_per_row
+        if not per_row or per_row >= has_target.shape[1]:
+            positions = jnp.broadcast_to(jnp.arange(has_target.shape[1]), has_target.shape)
+            return positions, has_target.astype(jnp.float32)
+        noise = jax.random.uniform(rng, has_target.shape)
+        _, positions = jax.lax.top_k(jnp.where(has_target, noise, -1.0), per_row)
+        return positions, jnp.take_along_axis(has_target, positions, axis=1).astype(jnp.float32)
+
+    def loss_sums(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, jax.Array, dict]:
+        cfg = self.config
+        pick_rng, dropout_rng = jax.random.split(rng)
+        positions, weight = self._examples(batch, pick_rng)
+        history = history_windows(batch["items"], batch["segment_ids"], positions, cfg.history_items)
+        user = jnp.take_along_axis(batch["user_tokens"], positions, axis=1)
+        target = jnp.take_along_axis(batch["targets"], positions, axis=1)
+        rows = positions.shape[0] * positions.shape[1]
+        encoder_tokens = self.encoder_tokens(history, user).reshape(rows, -1)
+        decoder_tokens, local = self.decoder_inputs(target.reshape(rows))
+        logits = self.network.apply({"params": params}, encoder_tokens, decoder_tokens, deterministic=False,
+                                    rngs={"dropout": dropout_rng})
+        log_probs = jax.nn.log_softmax(logits, axis=-1)
+        nll = -jnp.take_along_axis(log_probs, local[..., None], axis=-1)[..., 0]  # (rows, L + 1)
+        weight = weight.reshape(rows)
+        loss_sum = jnp.sum(jnp.where(weight[:, None] > 0, nll, 0.0) * weight[:, None])
+        return loss_sum, jnp.sum(weight) * cfg.id_length, {"losses": {}, "metrics": {}}
+
+    def item_log_likelihoods(self, params: Any, memory: jax.Array, memory_real: jax.Array) -> jax.Array:
+        """(B, num_items) teacher-forced log p(full ID of item i) for every user row, items 1..n,
+        chunk by chunk (score_chunk items at a time)."""
+        cfg = self.config
+        chunk = min(cfg.score_chunk, self.num_items)
+        chunks = -(-self.num_items // chunk)
+        items = jnp.arange(1, chunks * chunk + 1).reshape(chunks, chunk)
+        items = jnp.where(items <= self.num_items, items, 0)
+
+        def score(chunk_items: jax.Array) -> jax.Array:
+            inputs, local = self.decoder_inputs(chunk_items)  # (C, T), (C, T)
+            tokens = jnp.broadcast_to(inputs, (memory.shape[0], *inputs.shape))
+            outputs = self.network.apply({"params": params}, tokens, memory, memory_real, True,
+                                         method=EncDecNetwork.decode)
+            log_probs = jax.nn.log_softmax(self.network.apply({"params": params}, outputs,
+                                                              method=EncDecNetwork.level_logits), axis=-1)
+            picked = jnp.take_along_axis(log_probs, jnp.broadcast_to(local, log_probs.shape[:-1])[..., None], axis=-1)
+            return jnp.sum(picked[..., 0], axis=-1)  # (B, C)
+
+        scores = jax.lax.map(score, items)  # (chunks, B, C)
+        return jnp.moveaxis(scores, 0, 1).reshape(memory.shape[0], -1)[:, : self.num_items]
+
+    def evaluate(self, params: Any, batch: Mapping[str, jax.Array]) -> dict:
+        cfg = self.config
+        position = batch["eval_position"][:, None]
+        history = history_windows(batch["items"], batch["segment_ids"], position, cfg.history_items)[:, 0]
+        user = jnp.take_along_axis(batch["user_tokens"], position, axis=1)[:, 0]
+        encoder_tokens = self.encoder_tokens(history, user)
+        memory = self.network.apply({"params": params}, encoder_tokens, True, method=EncDecNetwork.encode)
+        scores = self.item_log_likelihoods(params, memory, encoder_tokens != PAD)  # (B, n): items 1..n
+        scores = jnp.concatenate([jnp.full((scores.shape[0], 1), -jnp.inf), scores], axis=1)
+        target = batch["eval_target"]
+        target_score = jnp.take_along_axis(scores, target[:, None], axis=1)[:, 0]
+        rows = jnp.arange(scores.shape[0])[:, None]
+        seen = jnp.where(batch["items"] == target[:, None], 0, batch["items"])
+        excluded = jnp.zeros(scores.shape, bool).at[rows, seen].set(True).at[:, 0].set(True)
+        higher = jnp.sum((scores > target_score[:, None]) & ~excluded, axis=1)
+        return {"rank": 1 + higher, "loss": -target_score / cfg.id_length, "valid": batch["eval_valid"]}
+
+    def step_counts(self, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        """Examples, and the real encoder tokens and (query, key) pairs they hold: exact when every
+        position is an example, expected values over the draw when targets_per_row positions are."""
+        cfg = self.config
+        has_target = (batch["targets"] > 0).astype(jnp.float32)
+        weight = has_target
+        if cfg.targets_per_row and cfg.targets_per_row < has_target.shape[1]:
+            per_row = jnp.sum(has_target, axis=1, keepdims=True)
+            weight = has_target * jnp.minimum(per_row, cfg.targets_per_row) / jnp.maximum(per_row, 1.0)
+        encoder_length = 1.0 + cfg.id_length * jnp.minimum(batch["positions"] + 1, cfg.history_items)
+        examples = jnp.sum(weight)
+        encoder_tokens = jnp.sum(weight * encoder_length)
+        return {"tokens": encoder_tokens + examples * cfg.id_length, "examples": examples,
+                "encoder_tokens": encoder_tokens, "encoder_pairs": jnp.sum(weight * encoder_length**2)}
+
+    def provenance(self) -> dict:
+        return {"semantic_ids": self.ids_record}
+
+
+def synthetic_codes(num_items: int, levels: int, codebook: int) -> np.ndarray:
+    """(num_items, levels + 1) distinct codes without data (benchmarks, random-id mode): the
+    mixed-radix digits of the dense index, the overflow as the collision code."""
+    index = np.arange(num_items)
+    digits = [(index // codebook**j) % codebook for j in reversed(range(levels))]
+    return np.stack([*digits, index // codebook**levels], axis=1).astype(np.int32)
+
+
+def vocabulary_codes(codes: np.ndarray, config: EncDecConfig) -> np.ndarray:
+    """(num_items + 1, L + 1) vocabulary ids of per-level codes (row 0: PAD, for padding items)."""
+    if codes.shape[1] != config.id_length:
+        raise ConfigError(f"the semantic IDs have {codes.shape[1] - 1} levels, model.ids_levels={config.ids_levels}")
+    if codes.max() >= config.ids_codebook:
+        raise ConfigError(f"the semantic IDs use codes up to {int(codes.max())} (largest collision group "
+                          f"{int(codes[:, -1].max()) + 1}); every level holds model.ids_codebook={config.ids_codebook}: "
+                          f"raise ids_codebook or ids_levels")
+    ids = SPECIALS + codes + np.arange(config.id_length) * config.ids_codebook
+    return np.concatenate([np.full((1, config.id_length), PAD), ids]).astype(np.int32)
+
+
+def semantic_ids_for(config: EncDecConfig, prepared: Any, log: Callable[[str], None] | None) -> tuple[np.ndarray, dict]:
+    """(codes in dense-item order, provenance) from the artefact `ids` or built from the ids_* fields."""
+    from data import semantic_ids
+    from data.errors import DataError
+
+    try:
+        if config.ids:
+            ids = semantic_ids.load(config.ids)
+            for key, mine in (("levels", config.ids_levels), ("codebook", config.ids_codebook)):
+                if ids.config.get(key) != mine:
+                    raise ConfigError(f"model.ids={config.ids!r} has {key}={ids.config.get(key)}, "
+                                      f"model.ids_{key}={mine}")
+            expected = prepared.sequences.item_ids
+            if len(ids.item_ids) != len(expected) or np.any(ids.item_ids.astype(str) != expected.astype(str)):
+                raise ConfigError(f"model.ids={config.ids!r} holds IDs of another catalogue "
+                                  f"({len(ids.item_ids)} items, the data has {len(expected)})")
+        else:
+            ids = semantic_ids.build(prepared, semantic_ids.SemanticIdConfig(
+                method=config.ids_method, levels=config.ids_levels, codebook=config.ids_codebook,
+                source=config.ids_source, seed=config.ids_seed), log=log)
+    except DataError as error:
+        raise ConfigError(f"semantic IDs: {error}") from None
+    record = {"path": config.ids or None, **{k: ids.config[k] for k in ("method", "levels", "codebook", "source", "seed")},
+              "input_hash": ids.input_hash, "collision_rate": ids.quality.get("collision_rate"),
+              "largest_collision_group": ids.quality.get("largest_collision_group")}
+    return ids.codes, record
+
+
+class EncDec(family.Family):
+    name = "encdec"
+    config_class = EncDecConfig
+
+    def build(self, config: EncDecConfig, train: Any, num_items: int) -> EncDecModel:
+        """Without data: synthetic distinct IDs (benchmarks and shape-only uses)."""
+        codes = synthetic_codes(num_items, config.ids_levels, config.ids_codebook)
+        return EncDecModel(EncDecNetwork(config), config, num_items, vocabulary_codes(codes, config),
+                           {"method": "synthetic", "levels": config.ids_levels, "codebook": config.ids_codebook})
+
+    def build_for(self, config: EncDecConfig, train: Any, num_items: int, prepared: Any = None,
+                  log: Callable[[str], None] | None = None) -> EncDecModel:
+        if prepared is None:
+            return self.build(config, train, num_items)
+        codes, record = semantic_ids_for(config, prepared, log)
+        return EncDecModel(EncDecNetwork(config), config, num_items, vocabulary_codes(codes, config), record)
+
+    def train_fields(self, config: EncDecConfig) -> Mapping[str, BatchField]:
+        return TRAIN_FIELDS
+
+    def eval_fields(self, config: EncDecConfig) -> Mapping[str, BatchField]:
+        return EVAL_FIELDS
+
+    def device_batch(self, config: EncDecConfig, batch: Mapping[str, np.ndarray],
+                     fields: Mapping[str, BatchField]) -> dict[str, np.ndarray]:
+        return super().device_batch(config, {**batch, "user_tokens": user_tokens(np.asarray(batch["users"]), config)},
+                                    fields)
+
+    def check_data(self, config: EncDecConfig, train: Any, num_items: int) -> None:
+        if config.ids_codebook > num_items:
+            raise ConfigError(f"model.ids_codebook={config.ids_codebook} is larger than the catalogue ({num_items} items)")
+
+    # ---- accounting -----------------------------------------------------------------------------
+    def _per_token(self, config: EncDecConfig) -> dict[str, float]:
+        d, a, f = config.d_model, config.width, config.d_ff
+        return {"encoder": 8.0 * d * a + 4.0 * d * f,  # q, k, v, o; feed-forward in and out
+                "decoder": 12.0 * d * a + 4.0 * d * f,  # self q, k, v, o; cross q, o; feed-forward
+                "cross_kv": 4.0 * d * a,  # cross-attention keys and values, per encoder token
+                "pair": 4.0 * a,  # QK^T and AV of one (query, key) pair, all heads
+                "logits": 2.0 * d * config.ids_codebook}
+
+    def model_flops(self, config: EncDecConfig, train: Any, counts: Mapping[str, float], num_items: int) -> float:
+        """Matmuls on real tokens: encoder (bidirectional pairs), decoder (causal self-attention as
+        T^2 / 2 per example, cross-attention to the real encoder tokens), level logits; x 3."""
+        c, t = self._per_token(config), config.id_length
+        examples, enc_tokens = counts["examples"], counts["encoder_tokens"]
+        forward = config.encoder_blocks * (c["encoder"] * enc_tokens + c["pair"] * counts["encoder_pairs"])
+        forward += config.decoder_blocks * (c["decoder"] * examples * t + c["cross_kv"] * enc_tokens
+                                            + c["pair"] * (examples * t * t / 2.0 + t * enc_tokens))
+        forward += c["logits"] * examples * t
+        return TRAIN_MULTIPLIER * float(forward)
+
+    def executed_flops(self, config: EncDecConfig, train: Any, rows: int, row_len: int, num_items: int) -> float:
+        """Every example slot of the compiled step (padding included), full attention squares."""
+        c, t, s = self._per_token(config), config.id_length, config.encoder_length
+        examples = float(rows * (config.targets_per_row if 0 < config.targets_per_row < row_len else row_len))
+        forward = config.encoder_blocks * examples * (c["encoder"] * s + c["pair"] * s * s)
+        forward += config.decoder_blocks * examples * (c["decoder"] * t + c["cross_kv"] * s + c["pair"] * (t * t + t * s))
+        forward += c["logits"] * examples * t
+        return TRAIN_MULTIPLIER * forward
+
+    def full_row_counts(self, config: EncDecConfig, rows: int, row_len: int) -> dict[str, float]:
+        examples = float(rows * (config.targets_per_row if 0 < config.targets_per_row < row_len else row_len - 1))
+        lengths = 1.0 + config.id_length * np.minimum(np.arange(1, row_len), config.history_items)
+        per_example_tokens = float(np.mean(lengths))
+        return {"tokens": examples * (per_example_tokens + config.id_length), "examples": examples,
+                "encoder_tokens": examples * per_example_tokens, "encoder_pairs": examples * float(np.mean(lengths**2))}
+
+    def param_counts(self, config: EncDecConfig, num_items: int) -> dict[str, int]:
+        d, a, f = config.d_model, config.width, config.d_ff
+        norm = d if config.norm == "rmsnorm" else 2 * d
+        encoder = config.encoder_blocks * (4 * d * a + 2 * d * f + 2 * norm)
+        decoder = config.decoder_blocks * (8 * d * a + 2 * d * f + 3 * norm)
+        positions = 2 * config.relative_buckets * config.heads if config.positions == "relative" else 0
+        non_embedding = encoder + decoder + 2 * norm + positions
+        tables = config.vocab_size * d + ((config.encoder_length + config.id_length) * d
+                                          if config.positions == "learned" else 0)
+        total = non_embedding + tables
+        return {"params": total, "params_non_embedding": non_embedding, "params_active": total}
+
+    def scores_bytes_per_row(self, config: EncDecConfig, row_len: int) -> float:
+        examples = config.targets_per_row if 0 < config.targets_per_row < row_len else row_len
+        return examples * config.heads * config.encoder_length**2 * 4.0
+
+    def summary(self, config: EncDecConfig) -> dict[str, Any]:
+        return {"d_model": config.d_model, "blocks": config.encoder_blocks + config.decoder_blocks,
+                "heads": config.heads, "encoder_blocks": config.encoder_blocks, "decoder_blocks": config.decoder_blocks,
+                "ids_levels": config.ids_levels, "ids_codebook": config.ids_codebook, "ids_method": config.ids_method,
+                "ids_source": config.ids_source}
+
+
+family.register(EncDec())
