@@ -68,18 +68,18 @@ class Norm(nn.Module):
 
 
 class FeedForward(nn.Module):
+    """x -> act(x W_in) W_out, no biases (T5). No dropout inside: the block drops its output."""
+
     d_ff: int
     activation: str
-    dropout: float
 
     @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+    def __call__(self, x: jax.Array) -> jax.Array:
         d = x.shape[-1]
         w_in = logical_param(self, "wi", _XAVIER, (d, self.d_ff), (axes.EMBED, axes.MLP))
         w_out = logical_param(self, "wo", _XAVIER, (self.d_ff, d), (axes.MLP, axes.EMBED))
         act = jax.nn.relu if self.activation == "relu" else functools.partial(jax.nn.gelu, approximate=False)
-        hidden = nn.Dropout(self.dropout)(act(x @ w_in.astype(x.dtype)), deterministic=deterministic)
-        return hidden @ w_out.astype(x.dtype)
+        return act(x @ w_in.astype(x.dtype)) @ w_out.astype(x.dtype)
 
 
 class Attention(nn.Module):
@@ -89,7 +89,6 @@ class Attention(nn.Module):
 
     heads: int
     head_dim: int
-    dropout: float
 
     @nn.compact
     def __call__(self, x: jax.Array, keys_from: jax.Array | None, mask: jax.Array, bias: jax.Array | None,
@@ -111,8 +110,9 @@ class Attention(nn.Module):
         if bias is not None:
             scores = scores + bias
         scores = jnp.where(mask, scores, _NEG_INF)
+        # No dropout on the attention weights: on a CPU drawing a mask per (query, key) pair costs
+        # more than the whole attention (the residual branches and embeddings keep theirs).
         weights = jnp.where(mask, jax.nn.softmax(scores, axis=-1), 0.0).astype(dtype)
-        weights = nn.Dropout(self.dropout)(weights, deterministic=deterministic)
         if keys_from is not None and x.ndim == 4:
             attended = jnp.einsum("bchts,bhse->bchte", weights, v)
         else:
@@ -127,10 +127,10 @@ class EncoderBlock(nn.Module):
     def __call__(self, x: jax.Array, mask: jax.Array, bias: jax.Array | None, deterministic: bool) -> jax.Array:
         cfg = self.config
         drop = nn.Dropout(cfg.dropout)
-        attended = Attention(cfg.heads, cfg.attention_head_dim, cfg.dropout, name="self_attention")(
+        attended = Attention(cfg.heads, cfg.attention_head_dim, name="self_attention")(
             Norm(cfg.norm, name="norm_attention")(x), None, mask, bias, deterministic)
         x = x + drop(attended, deterministic=deterministic)
-        ffn = FeedForward(cfg.d_ff, cfg.activation, cfg.dropout, name="ffn")(Norm(cfg.norm, name="norm_ffn")(x), deterministic)
+        ffn = FeedForward(cfg.d_ff, cfg.activation, name="ffn")(Norm(cfg.norm, name="norm_ffn")(x))
         return nn.with_logical_constraint(x + drop(ffn, deterministic=deterministic), (axes.BATCH, axes.LENGTH, axes.EMBED))
 
 
@@ -142,11 +142,11 @@ class DecoderBlock(nn.Module):
                  bias: jax.Array | None, deterministic: bool) -> jax.Array:
         cfg = self.config
         drop = nn.Dropout(cfg.dropout)
-        attended = Attention(cfg.heads, cfg.attention_head_dim, cfg.dropout, name="self_attention")(
+        attended = Attention(cfg.heads, cfg.attention_head_dim, name="self_attention")(
             Norm(cfg.norm, name="norm_self")(x), None, self_mask, bias, deterministic)
         x = x + drop(attended, deterministic=deterministic)
-        crossed = Attention(cfg.heads, cfg.attention_head_dim, cfg.dropout, name="cross_attention")(
+        crossed = Attention(cfg.heads, cfg.attention_head_dim, name="cross_attention")(
             Norm(cfg.norm, name="norm_cross")(x), memory, cross_mask, None, deterministic)
         x = x + drop(crossed, deterministic=deterministic)
-        ffn = FeedForward(cfg.d_ff, cfg.activation, cfg.dropout, name="ffn")(Norm(cfg.norm, name="norm_ffn")(x), deterministic)
+        ffn = FeedForward(cfg.d_ff, cfg.activation, name="ffn")(Norm(cfg.norm, name="norm_ffn")(x))
         return x + drop(ffn, deterministic=deterministic)

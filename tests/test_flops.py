@@ -101,3 +101,22 @@ def test_non_embedding_params_count_every_parameter_outside_the_tables(family):
     tables = params.pop("item_embedding").value.size + params.pop("position_embedding").value.size
     assert tables == 31 * 16 + 16 * 16
     assert sum(leaf.size for leaf in jax.tree.leaves(params)) == flops.non_embedding_params(model)
+
+
+@pytest.mark.parametrize("targets_per_row, positions", [(0, "relative"), (3, "learned")])
+def test_encdec_executed_flops_equal_dot_flops_of_the_compiled_step(targets_per_row, positions):
+    """Encoder, decoder self- and cross-attention, the cross keys/values and the level logits."""
+    rows, row_len = 4, 8
+    config = TrialConfig(
+        data=DataConfig(max_len=row_len - 1),
+        model=ModelConfig(family="encdec", d_model=32, heads=2, d_ff=64, history_items=4, ids_codebook=8,
+                          user_buckets=16, targets_per_row=targets_per_row, positions=positions),
+        train=TrainConfig(batch_size=rows, steps=1, eval_batch_size=rows, grad_accum=1),
+    )
+    trainer = build_trainer(config, 100, make_mesh("data=1", jax.devices()[:1]), total_steps=1)
+    example = families.of(config.model).example_batch(config.model, rows, row_len)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in example.items()}
+    with trainer.context():
+        lowered = trainer.train_step.lower(trainer.abstract_state, batch, jax.random.key(0))
+    executed = flops.executed_flops(config.model, rows, row_len, "sampled_softmax", 128, 100)
+    assert xla_cost.dot_flops(lowered.as_text()) == pytest.approx(executed, rel=0.02)

@@ -25,10 +25,15 @@ NUM_ITEMS = 63  # vocab 64: divisible by every mesh axis used here
 
 
 def _config(family: str) -> TrialConfig:
+    if family == "encdec":  # vocabulary 2 + 4 x 8 codes + 14 users = 48 rows; 3 drawn examples per row
+        model = ModelConfig(family="encdec", d_model=16, heads=2, d_ff=32, encoder_blocks=1, decoder_blocks=1,
+                            dropout=0.1, history_items=4, ids_codebook=8, user_buckets=14, targets_per_row=3)
+    else:
+        model = ModelConfig(family=family, d_model=16, blocks=2, heads=2, dqk=8, dv=8, max_positions=16,
+                            dropout=0.1, input_dropout=0.1, ffn_dim=32)
     return TrialConfig(
         data=DataConfig(max_len=11),
-        model=ModelConfig(family=family, d_model=16, blocks=2, heads=2, dqk=8, dv=8, max_positions=16,
-                          dropout=0.1, input_dropout=0.1, ffn_dim=32),
+        model=model,
         train=TrainConfig(batch_size=8, steps=4, negatives=8, eval_batch_size=8),
     )
 
@@ -60,7 +65,7 @@ def one_step(family: str, spec: str, batch: dict):
         return params, jax.device_get(grads), float(loss_sum / count), trainer, state
 
 
-@pytest.mark.parametrize("family", ["hstu", "sasrec"])
+@pytest.mark.parametrize("family", ["hstu", "sasrec", "encdec"])
 def test_loss_and_gradients_equal_single_device(family: str, host_batches) -> None:
     ref_params, ref_grads, ref_loss, _, _ = one_step(family, "data=1", host_batches[0])
     for spec in MESHES:
