@@ -191,7 +191,7 @@ def build(prepared: PreparedData, config: SemanticIdConfig, *, mesh: Any = None,
 def save(ids: SemanticIds, path: Path) -> None:
     """Write the artefact atomically (a partial file never stands under the final name)."""
     path = Path(path)
-    partial = path.with_name(path.name + ".partial.npz")
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial.npz")  # processes may build the same IDs at once
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _write(ids, partial)

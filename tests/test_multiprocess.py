@@ -21,9 +21,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def command(workdir: Path, *extra: str) -> list[str]:
+FAMILY_FLAGS = {
+    "hstu": (),
+    # the encoder-decoder: semantic IDs built in each process (the same cached artefact), exact scorer
+    "encdec": ("--model", "encdec", "--set", "model.heads=2", "--set", "model.d_ff=32", "--set", "model.encoder_blocks=1",
+               "--set", "model.decoder_blocks=1", "--set", "model.ids_codebook=32", "--set", "model.history_items=5",
+               "--set", "model.targets_per_row=4", "--set", "model.ids_source=cooccurrence"),
+}
+
+
+def command(workdir: Path, *extra: str, family: str = "hstu") -> list[str]:
     return [sys.executable, "-m", "scaling.train", "--preset", "tiny", "--steps", "6", "--workdir", str(workdir),
-            "--set", "train.log_every=3", *extra]
+            "--set", "train.log_every=3", *FAMILY_FLAGS[family], *extra]
 
 
 def environment(devices: int, cache: Path) -> dict:
@@ -33,14 +42,15 @@ def environment(devices: int, cache: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_two_processes_match_one(tmp_path: Path, lab_cache: Path, ml100k) -> None:
-    single = subprocess.run(command(tmp_path / "one"), cwd=REPO_ROOT, env=environment(4, lab_cache),
+@pytest.mark.parametrize("family", ["hstu", "encdec"])
+def test_two_processes_match_one(tmp_path: Path, lab_cache: Path, ml100k, family: str) -> None:
+    single = subprocess.run(command(tmp_path / "one", family=family), cwd=REPO_ROOT, env=environment(4, lab_cache),
                             capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-2000:]
     port = free_port()
     workers = [
         subprocess.Popen(command(tmp_path / "two", "--coordinator", f"localhost:{port}", "--num-processes", "2",
-                                 "--process-id", str(index)),
+                                 "--process-id", str(index), family=family),
                          cwd=REPO_ROOT, env=environment(2, lab_cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
         for index in range(2)
