@@ -6,6 +6,9 @@ Vocabulary (one tied table, D wide): 0 PAD, 1 BOS, then (L + 1) ranges of K code
 tokens. Every level, the collision level included, owns K = ids_codebook tokens, so sizes and
 FLOPs follow from the config alone; IDs whose largest collision group exceeds K are refused.
 
+Dropout (model.dropout) acts on the embeddings and every residual branch, not on attention
+weights: on a CPU a mask per (query, key) pair costs more than the attention itself.
+
 Training examples: every (history, next item) of a training row (model.targets_per_row = 0, the
 TIGER protocol of all prefixes) or that many positions drawn per row per step. Example (row r,
 position t): the encoder reads [user token, codes of items[t - H + 1 .. t]] (H = history_items
@@ -206,7 +209,7 @@ def history_windows(items: jax.Array, segment_ids: jax.Array, positions: jax.Arr
     return jnp.where(inside & same & (picked > 0), picked, 0)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class EncDecModel(family.Model):
     network: EncDecNetwork
     config: EncDecConfig
