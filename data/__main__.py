@@ -104,12 +104,11 @@ def _run_semantic_ids(args: argparse.Namespace) -> dict:
         method=args.method, levels=args.levels, codebook=args.codebook, source=args.source, seed=args.seed,
         dim=args.dim, window=args.window, n_init=args.n_init, lloyd=args.lloyd, balanced_iters=args.balanced_iters,
         rqvae_steps=args.rqvae_steps)
-    args.dataset = args.data
     prepared = _prepare(args)
     ids = semantic_ids.build(prepared, config, mesh=_row_mesh(), use_cache=not args.no_cache, log=_log)
     semantic_ids.save(ids, Path(args.out))
     _log(f"wrote {args.out}: {len(ids.item_ids)} items x {ids.codes.shape[1]} codes")
-    return {"dataset": args.data, "out": args.out, **config.to_dict(), "input_hash": ids.input_hash,
+    return {"dataset": args.dataset, "out": args.out, **config.to_dict(), "input_hash": ids.input_hash,
             "items": int(len(ids.item_ids)), **ids.quality}
 
 
@@ -145,13 +144,17 @@ def _parser() -> argparse.ArgumentParser:
         sub.set_defaults(run=run)
         return sub
 
-    def dataset_arguments(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("dataset", help=f"a name ({', '.join(known_names())}) or a file/folder")
+    def dataset_arguments(sub: argparse.ArgumentParser, as_flag: bool = False) -> None:
+        what = f"a name ({', '.join(known_names())}) or a file/folder"
+        if as_flag:
+            sub.add_argument("--data", dest="dataset", required=True, help=what)
+        else:
+            sub.add_argument("dataset", help=what)
         sub.add_argument("--format", choices=FORMATS, help="format of a file/folder (default: from its name)")
         sub.add_argument("--columns", help="for csv/parquet: user=COL,item=COL,timestamp=COL[,rating=COL]")
         sub.add_argument("--user-core", type=int, default=0, help="k-core: minimum interactions per user")
         sub.add_argument("--item-core", type=int, default=0, help="k-core: minimum interactions per item")
-        sub.add_argument("--no-cache", action="store_true", help="re-read the source; do not use or write the cache")
+        sub.add_argument("--no-cache", action="store_true", help="rebuild: do not use or write cached results")
         sub.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
     dataset_arguments(add("stats", _run_stats, "users, items, interactions, sequence lengths, time span"))
@@ -167,12 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     padding.add_argument("--seed", type=int, default=0)
     ids = add("semantic-ids", _run_semantic_ids,
               "build semantic IDs (residual codes + a collision code) for every item and measure their quality")
-    ids.add_argument("--data", required=True, help=f"a dataset name ({', '.join(known_names())}) or a file/folder")
-    for name, flag_help in (("--format", f"format of a file/folder ({', '.join(FORMATS)})"),
-                            ("--columns", "for csv/parquet: user=COL,item=COL,timestamp=COL[,rating=COL]")):
-        ids.add_argument(name, choices=FORMATS if name == "--format" else None, help=flag_help)
-    ids.add_argument("--user-core", type=int, default=0, help="k-core: minimum interactions per user")
-    ids.add_argument("--item-core", type=int, default=0, help="k-core: minimum interactions per item")
+    dataset_arguments(ids, as_flag=True)
     from data.semantic_ids import METHODS, SemanticIdConfig
 
     defaults = SemanticIdConfig()
@@ -190,8 +188,6 @@ def _parser() -> argparse.ArgumentParser:
                      help="balanced Lloyd rounds over all items (rqkmeans-balanced)")
     ids.add_argument("--rqvae-steps", type=int, default=defaults.rqvae_steps)
     ids.add_argument("--out", required=True, help="write the artefact (.npz) here (it is also kept in the cache)")
-    ids.add_argument("--no-cache", action="store_true", help="rebuild; do not read or write cached sequences or IDs")
-    ids.add_argument("--json", action="store_true", help="print the quality metrics as one JSON object, the last line")
     return parser
 
 

@@ -109,20 +109,20 @@ def collision_codes(codes: np.ndarray) -> np.ndarray:
 
 
 def _quantise(vectors: np.ndarray, config: SemanticIdConfig, mesh: Any, log: Callable | None) -> tuple:
+    """(the quantised vectors, what training reported: RQ-VAE's errors before and after)."""
     from models import kmeans
-    from models.residual_kmeans import relative_error, residual_kmeans
+    from models.residual_kmeans import residual_kmeans
 
     if config.method == "rqvae":
         from models.rqvae import RQVAEOptions, train_rqvae
 
-        quantised, history = train_rqvae(vectors, config.levels, config.codebook, config.seed,
-                                         RQVAEOptions(steps=config.rqvae_steps), mesh=mesh, log=log)
-        return quantised, history
+        return train_rqvae(vectors, config.levels, config.codebook, config.seed,
+                           RQVAEOptions(steps=config.rqvae_steps), mesh=mesh, log=log)
     options = kmeans.KMeansOptions(n_init=config.n_init, lloyd=config.lloyd,
                                    balanced=config.method == "rqkmeans-balanced",
                                    balanced_iters=config.balanced_iters)
     quantised = residual_kmeans(vectors, config.levels, config.codebook, config.seed, options, mesh=mesh, log=log)
-    return quantised, {"recon_error": relative_error(vectors, quantised.reconstruction)}
+    return quantised, {}
 
 
 def quality(prepared: PreparedData, codes: np.ndarray, vectors: np.ndarray, reconstruction: np.ndarray,
@@ -147,7 +147,7 @@ def quality(prepared: PreparedData, codes: np.ndarray, vectors: np.ndarray, reco
 
 def _cache_path(digest: str, config: SemanticIdConfig, item_ids: np.ndarray) -> Path:
     blob = json.dumps({"version": ARTEFACT_VERSION, "input": digest, "config": config.to_dict(),
-                       "items": hashlib.sha256(item_ids.astype(str).astype("U").tobytes()).hexdigest()},
+                       "items": hashlib.sha256(item_ids.astype(str).tobytes()).hexdigest()},
                       sort_keys=True)
     return cache_dir() / "semantic_ids" / f"{hashlib.sha256(blob.encode()).hexdigest()[:20]}.npz"
 
@@ -179,7 +179,7 @@ def build(prepared: PreparedData, config: SemanticIdConfig, *, mesh: Any = None,
     codes = np.concatenate([quantised.codes, collision_codes(quantised.codes)[:, None]], 1).astype(np.int32)
     metrics = quality(prepared, quantised.codes, vectors.vectors, quantised.reconstruction, config.codebook,
                       config.window)
-    metrics.update({f"rqvae_{k}": v for k, v in stats.items() if k != "recon_error"})
+    metrics.update({f"rqvae_{k}": v for k, v in stats.items()})
     metrics["collision_code_size"] = int(codes[:, -1].max()) + 1
     metrics["seconds"] = time.perf_counter() - started
     ids = SemanticIds(prepared.sequences.item_ids, codes, config.to_dict(), metrics, vectors.digest, vectors.parts)

@@ -161,7 +161,7 @@ def train_rqvae(x: np.ndarray, levels: int, k: int, seed: int, options: RQVAEOpt
         return TrainState(params, opt_state, usage), {"loss": loss, "reconstruction": reconstruction,
                                                       "used": jnp.mean(state.usage > 0, 1)}
 
-    before = _encode_all(model, state.params, x, mesh)
+    before = _encode_all(model, state.params, x)
     history = {"initial_recon_error": relative_error(x, before.reconstruction)}
     started = time.perf_counter()
     for step in range(options.steps):
@@ -171,7 +171,7 @@ def train_rqvae(x: np.ndarray, levels: int, k: int, seed: int, options: RQVAEOpt
             log(f"rqvae step {step + 1}/{options.steps}: loss {float(metrics['loss']):.4f}, "
                 f"reconstruction {float(metrics['reconstruction']):.4f}, codes used since reset {used}, "
                 f"{time.perf_counter() - started:.1f}s")
-    result = _encode_all(model, state.params, x, mesh)
+    result = _encode_all(model, state.params, x)
     history["final_recon_error"] = relative_error(x, result.reconstruction)
     history["steps"] = options.steps
     return result, history
@@ -186,18 +186,22 @@ def _donors(key: jax.Array, levels: int, k: int, batch: int) -> jax.Array:
     return jax.vmap(lambda level_key: jax.random.randint(level_key, (k,), 0, batch))(keys)
 
 
-def _encode_all(model: RQVAE, params: dict, x: np.ndarray, mesh: Mesh | None, chunk: int = 65536) -> Quantised:
-    @jax.jit
+def _encode_all(model: RQVAE, params: dict, x: np.ndarray, chunk: int = 65536) -> Quantised:
+    """Codes and reconstructions of every row, chunk by chunk (one compiled encoder per model)."""
+    codes, reconstruction = [], []
+    for start in range(0, x.shape[0], chunk):
+        c, r = _encoder_of(model)(params, jnp.asarray(x[start:start + chunk]))
+        codes.append(np.asarray(c))
+        reconstruction.append(np.asarray(r))
+    return Quantised(np.concatenate(codes).astype(np.int32), np.concatenate(reconstruction),
+                     np.asarray(params["codebooks"]))
+
+
+@functools.lru_cache(maxsize=4)
+def _encoder_of(model: RQVAE) -> Callable:
     def run(params: dict, rows: jax.Array) -> tuple[jax.Array, jax.Array]:
         z = model.encode(params, rows)
         q = quantise(z, params["codebooks"], model.options.beta)
         return q.codes, model.decoder.apply({"params": params["decoder"]}, q.quantised)
 
-    codes, reconstruction = [], []
-    for start in range(0, x.shape[0], chunk):
-        c, r = run(params, jnp.asarray(x[start:start + chunk]))
-        codes.append(np.asarray(c))
-        reconstruction.append(np.asarray(r))
-    del mesh  # the encoding pass is cheap next to training; it runs where params live
-    return Quantised(np.concatenate(codes).astype(np.int32), np.concatenate(reconstruction),
-                     np.asarray(params["codebooks"]))
+    return jax.jit(run)
