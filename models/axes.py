@@ -13,3 +13,4 @@ QKV = "qkv"  # fused projection outputs: heads x per-head width, for several pro
 HEADS_DIM = "heads_dim"  # heads x per-head width, the input side of an output projection
 MLP = "mlp"  # feed-forward hidden width
 RELATIVE = "relative"  # relative-bias tables (small, replicated)
+ID_EDGES = "id_edges"  # the semantic-ID trie's per-level tables (models/id_trie.py)

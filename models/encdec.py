@@ -19,7 +19,9 @@ Loss: cross-entropy of each code over its level's K tokens, summed over position
 Evaluation (the exact scorer): log p(full ID of item i | user) = sum over positions of the code
 log-probabilities, teacher-forced, for every item of the catalogue, in chunks of score_chunk
 items under jit; the target's rank counts the items scoring strictly higher, history excluded as
-HSTU excludes it.
+HSTU excludes it. Beside it, beam search (models/beam_search.py, a key/value cache and the trie
+of valid IDs, models/id_trie.py) gives beam_hr@K etc., invalid_rate (constrained as configured),
+unconstrained_invalid_rate and beam_exact_agreement (beam top 10 == exact top 10).
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ import numpy as np
 from data import pipeline
 from models import axes, family
 from models.encdec_layers import DecoderBlock, EncoderBlock, Norm, relative_buckets
+from models.beam_search import beam_search
 from models.family import TRAIN_MULTIPLIER, BatchField, FamilyConfig
+from models.id_trie import IdTrie, build_trie
 from models.fields import ConfigError, fraction, non_negative, positive
 from models.layers import logical_param, truncated_normal
 
@@ -56,7 +60,9 @@ class EncDecConfig(FamilyConfig):
     learned tables; history_items = H; targets_per_row: examples per training row (0 = every
     position); user_buckets = U hashed user tokens; score_chunk: items per chunk of the exact
     scorer. ids: a semantic-ID artefact (python -m data semantic-ids); empty = built from the
-    ids_* fields (cached), so the tokenizer is a sweep axis like d_model."""
+    ids_* fields (cached), so the tokenizer is a sweep axis like d_model. beam_width: beams of
+    the evaluation's beam search beside the exact scorer (0 = none); beam_items: the items it
+    returns (may exceed the beams); beam_constrained: decode only IDs of items (the trie)."""
 
     family: Literal["encdec"] = "encdec"
     d_model: int = positive(64)
@@ -81,6 +87,9 @@ class EncDecConfig(FamilyConfig):
     ids_codebook: int = positive(64)
     ids_source: str = "metadata+cooccurrence"
     ids_seed: int = non_negative(0)
+    beam_width: int = non_negative(20, ">= 0 (0 = exact scoring only)")
+    beam_items: int = positive(10)
+    beam_constrained: bool = True
 
     @property
     def attention_head_dim(self) -> int:
@@ -184,6 +193,35 @@ class EncDecNetwork(nn.Module):
         levels = self.table[SPECIALS : SPECIALS + cfg.id_length * k].reshape(cfg.id_length, k, cfg.d_model)
         return jnp.einsum("...td,tkd->...tk", outputs.astype(jnp.float32), levels) / math.sqrt(cfg.d_model)
 
+    def memory_keys_values(self, memory: jax.Array) -> tuple[tuple[jax.Array, jax.Array], ...]:
+        """Every decoder block's cross-attention keys and values of (B, S, D) memory."""
+        return tuple(block.memory_keys_values(memory) for block in self.decoder_blocks)
+
+    def decode_step(self, tokens: jax.Array, position: jax.Array, caches: tuple, memory_kv: tuple,
+                    memory_real: jax.Array) -> tuple[jax.Array, tuple]:
+        """One decoder position for C sequences per memory row, deterministic: tokens (B, C), the
+        ids at `position`; caches: per block (keys, values) (B, C, H, T, E). Returns (B, C, K)
+        logits of the next level (position's level) and the updated caches."""
+        cfg = self.config
+        x = jnp.take(self.table, tokens, axis=0)[:, :, None]  # (B, C, 1, D)
+        bias_row = None
+        if cfg.positions == "learned":
+            x = x + jax.lax.dynamic_index_in_dim(self.decoder_positions, position, keepdims=False)
+        else:
+            bias = self._bias(self.decoder_bias, cfg.id_length, bidirectional=False)
+            bias_row = jax.lax.dynamic_slice_in_dim(bias, position, 1, axis=1)  # (H, 1, T)
+        x = x.astype(memory_kv[0][0].dtype)
+        cross_mask = memory_real[:, None, None, None, :]
+        updated = []
+        for block, cache, kv in zip(self.decoder_blocks, caches, memory_kv):
+            x, cache = block.step(x, position, cache, kv, cross_mask, bias_row)
+            updated.append(cache)
+        outputs = self.decoder_norm(x)[:, :, 0]  # (B, C, D)
+        k = cfg.ids_codebook
+        level = jax.lax.dynamic_slice_in_dim(self.table, SPECIALS + position * k, k, axis=0)  # (K, D)
+        logits = jnp.einsum("bcd,kd->bck", outputs.astype(jnp.float32), level) / math.sqrt(cfg.d_model)
+        return logits, tuple(updated)
+
     def __call__(self, encoder_tokens: jax.Array, decoder_tokens: jax.Array, deterministic: bool = True) -> jax.Array:
         memory = self.encode(encoder_tokens, deterministic)
         outputs = self.decode(decoder_tokens[:, None], memory, encoder_tokens != PAD, deterministic)[:, 0]
@@ -216,6 +254,12 @@ class EncDecModel(family.Model):
     num_items: int
     codes: np.ndarray  # (num_items + 1, L + 1) vocabulary ids; row 0 = PAD
     ids_record: dict
+    trie: IdTrie = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        local = self.codes[1:] - SPECIALS - np.arange(cfg.id_length) * cfg.ids_codebook
+        object.__setattr__(self, "trie", build_trie(local, cfg.ids_codebook))
 
     def _code_table(self) -> jax.Array:
         return jnp.asarray(self.codes)
@@ -289,14 +333,39 @@ class EncDecModel(family.Model):
         scores = jax.lax.map(score, items)  # (chunks, B, C)
         return jnp.moveaxis(scores, 0, 1).reshape(memory.shape[0], -1)[:, : self.num_items]
 
-    def evaluate(self, params: Any, batch: Mapping[str, jax.Array]) -> dict:
-        cfg = self.config
+    def encode_users(self, params: Any, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        """(B, S, D) memory of each eval row's user and history, and its (B, S) real-token mask."""
         position = batch["eval_position"][:, None]
-        history = history_windows(batch["items"], batch["segment_ids"], position, cfg.history_items)[:, 0]
+        history = history_windows(batch["items"], batch["segment_ids"], position, self.config.history_items)[:, 0]
         user = jnp.take_along_axis(batch["user_tokens"], position, axis=1)[:, 0]
         encoder_tokens = self.encoder_tokens(history, user)
         memory = self.network.apply({"params": params}, encoder_tokens, True, method=EncDecNetwork.encode)
-        scores = self.item_log_likelihoods(params, memory, encoder_tokens != PAD)  # (B, n): items 1..n
+        return memory, encoder_tokens != PAD
+
+    def beam_search(self, params: Any, memory: jax.Array, memory_real: jax.Array, width: int,
+                    constrained: bool = True, excluded: jax.Array | None = None,
+                    returned: int | None = None) -> dict[str, jax.Array]:
+        """Beam search of `width` IDs per memory row with a key/value cache: the cross-attention
+        keys and values once per user, each position's self-attention keys and values written into
+        (B, W, H, T, E) caches. See models/beam_search.py for what it returns."""
+        cfg = self.config
+        batch = memory.shape[0]
+        memory_kv = self.network.apply({"params": params}, memory, method=EncDecNetwork.memory_keys_values)
+        shape = (batch, width, cfg.heads, cfg.id_length, cfg.attention_head_dim)
+        caches = tuple((jnp.zeros(shape, memory.dtype), jnp.zeros(shape, memory.dtype)) for _ in range(cfg.decoder_blocks))
+        trie = jax.tree.map(lambda table: nn.with_logical_constraint(jnp.asarray(table), (axes.ID_EDGES,)), self.trie)
+
+        def step(previous: jax.Array, position: int, caches: Any) -> tuple[jax.Array, Any]:
+            tokens = jnp.full_like(previous, BOS) if position == 0 else SPECIALS + (position - 1) * cfg.ids_codebook + previous
+            return self.network.apply({"params": params}, tokens, position, caches, memory_kv, memory_real,
+                                      method=EncDecNetwork.decode_step)
+
+        return beam_search(step, caches, trie, width, batch, constrained, excluded, returned)
+
+    def evaluate(self, params: Any, batch: Mapping[str, jax.Array]) -> dict:
+        cfg = self.config
+        memory, memory_real = self.encode_users(params, batch)
+        scores = self.item_log_likelihoods(params, memory, memory_real)  # (B, n): items 1..n
         scores = jnp.concatenate([jnp.full((scores.shape[0], 1), -jnp.inf), scores], axis=1)
         target = batch["eval_target"]
         target_score = jnp.take_along_axis(scores, target[:, None], axis=1)[:, 0]
@@ -304,7 +373,28 @@ class EncDecModel(family.Model):
         seen = jnp.where(batch["items"] == target[:, None], 0, batch["items"])
         excluded = jnp.zeros(scores.shape, bool).at[rows, seen].set(True).at[:, 0].set(True)
         higher = jnp.sum((scores > target_score[:, None]) & ~excluded, axis=1)
-        return {"rank": 1 + higher, "loss": -target_score / cfg.id_length, "valid": batch["eval_valid"]}
+        out = {"rank": 1 + higher, "loss": -target_score / cfg.id_length, "valid": batch["eval_valid"],
+               "target": target}
+        if cfg.beam_width:
+            out.update(self._beam_metrics(params, memory, memory_real, jnp.where(excluded, -jnp.inf, scores), excluded))
+        return out
+
+    def _beam_metrics(self, params: Any, memory: jax.Array, memory_real: jax.Array, exact_scores: jax.Array,
+                      excluded: jax.Array) -> dict:
+        """The beam's top beam_items ("lists"), and per row: the fraction of returned IDs that are
+        no item's, constrained as configured and unconstrained, and whether the beam's top 10
+        equals the exact scorer's (history excluded in both)."""
+        cfg = self.config
+        n = cfg.beam_items
+        found = self.beam_search(params, memory, memory_real, cfg.beam_width, cfg.beam_constrained, excluded, n)
+        free = found if not cfg.beam_constrained else self.beam_search(
+            params, memory, memory_real, cfg.beam_width, False, excluded, n)
+        agree = min(10, n)
+        exact_top = jax.lax.top_k(exact_scores, agree)[1]
+        return {"lists": {"beam": found["items"][:, :n]},
+                "means": {"invalid_rate": jnp.mean(found["off_trie"][:, :n], axis=1),
+                          "unconstrained_invalid_rate": jnp.mean(free["off_trie"][:, :n], axis=1),
+                          "beam_exact_agreement": jnp.all(found["items"][:, :agree] == exact_top, axis=1)}}
 
     def step_counts(self, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
         """Examples, and the real encoder tokens and (query, key) pairs they hold: exact when every
@@ -441,6 +531,18 @@ class EncDec(family.Family):
         return {"tokens": examples * (per_example_tokens + config.id_length), "examples": examples,
                 "encoder_tokens": examples * per_example_tokens, "encoder_pairs": examples * float(np.mean(lengths**2))}
 
+    def beam_decode_flops(self, config: EncDecConfig, width: int, executed: bool = False) -> float:
+        """Forward matmul FLOPs of one user's beam search: the encoder over a full history, the
+        cross-attention keys and values once, then `width` beams x T positions of the cached
+        decoder (self-attention over the t + 1 positions so far -- executed: over all T cache
+        slots, masked -- cross-attention over S) and the K logits of each position's level."""
+        c, t, s = self._per_token(config), config.id_length, config.encoder_length
+        encoder = config.encoder_blocks * (c["encoder"] * s + c["pair"] * s * s)
+        cross_kv = config.decoder_blocks * c["cross_kv"] * s
+        steps = sum(config.decoder_blocks * (c["decoder"] + c["pair"] * ((t if executed else position + 1) + s)) + c["logits"]
+                    for position in range(t))
+        return float(encoder + cross_kv + width * steps)
+
     def param_counts(self, config: EncDecConfig, num_items: int) -> dict[str, int]:
         d, a, f = config.d_model, config.width, config.d_ff
         norm = d if config.norm == "rmsnorm" else 2 * d
@@ -461,7 +563,9 @@ class EncDec(family.Family):
         return {"d_model": config.d_model, "blocks": config.encoder_blocks + config.decoder_blocks,
                 "heads": config.heads, "encoder_blocks": config.encoder_blocks, "decoder_blocks": config.decoder_blocks,
                 "ids_levels": config.ids_levels, "ids_codebook": config.ids_codebook, "ids_method": config.ids_method,
-                "ids_source": config.ids_source}
+                "ids_source": config.ids_source, "beam_width": config.beam_width,
+                "beam_constrained": config.beam_constrained,
+                "decode_flops_per_user": self.beam_decode_flops(config, config.beam_width) if config.beam_width else None}
 
 
 family.register(EncDec())

@@ -83,29 +83,39 @@ class FeedForward(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head attention, softmax with 1/sqrt(head_dim). `keys_from` (B, S, D), or None for
-    self-attention; queries (B, [C,] T, D); mask broadcastable to (B, [C,] H, T, S); bias
-    (H, T, S) or None."""
+    """Multi-head attention, softmax with 1/sqrt(head_dim), over d_model-wide inputs. `keys_from`
+    (B, S, D), or None for self-attention; queries (B, [C,] T, D); mask broadcastable to
+    (B, [C,] H, T, S); bias (H, T, S) or None. query / keys_values / attend are the pieces, for a
+    decoder that caches keys and values."""
 
+    d_model: int
     heads: int
     head_dim: int
 
-    @nn.compact
-    def __call__(self, x: jax.Array, keys_from: jax.Array | None, mask: jax.Array, bias: jax.Array | None,
-                 deterministic: bool) -> jax.Array:
-        d, width = x.shape[-1], self.heads * self.head_dim
-        dtype = x.dtype
-        w_q = logical_param(self, "q", _XAVIER, (d, width), (axes.EMBED, axes.QKV))
-        w_k = logical_param(self, "k", _XAVIER, (d, width), (axes.EMBED, axes.QKV))
-        w_v = logical_param(self, "v", _XAVIER, (d, width), (axes.EMBED, axes.QKV))
-        w_o = logical_param(self, "o", _XAVIER, (width, d), (axes.HEADS_DIM, axes.EMBED))
-        source = x if keys_from is None else keys_from
-        split = lambda t: einops.rearrange(t, "... s (h e) -> ... h s e", h=self.heads)
-        q, k, v = split(x @ w_q.astype(dtype)), split(source @ w_k.astype(dtype)), split(source @ w_v.astype(dtype))
-        if keys_from is not None and x.ndim == 4:  # (B, C, T, D) queries against (B, S, D) memory
-            scores = jnp.einsum("bchte,bhse->bchts", q, k)
-        else:
-            scores = jnp.einsum("...hte,...hse->...hts", q, k)
+    def setup(self) -> None:
+        d, width = self.d_model, self.heads * self.head_dim
+        self.w_q = logical_param(self, "q", _XAVIER, (d, width), (axes.EMBED, axes.QKV))
+        self.w_k = logical_param(self, "k", _XAVIER, (d, width), (axes.EMBED, axes.QKV))
+        self.w_v = logical_param(self, "v", _XAVIER, (d, width), (axes.EMBED, axes.QKV))
+        self.w_o = logical_param(self, "o", _XAVIER, (width, d), (axes.HEADS_DIM, axes.EMBED))
+
+    def _split(self, t: jax.Array) -> jax.Array:
+        return einops.rearrange(t, "... s (h e) -> ... h s e", h=self.heads)
+
+    def query(self, x: jax.Array) -> jax.Array:
+        """(..., T, D) -> (..., H, T, E)."""
+        return self._split(x @ self.w_q.astype(x.dtype))
+
+    def keys_values(self, source: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(..., S, D) -> keys and values, each (..., H, S, E)."""
+        return self._split(source @ self.w_k.astype(source.dtype)), self._split(source @ self.w_v.astype(source.dtype))
+
+    def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, bias: jax.Array | None) -> jax.Array:
+        """Queries (B, [C,] H, T, E) against keys and values (B, [C,] H, S, E); keys without the
+        C axis (a memory row's) serve all its C query sequences. -> (B, [C,] T, D)."""
+        dtype = q.dtype
+        shared = k.ndim < q.ndim  # (B, C, H, T, E) queries against (B, H, S, E) memory
+        scores = jnp.einsum("bchte,bhse->bchts" if shared else "...hte,...hse->...hts", q, k)
         scores = scores.astype(jnp.float32) / math.sqrt(self.head_dim)
         if bias is not None:
             scores = scores + bias
@@ -113,11 +123,13 @@ class Attention(nn.Module):
         # No dropout on the attention weights: on a CPU drawing a mask per (query, key) pair costs
         # more than the whole attention (the residual branches and embeddings keep theirs).
         weights = jnp.where(mask, jax.nn.softmax(scores, axis=-1), 0.0).astype(dtype)
-        if keys_from is not None and x.ndim == 4:
-            attended = jnp.einsum("bchts,bhse->bchte", weights, v)
-        else:
-            attended = jnp.einsum("...hts,...hse->...hte", weights, v)
-        return einops.rearrange(attended, "... h t e -> ... t (h e)") @ w_o.astype(dtype)
+        attended = jnp.einsum("bchts,bhse->bchte" if shared else "...hts,...hse->...hte", weights, v)
+        return einops.rearrange(attended, "... h t e -> ... t (h e)") @ self.w_o.astype(dtype)
+
+    def __call__(self, x: jax.Array, keys_from: jax.Array | None, mask: jax.Array, bias: jax.Array | None,
+                 deterministic: bool) -> jax.Array:
+        k, v = self.keys_values(x if keys_from is None else keys_from)
+        return self.attend(self.query(x), k, v, mask, bias)
 
 
 class EncoderBlock(nn.Module):
@@ -127,7 +139,7 @@ class EncoderBlock(nn.Module):
     def __call__(self, x: jax.Array, mask: jax.Array, bias: jax.Array | None, deterministic: bool) -> jax.Array:
         cfg = self.config
         drop = nn.Dropout(cfg.dropout)
-        attended = Attention(cfg.heads, cfg.attention_head_dim, name="self_attention")(
+        attended = Attention(cfg.d_model, cfg.heads, cfg.attention_head_dim, name="self_attention")(
             Norm(cfg.norm, name="norm_attention")(x), None, mask, bias, deterministic)
         x = x + drop(attended, deterministic=deterministic)
         ffn = FeedForward(cfg.d_ff, cfg.activation, name="ffn")(Norm(cfg.norm, name="norm_ffn")(x))
@@ -135,18 +147,46 @@ class EncoderBlock(nn.Module):
 
 
 class DecoderBlock(nn.Module):
+    """Pre-norm causal self-attention, cross-attention, feed-forward. `step` runs one position
+    of C sequences per memory row against a key/value cache (beam search)."""
+
     config: Any  # EncDecConfig
 
-    @nn.compact
+    def setup(self) -> None:
+        cfg = self.config
+        self.drop = nn.Dropout(cfg.dropout)
+        self.norm_self = Norm(cfg.norm)
+        self.self_attention = Attention(cfg.d_model, cfg.heads, cfg.attention_head_dim)
+        self.norm_cross = Norm(cfg.norm)
+        self.cross_attention = Attention(cfg.d_model, cfg.heads, cfg.attention_head_dim)
+        self.norm_ffn = Norm(cfg.norm)
+        self.ffn = FeedForward(cfg.d_ff, cfg.activation)
+
+    def _cross_and_ffn(self, x: jax.Array, memory_kv: tuple[jax.Array, jax.Array], cross_mask: jax.Array,
+                       deterministic: bool) -> jax.Array:
+        crossed = self.cross_attention.attend(self.cross_attention.query(self.norm_cross(x)), *memory_kv, cross_mask, None)
+        x = x + self.drop(crossed, deterministic=deterministic)
+        return x + self.drop(self.ffn(self.norm_ffn(x)), deterministic=deterministic)
+
     def __call__(self, x: jax.Array, memory: jax.Array, self_mask: jax.Array, cross_mask: jax.Array,
                  bias: jax.Array | None, deterministic: bool) -> jax.Array:
-        cfg = self.config
-        drop = nn.Dropout(cfg.dropout)
-        attended = Attention(cfg.heads, cfg.attention_head_dim, name="self_attention")(
-            Norm(cfg.norm, name="norm_self")(x), None, self_mask, bias, deterministic)
-        x = x + drop(attended, deterministic=deterministic)
-        crossed = Attention(cfg.heads, cfg.attention_head_dim, name="cross_attention")(
-            Norm(cfg.norm, name="norm_cross")(x), memory, cross_mask, None, deterministic)
-        x = x + drop(crossed, deterministic=deterministic)
-        ffn = FeedForward(cfg.d_ff, cfg.activation, name="ffn")(Norm(cfg.norm, name="norm_ffn")(x))
-        return x + drop(ffn, deterministic=deterministic)
+        attended = self.self_attention(self.norm_self(x), None, self_mask, bias, deterministic)
+        x = x + self.drop(attended, deterministic=deterministic)
+        return self._cross_and_ffn(x, self.memory_keys_values(memory), cross_mask, deterministic)
+
+    def memory_keys_values(self, memory: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Cross-attention keys and values of (B, S, D) memory, each (B, H, S, E): once per user."""
+        return self.cross_attention.keys_values(memory)
+
+    def step(self, x: jax.Array, position: jax.Array, cache: tuple[jax.Array, jax.Array],
+             memory_kv: tuple[jax.Array, jax.Array], cross_mask: jax.Array,
+             bias_row: jax.Array | None) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """x (B, C, 1, D) at `position`; cache keys and values (B, C, H, T, E), this position's
+        written in; bias_row (H, 1, T). Returns (B, C, 1, D) and the updated cache."""
+        normed = self.norm_self(x)
+        k_new, v_new = self.self_attention.keys_values(normed)
+        k = jax.lax.dynamic_update_slice_in_dim(cache[0], k_new, position, axis=-2)
+        v = jax.lax.dynamic_update_slice_in_dim(cache[1], v_new, position, axis=-2)
+        visible = jnp.arange(k.shape[-2]) <= position  # (T,): keys at or before this position
+        x = x + self.self_attention.attend(self.self_attention.query(normed), k, v, visible, bias_row)
+        return self._cross_and_ffn(x, memory_kv, cross_mask, True), (k, v)

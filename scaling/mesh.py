@@ -29,6 +29,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     (axes.LENGTH, None),
     (axes.POSITIONS, None),
     (axes.RELATIVE, None),
+    (axes.ID_EDGES, None),  # a few ints per item, gathered by every beam: replicated
 )
 
 

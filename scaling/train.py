@@ -64,9 +64,13 @@ class MetricsLog:
 def evaluate(trainer: Any, params: Any, targets: EvalTargets) -> dict[str, float]:
     """Ranking metrics (and the family's eval loss, if it has one) over every user's target:
     from each target's rank, or from the family's top-K lists (metrics at K up to the list's
-    length only)."""
+    length only). A family may add named lists beside the rank ("lists": {name: top-K}, metrics
+    as name_hr@10, ...) and per-row values to average ("means": {name: (B,)})."""
     config = trainer.config
     ranks, losses, list_length = [], [], None
+    named: dict[str, list] = {}
+    named_length: dict[str, int] = {}
+    means: dict[str, list] = {}
     for host_batch in eval_dataset(targets, config.data.row_len, config.train.eval_batch_size,
                                    history_len=config.data.max_len):
         out = trainer.eval_step(params, trainer.eval_batch(host_batch))
@@ -77,10 +81,20 @@ def evaluate(trainer: Any, params: Any, targets: EvalTargets) -> dict[str, float
             top_k = np.asarray(out["top_k"])
             list_length = top_k.shape[1]
             ranks.append(ranks_from_top_k(top_k, np.asarray(out["target"]))[valid])
+        for name, top_k in out.get("lists", {}).items():
+            top_k = np.asarray(top_k)
+            named_length[name] = top_k.shape[1]
+            named.setdefault(name, []).append(ranks_from_top_k(top_k, np.asarray(out["target"]))[valid])
+        for name, values in out.get("means", {}).items():
+            means.setdefault(name, []).append(np.asarray(values, np.float64)[valid])
         if "loss" in out:
             losses.append(np.asarray(out["loss"])[valid])
     ks = [k for k in DEFAULT_KS if list_length is None or k <= list_length]
     metrics = ranking_metrics(np.concatenate(ranks), ks)
+    for name, parts in named.items():
+        shown = [k for k in DEFAULT_KS if k <= named_length[name]] or [named_length[name]]
+        metrics.update({f"{name}_{key}": value for key, value in ranking_metrics(np.concatenate(parts), shown).items()})
+    metrics.update({name: float(np.mean(np.concatenate(parts))) for name, parts in means.items()})
     if losses:
         metrics["loss"] = float(np.mean(np.concatenate(losses)))
     return metrics
@@ -216,12 +230,14 @@ def run(config: TrialConfig, workdir: epath.Path) -> dict[str, Any]:
         "test_loss": test.get("loss"),
         **{key: test.get(key) for key in ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "hr@200", "ndcg@200", "mrr")},
         **{f"valid_{key}": valid.get(key) for key in ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr")},
+        **{key: value for key, value in test.items() if key not in STANDARD_METRICS},  # a family's own
         "resumed_from_step": resumed_from,
         **plateau(workdir / "metrics.jsonl"),
     }
     return result
 
 
+STANDARD_METRICS = frozenset({"loss", *ranking_metrics(np.ones(1)).keys()})
 PLATEAU_EVALS = 10
 
 

@@ -29,6 +29,10 @@ def test_encdec_trains_and_reports_like_hstu(tmp_path: Path, use_lab_cache: Path
                 "params_non_embedding", "params_active"):
         assert result[key] is not None, key
     assert result["params_active"] == result["params"] > result["params_non_embedding"]
+    # beam search beside the exact scorer: constrained, it never returns an ID of no item
+    assert result["invalid_rate"] == 0.0 and 0.0 <= result["unconstrained_invalid_rate"] <= 1.0
+    assert 0.0 <= result["beam_exact_agreement"] <= 1.0 and 0.0 <= result["beam_hr@10"] <= 1.0
+    assert result["beam_width"] == 20 and result["decode_flops_per_user"] > 0
     ids = result["semantic_ids"]
     assert (ids["method"], ids["levels"], ids["codebook"], ids["source"]) == ("rqkmeans-balanced", 3, 8, "cooccurrence")
     assert len(ids["input_hash"]) == 64

@@ -3,6 +3,7 @@ within 5% once matmuls dominate (D >= 128); model FLOPs follow the hand formula 
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -120,3 +121,25 @@ def test_encdec_executed_flops_equal_dot_flops_of_the_compiled_step(targets_per_
         lowered = trainer.train_step.lower(trainer.abstract_state, batch, jax.random.key(0))
     executed = flops.executed_flops(config.model, rows, row_len, "sampled_softmax", 128, 100)
     assert xla_cost.dot_flops(lowered.as_text()) == pytest.approx(executed, rel=0.02)
+
+
+def test_beam_decode_flops_equal_dot_flops_of_the_compiled_search() -> None:
+    """Encoder once, cross keys/values once, W beams x T cached decoder positions and logits."""
+    from models.encdec import EncDecNetwork
+
+    users, width = 3, 5
+    config = ModelConfig(family="encdec", d_model=32, heads=2, d_ff=64, history_items=4, ids_codebook=8,
+                         user_buckets=16, decoder_blocks=3)
+    family = families.of(config)
+    model = family.build(config, None, 100)
+    params = jax.eval_shape(lambda: nn.meta.unbox(model.init(jax.random.key(0), {})))
+
+    def search(params, tokens):
+        memory = model.network.apply({"params": params}, tokens, True, method=EncDecNetwork.encode)
+        return model.beam_search(params, memory, tokens != 0, width)["items"]
+
+    tokens = jax.ShapeDtypeStruct((users, config.encoder_length), jnp.int32)
+    lowered = jax.jit(search).lower(params, tokens)
+    expected = users * family.beam_decode_flops(config, width, executed=True)
+    assert xla_cost.dot_flops(lowered.as_text()) == pytest.approx(expected, rel=0.02)
+    assert family.beam_decode_flops(config, width) < family.beam_decode_flops(config, width, executed=True)

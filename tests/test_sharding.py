@@ -11,7 +11,7 @@ import pytest
 from jax.sharding import PartitionSpec
 
 from data.interactions import Interactions
-from data.pipeline import PipelineConfig, train_dataset
+from data.pipeline import PipelineConfig, eval_dataset, train_dataset
 from data.sequences import PreprocessOptions, build_sequences
 from data.split import leave_one_out
 from models.config import ModelConfig
@@ -38,8 +38,7 @@ def _config(family: str) -> TrialConfig:
     )
 
 
-@pytest.fixture(scope="module")
-def host_batches():
+def _sequences():
     rng = np.random.default_rng(0)
     user, item, ts = [], [], []
     for u in range(24):
@@ -49,8 +48,34 @@ def host_batches():
         ts += np.cumsum(rng.integers(1, 10**6, n)).tolist()
     seqs, _ = build_sequences(Interactions(np.array(user), np.array(item), np.array(ts, np.int64)), PreprocessOptions())
     assert seqs.num_items == NUM_ITEMS
-    iterator = iter(train_dataset(leave_one_out(seqs).train, PipelineConfig(batch_size=8, row_len=12, packed=True), 0, 1))
+    return seqs
+
+
+@pytest.fixture(scope="module")
+def host_batches():
+    iterator = iter(train_dataset(leave_one_out(_sequences()).train, PipelineConfig(batch_size=8, row_len=12, packed=True),
+                                  0, 1))
     return [next(iterator) for _ in range(3)]
+
+
+def test_encdec_evaluation_and_beam_search_equal_single_device() -> None:
+    """The exact ranks, the beam's lists and its rates: the trie's tables placed by the rules."""
+    eval_batch = next(iter(eval_dataset(leave_one_out(_sequences()).valid, 12, 8, history_len=11)))
+    outputs = []
+    for spec in ("data=1", "data=2,fsdp=2,tensor=2"):
+        config = dataclasses.replace(_config("encdec"), mesh=MeshConfig(spec))
+        devices = jax.devices()[:1] if spec == "data=1" else jax.devices()
+        trainer = build_trainer(config, NUM_ITEMS, make_mesh(spec, devices), total_steps=4)
+        with trainer.context():
+            params = trainer.init(jax.random.key(1))["params"]
+            outputs.append(jax.device_get(trainer.eval_step(params, trainer.eval_batch(eval_batch))))
+    single, sharded = outputs
+    assert set(single) >= {"rank", "lists", "means"} and single["lists"]["beam"].shape == (8, 10)
+    for key in ("rank", "valid", "target"):
+        np.testing.assert_array_equal(sharded[key], single[key])
+    np.testing.assert_array_equal(sharded["lists"]["beam"], single["lists"]["beam"])
+    assert (single["means"]["invalid_rate"] == 0).all()
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), sharded["means"], single["means"])
 
 
 def one_step(family: str, spec: str, batch: dict):

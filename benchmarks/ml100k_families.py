@@ -1,0 +1,195 @@
+"""`python -m benchmarks.ml100k_families`: every model family on MovieLens-100K, seeds x presets.
+
+  --runs DIR --seeds 0,1,2 [--rows tiger-rqkmeans,hstu] [--ablations] [--report FILE.md] [--json]
+
+Each row is a preset at its default run, trained by `python -m scaling.train` in a subprocess with
+workdir DIR/ROW-sSEED: a trial that has a result.json is read, not rerun; an interrupted one resumes
+from its checkpoint. Seed S sets train.seed and, for the encoder-decoder, model.ids_seed (the
+tokeniser is part of the method, so its variance belongs in the spread). The popularity ranking
+(whole history excluded, deterministic) is computed in-process. The table gives mean (sd over
+seeds) of test HR@10, NDCG@10, MRR, and params, train FLOPs, median step seconds, MFU and wall
+seconds as each result.json records them.
+
+--ablations adds seed-0 runs of tiger-ml100k that explain its numbers: the item-vector source
+(metadata, co-occurrence, random vectors: IDs without semantic content) and levels x codebook.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    name: str  # workdir prefix
+    title: str
+    preset: str
+    overrides: tuple[str, ...] = ()  # "{seed}" is replaced by the seed
+
+    def sets(self, seed: int) -> list[str]:
+        return [override.format(seed=seed) for override in self.overrides]
+
+
+RANDOM_VECTORS = "random-item-vectors.npy"
+
+MAIN_ROWS = (
+    Row("sasrec", "SASRec", "sasrec-ml1m"),
+    Row("hstu", "HSTU", "hstu-ml1m"),
+    Row("tiger-rqkmeans", "TIGER, RQ-KMeans IDs", "tiger-ml100k", ("model.ids_seed={seed}",)),
+    Row("tiger-rqvae", "TIGER, RQ-VAE IDs", "tiger-ml100k", ("model.ids_seed={seed}", "model.ids_method=rqvae")),
+)
+ABLATION_ROWS = (
+    Row("abl-source-metadata", "source metadata", "tiger-ml100k", ("model.ids_source=metadata",)),
+    Row("abl-source-cooccurrence", "source cooccurrence", "tiger-ml100k", ("model.ids_source=cooccurrence",)),
+    Row("abl-source-random", "source random vectors", "tiger-ml100k", ("model.ids_source=npy:{runs}/" + RANDOM_VECTORS,)),
+    Row("abl-2x64", "2 x 64", "tiger-ml100k", ("model.ids_levels=2",)),
+    Row("abl-4x64", "4 x 64", "tiger-ml100k", ("model.ids_levels=4",)),
+    Row("abl-3x32", "3 x 32", "tiger-ml100k", ("model.ids_codebook=32",)),
+    Row("abl-3x128", "3 x 128", "tiger-ml100k", ("model.ids_codebook=128",)),
+)
+METRICS = ("hr@10", "ndcg@10", "mrr")
+COSTS = ("params", "train_flops", "step_seconds", "mfu", "wall_seconds")
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_trial(row: Row, seed: int, runs: Path) -> dict:
+    """result.json of DIR/ROW-sSEED, training it first when it is missing."""
+    workdir = runs / f"{row.name}-s{seed}"
+    result_path = workdir / "result.json"
+    if not result_path.exists():
+        command = [sys.executable, "-m", "scaling.train", "--preset", row.preset, "--seed", str(seed),
+                   "--workdir", str(workdir), "--json"]
+        for override in row.sets(seed):
+            command += ["--set", override.replace("{runs}", str(runs))]
+        _log(f"{time.strftime('%H:%M:%S')} {row.name} seed {seed}: {' '.join(command[1:])}")
+        workdir.mkdir(parents=True, exist_ok=True)
+        with open(workdir.with_suffix(".log"), "ab") as log:
+            status = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=log, check=False).returncode
+        if status != 0 or not result_path.exists():
+            raise RuntimeError(f"{row.name} seed {seed} failed (exit {status}); see {workdir.with_suffix('.log')}")
+    result = json.loads(result_path.read_text())
+    _log(f"{row.name} seed {seed}: test HR@10 {result['hr@10']:.4f}, {result['wall_seconds']:.0f} s")
+    return result
+
+
+def popularity() -> dict:
+    from data.baseline import popularity_baseline
+    from data.dataset import prepare
+    from data.split import leave_one_out
+
+    split = leave_one_out(prepare("ml-100k").sequences, "reference")
+    return popularity_baseline(split, max_len=100000)["test"]
+
+
+def random_vectors(runs: Path, num_items: int = 1682, dim: int = 32) -> None:
+    """Gaussian item vectors: quantised, they give IDs that carry nothing about the items."""
+    import numpy as np
+
+    path = runs / RANDOM_VECTORS
+    if not path.exists():
+        np.save(path, np.random.default_rng(0).standard_normal((num_items, dim)).astype(np.float32))
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarise(row: Row, results: Sequence[dict]) -> dict:
+    summary = {"row": row.name, "title": row.title, "seeds": [r["seed"] for r in results],
+               "trial_ids": [r["trial_id"] for r in results]}
+    for key in METRICS + COSTS + ("valid_hr@10", "collision_rate"):
+        values = [r.get(key, r.get("semantic_ids", {}).get(key) if isinstance(r.get("semantic_ids"), dict) else None)
+                  for r in results]
+        values = [v for v in values if v is not None]
+        if values:
+            summary[key], summary[f"{key}_sd"] = mean_sd(values)
+    return summary
+
+
+def _cell(summary: dict, key: str, digits: int = 4) -> str:
+    if key not in summary:
+        return "-"
+    mean, sd = summary[key], summary[f"{key}_sd"]
+    return f"{mean:.{digits}f} ({sd:.{digits}f})"
+
+
+def _si(value: float) -> str:
+    exponent = int(math.floor(math.log10(abs(value)))) if value else 0
+    return f"{value / 10 ** exponent:.2f}e{exponent}"
+
+
+def table(summaries: Sequence[dict]) -> str:
+    lines = ["| model | HR@10 | NDCG@10 | MRR | params | train FLOPs | step s | MFU | wall s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        costs = ["-"] * 5 if "params" not in s else [
+            f"{s['params']:,.0f}", _si(s["train_flops"]), f"{s['step_seconds']:.3f}", f"{s['mfu']:.1%}",
+            f"{s['wall_seconds']:.0f}"]
+        lines.append(f"| {s['title']} | " + " | ".join([_cell(s, k) for k in METRICS] + costs) + " |")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.ml100k_families", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=Path, required=True, help="directory of the trials' workdirs")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
+    parser.add_argument("--rows", default=",".join(r.name for r in MAIN_ROWS),
+                        help="comma-separated rows of the main table")
+    parser.add_argument("--ablations", action="store_true", help="add the seed-0 tiger-ml100k ablations")
+    parser.add_argument("--report", type=Path, help="write the tables as markdown here")
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s]
+    except ValueError:
+        print(f"error: --seeds {args.seeds!r} is not a comma-separated list of integers", file=sys.stderr)
+        return 2
+    known = {r.name: r for r in MAIN_ROWS}
+    unknown = [name for name in args.rows.split(",") if name and name not in known]
+    if unknown:
+        print(f"error: unknown row {unknown[0]!r}; known: {', '.join(known)}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    args.runs.mkdir(parents=True, exist_ok=True)
+    try:
+        pop = popularity()
+        summaries = [{"row": "popularity", "title": "popularity (whole history excluded)",
+                      **{k: pop[k] for k in METRICS}, **{f"{k}_sd": 0.0 for k in METRICS}}]
+        for name in [n for n in args.rows.split(",") if n]:
+            summaries.append(summarise(known[name], [run_trial(known[name], seed, args.runs) for seed in seeds]))
+        ablations = []
+        if args.ablations:
+            random_vectors(args.runs)
+            ablations = [summarise(row, [run_trial(row, 0, args.runs)]) for row in ABLATION_ROWS]
+    except RuntimeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    report = f"Test metrics: mean (sd) over seeds {args.seeds}.\n\n{table(summaries)}\n"
+    if ablations:
+        report += f"\nAblations of tiger-ml100k, seed 0, RQ-KMeans IDs:\n\n{table(ablations)}\n"
+    if args.report:
+        args.report.write_text(report)
+    print(report if not args.json else json.dumps({"main": summaries, "ablations": ablations}, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
