@@ -25,6 +25,7 @@ UNITS = {
     "Training FLOP": "training compute C (FLOP)",
     "params": "parameters N (count)",
     "params_non_embedding": "non-embedding parameters N (count)",
+    "params_active": "active parameters per token N (count)",
     "Model Size": "parameters N (count)",
     "tokens": "training tokens D (count)",
     "eval_loss": "eval loss (nats / prediction)",

@@ -14,3 +14,4 @@ HEADS_DIM = "heads_dim"  # heads x per-head width, the input side of an output p
 MLP = "mlp"  # feed-forward hidden width
 RELATIVE = "relative"  # relative-bias tables (small, replicated)
 ID_EDGES = "id_edges"  # the semantic-ID trie's per-level tables (models/id_trie.py)
+EXPERT = "expert"  # the experts of a mixture-of-experts layer (models/moe.py)

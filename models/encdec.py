@@ -37,11 +37,12 @@ import numpy as np
 
 from data import pipeline
 from models import axes, family
-from models.encdec_layers import DecoderBlock, EncoderBlock, Norm, relative_buckets
 from models.beam_search import beam_search
+from models.encdec_layers import DecoderBlock, EncoderBlock, Norm, relative_buckets
 from models.family import TRAIN_MULTIPLIER, BatchField, FamilyConfig
+from models.fields import ConfigError, constrained, fraction, non_negative, positive
 from models.id_trie import IdTrie, build_trie
-from models.fields import ConfigError, fraction, non_negative, positive
+from models.moe import capacity
 from models.layers import logical_param, truncated_normal
 
 PAD, BOS, SPECIALS = 0, 1, 2
@@ -60,7 +61,9 @@ class EncDecConfig(FamilyConfig):
     learned tables; history_items = H; targets_per_row: examples per training row (0 = every
     position); user_buckets = U hashed user tokens; score_chunk: items per chunk of the exact
     scorer. ids: a semantic-ID artefact (python -m data semantic-ids); empty = built from the
-    ids_* fields (cached), so the tokenizer is a sweep axis like d_model. beam_width: beams of
+    ids_* fields (cached), so the tokenizer is a sweep axis like d_model. experts > 0: the
+    decoder's feed-forward is a mixture of that many experts (models/moe.py) of expert_d_ff
+    hidden units, top_k routed, capacity_factor, balance_loss_weight x the Switch loss. beam_width: beams of
     the evaluation's beam search beside the exact scorer (0 = none); beam_items: the items it
     returns (may exceed the beams); beam_constrained: decode only IDs of items (the trie)."""
 
@@ -90,6 +93,11 @@ class EncDecConfig(FamilyConfig):
     beam_width: int = non_negative(20, ">= 0 (0 = exact scoring only)")
     beam_items: int = positive(10)
     beam_constrained: bool = True
+    experts: int = non_negative(0, ">= 0 (0 = a dense decoder feed-forward)")
+    top_k: int = constrained(1, lambda v: v in (1, 2), "1 or 2")
+    capacity_factor: float = constrained(1.25, lambda v: math.isfinite(v) and v > 0, "finite and > 0")
+    expert_d_ff: int = non_negative(0, ">= 0 (0 = d_ff)")
+    balance_loss_weight: float = constrained(0.01, lambda v: math.isfinite(v) and v >= 0, "finite and >= 0")
 
     @property
     def attention_head_dim(self) -> int:
@@ -115,6 +123,8 @@ class EncDecConfig(FamilyConfig):
         if not self.head_dim and self.d_model % self.heads:
             raise ConfigError(f"model.d_model={self.d_model} is not divisible by model.heads={self.heads} "
                               f"(or set model.head_dim)")
+        if self.experts and self.top_k > self.experts:
+            raise ConfigError(f"model.top_k={self.top_k} is more than model.experts={self.experts}")
         if self.ids_codebook < 2:
             raise ConfigError(f"model.ids_codebook={self.ids_codebook} must be at least 2")
         if self.relative_buckets < 4 or self.relative_max_distance <= self.relative_buckets // 4:
@@ -168,8 +178,10 @@ class EncDecNetwork(nn.Module):
             x = block(x, mask, bias, deterministic)
         return self.dropout(self.encoder_norm(x), deterministic=deterministic)
 
-    def decode(self, tokens: jax.Array, memory: jax.Array, memory_real: jax.Array, deterministic: bool) -> jax.Array:
-        """(B, C, T) decoder ids against (B, S, D) memory -> (B, C, T, D) outputs."""
+    def decode(self, tokens: jax.Array, memory: jax.Array, memory_real: jax.Array, deterministic: bool,
+               group: int = 1) -> jax.Array:
+        """(B, C, T) decoder ids against (B, S, D) memory -> (B, C, T, D) outputs. group: the
+        consecutive (B, C) sequences a mixture-of-experts feed-forward routes together."""
         cfg = self.config
         length = tokens.shape[-1]
         x = jnp.take(self.table, tokens, axis=0)
@@ -181,8 +193,9 @@ class EncDecNetwork(nn.Module):
         causal = jnp.tril(jnp.ones((length, length), bool))
         cross_mask = memory_real[:, None, None, None, :]  # (B, 1, 1, 1, S)
         x = self.dropout(x.astype(memory.dtype), deterministic=deterministic)
+        real = tokens[..., 1] != PAD  # (B, C): sequences of a real item (padding targets are all PAD)
         for block in self.decoder_blocks:
-            x = block(x, memory, causal, cross_mask, bias, deterministic)
+            x = block(x, memory, causal, cross_mask, bias, deterministic, real, group)
         return self.dropout(self.decoder_norm(x), deterministic=deterministic)
 
     def level_logits(self, outputs: jax.Array) -> jax.Array:
@@ -222,10 +235,25 @@ class EncDecNetwork(nn.Module):
         logits = jnp.einsum("bcd,kd->bck", outputs.astype(jnp.float32), level) / math.sqrt(cfg.d_model)
         return logits, tuple(updated)
 
-    def __call__(self, encoder_tokens: jax.Array, decoder_tokens: jax.Array, deterministic: bool = True) -> jax.Array:
+    def __call__(self, encoder_tokens: jax.Array, decoder_tokens: jax.Array, deterministic: bool = True,
+                 group: int = 1) -> jax.Array:
         memory = self.encode(encoder_tokens, deterministic)
-        outputs = self.decode(decoder_tokens[:, None], memory, encoder_tokens != PAD, deterministic)[:, 0]
+        outputs = self.decode(decoder_tokens[:, None], memory, encoder_tokens != PAD, deterministic, group)[:, 0]
         return self.level_logits(outputs)
+
+
+def moe_aux(intermediates: Mapping, config: EncDecConfig) -> dict:
+    """The family's aux terms from the routing statistics every MoE layer sowed, averaged over
+    layers: the weighted balance loss, and dropped fraction, router entropy, per-expert load."""
+    layers = [stats for stats in jax.tree.leaves(intermediates, is_leaf=lambda x: isinstance(x, dict) and "balance" in x)]
+    if not layers:
+        return {"losses": {}, "metrics": {}}
+    mean = {key: sum(layer[key] for layer in layers) / len(layers) for key in layers[0]}
+    metrics = {"moe_dropped": mean["dropped"], "moe_entropy": mean["entropy"], "moe_balance": mean["balance"],
+               "moe_load_max": jnp.max(mean["load"]) * config.experts,
+               **{f"moe_load/{e}": mean["load"][e] for e in range(config.experts)}}
+    losses = {"moe_balance_loss": config.balance_loss_weight * mean["balance"]} if config.balance_loss_weight else {}
+    return {"losses": losses, "metrics": metrics}
 
 
 def user_tokens(users: np.ndarray, config: EncDecConfig) -> np.ndarray:
@@ -303,13 +331,15 @@ class EncDecModel(family.Model):
         rows = positions.shape[0] * positions.shape[1]
         encoder_tokens = self.encoder_tokens(history, user).reshape(rows, -1)
         decoder_tokens, local = self.decoder_inputs(target.reshape(rows))
-        logits = self.network.apply({"params": params}, encoder_tokens, decoder_tokens, deterministic=False,
-                                    rngs={"dropout": dropout_rng})
+        # a training row's examples are one routing group of a mixture of experts
+        logits, state = self.network.apply({"params": params}, encoder_tokens, decoder_tokens, deterministic=False,
+                                           group=positions.shape[1], rngs={"dropout": dropout_rng},
+                                           mutable=["intermediates"])
         log_probs = jax.nn.log_softmax(logits, axis=-1)
         nll = -jnp.take_along_axis(log_probs, local[..., None], axis=-1)[..., 0]  # (rows, L + 1)
         weight = weight.reshape(rows)
         loss_sum = jnp.sum(jnp.where(weight[:, None] > 0, nll, 0.0) * weight[:, None])
-        return loss_sum, jnp.sum(weight) * cfg.id_length, {"losses": {}, "metrics": {}}
+        return loss_sum, jnp.sum(weight) * cfg.id_length, moe_aux(state.get("intermediates", {}), cfg)
 
     def item_log_likelihoods(self, params: Any, memory: jax.Array, memory_real: jax.Array) -> jax.Array:
         """(B, num_items) teacher-forced log p(full ID of item i) for every user row, items 1..n,
@@ -498,8 +528,11 @@ class EncDec(family.Family):
     # ---- accounting -----------------------------------------------------------------------------
     def _per_token(self, config: EncDecConfig) -> dict[str, float]:
         d, a, f = config.d_model, config.width, config.d_ff
+        # a mixture of experts counts its router and the top_k experts a token is routed to
+        ffn = (config.top_k * 4.0 * d * (config.expert_d_ff or f) + 2.0 * d * config.experts
+               if config.experts else 4.0 * d * f)
         return {"encoder": 8.0 * d * a + 4.0 * d * f,  # q, k, v, o; feed-forward in and out
-                "decoder": 12.0 * d * a + 4.0 * d * f,  # self q, k, v, o; cross q, o; feed-forward
+                "decoder": 12.0 * d * a + ffn,  # self q, k, v, o; cross q, o; feed-forward (active)
                 "cross_kv": 4.0 * d * a,  # cross-attention keys and values, per encoder token
                 "pair": 4.0 * a,  # QK^T and AV of one (query, key) pair, all heads
                 "logits": 2.0 * d * config.ids_codebook}
@@ -515,12 +548,29 @@ class EncDec(family.Family):
         forward += c["logits"] * examples * t
         return TRAIN_MULTIPLIER * float(forward)
 
+    def _executed_decoder_token(self, config: EncDecConfig, group_tokens: int, slots: int) -> float:
+        """Dot FLOPs per decoder token of one block as compiled: a mixture of experts runs every
+        expert on its C slots of a group of N tokens, and its one-hot dispatch and combine."""
+        c = self._per_token(config)
+        if not config.experts:
+            return c["decoder"]
+        d, e, n, k = config.d_model, config.experts, group_tokens, config.top_k
+        group = (2.0 * n * d * e + 2 * 2.0 * n * k * e * slots  # router; dispatch and combine weights
+                 + 2 * 2.0 * n * e * slots * d  # dispatch and combine
+                 + 4.0 * e * slots * d * (config.expert_d_ff or config.d_ff))  # the experts, on every slot
+        return 12.0 * d * config.width + group / n
+
     def executed_flops(self, config: EncDecConfig, train: Any, rows: int, row_len: int, num_items: int) -> float:
         """Every example slot of the compiled step (padding included), full attention squares."""
         c, t, s = self._per_token(config), config.id_length, config.encoder_length
-        examples = float(rows * (config.targets_per_row if 0 < config.targets_per_row < row_len else row_len))
+        per_row = config.targets_per_row if 0 < config.targets_per_row < row_len else row_len
+        examples = float(rows * per_row)
+        decoder = c["decoder"]
+        if config.experts:
+            decoder = self._executed_decoder_token(
+                config, per_row * t, capacity(per_row * t, config.experts, config.top_k, config.capacity_factor))
         forward = config.encoder_blocks * examples * (c["encoder"] * s + c["pair"] * s * s)
-        forward += config.decoder_blocks * examples * (c["decoder"] * t + c["cross_kv"] * s + c["pair"] * (t * t + t * s))
+        forward += config.decoder_blocks * examples * (decoder * t + c["cross_kv"] * s + c["pair"] * (t * t + t * s))
         forward += c["logits"] * examples * t
         return TRAIN_MULTIPLIER * forward
 
@@ -539,7 +589,8 @@ class EncDec(family.Family):
         c, t, s = self._per_token(config), config.id_length, config.encoder_length
         encoder = config.encoder_blocks * (c["encoder"] * s + c["pair"] * s * s)
         cross_kv = config.decoder_blocks * c["cross_kv"] * s
-        steps = sum(config.decoder_blocks * (c["decoder"] + c["pair"] * ((t if executed else position + 1) + s)) + c["logits"]
+        token = self._executed_decoder_token(config, 1, 1) if executed else c["decoder"]  # a beam's token routes alone
+        steps = sum(config.decoder_blocks * (token + c["pair"] * ((t if executed else position + 1) + s)) + c["logits"]
                     for position in range(t))
         return float(encoder + cross_kv + width * steps)
 
@@ -547,13 +598,17 @@ class EncDec(family.Family):
         d, a, f = config.d_model, config.width, config.d_ff
         norm = d if config.norm == "rmsnorm" else 2 * d
         encoder = config.encoder_blocks * (4 * d * a + 2 * d * f + 2 * norm)
-        decoder = config.decoder_blocks * (8 * d * a + 2 * d * f + 3 * norm)
+        expert = 2 * d * (config.expert_d_ff or f)
+        ffn = config.experts * expert + d * config.experts if config.experts else 2 * d * f  # + the router
+        idle = (config.experts - config.top_k) * expert if config.experts else 0  # experts a token skips
+        decoder = config.decoder_blocks * (8 * d * a + ffn + 3 * norm)
         positions = 2 * config.relative_buckets * config.heads if config.positions == "relative" else 0
         non_embedding = encoder + decoder + 2 * norm + positions
         tables = config.vocab_size * d + ((config.encoder_length + config.id_length) * d
                                           if config.positions == "learned" else 0)
         total = non_embedding + tables
-        return {"params": total, "params_non_embedding": non_embedding, "params_active": total}
+        return {"params": total, "params_non_embedding": non_embedding,
+                "params_active": total - config.decoder_blocks * idle}
 
     def scores_bytes_per_row(self, config: EncDecConfig, row_len: int) -> float:
         examples = config.targets_per_row if 0 < config.targets_per_row < row_len else row_len
@@ -564,7 +619,8 @@ class EncDec(family.Family):
                 "heads": config.heads, "encoder_blocks": config.encoder_blocks, "decoder_blocks": config.decoder_blocks,
                 "ids_levels": config.ids_levels, "ids_codebook": config.ids_codebook, "ids_method": config.ids_method,
                 "ids_source": config.ids_source, "beam_width": config.beam_width,
-                "beam_constrained": config.beam_constrained,
+                "beam_constrained": config.beam_constrained, "experts": config.experts, "top_k": config.top_k,
+                "capacity_factor": config.capacity_factor, "expert_d_ff": config.expert_d_ff or config.d_ff,
                 "decode_flops_per_user": self.beam_decode_flops(config, config.beam_width) if config.beam_width else None}
 
 

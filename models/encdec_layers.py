@@ -21,6 +21,7 @@ import numpy as np
 
 from models import axes
 from models.layers import logical_param
+from models.moe import MoEFeedForward
 
 _XAVIER = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
 _NEG_INF = -1e9
@@ -160,19 +161,36 @@ class DecoderBlock(nn.Module):
         self.norm_cross = Norm(cfg.norm)
         self.cross_attention = Attention(cfg.d_model, cfg.heads, cfg.attention_head_dim)
         self.norm_ffn = Norm(cfg.norm)
-        self.ffn = FeedForward(cfg.d_ff, cfg.activation)
+        if cfg.experts:
+            self.ffn = MoEFeedForward(cfg.expert_d_ff or cfg.d_ff, cfg.activation, cfg.experts, cfg.top_k,
+                                      cfg.capacity_factor)
+        else:
+            self.ffn = FeedForward(cfg.d_ff, cfg.activation)
+
+    def _feed_forward(self, x: jax.Array, real: jax.Array | None, group: int, deterministic: bool) -> jax.Array:
+        """x (B, C, T, D); a mixture of experts routes groups of `group` consecutive sequences of
+        (B, C) together, the tokens of `real` (B, C) sequences only."""
+        if not self.config.experts:
+            return self.ffn(x)
+        b, c, t, d = x.shape
+        real = jnp.ones((b, c), bool) if real is None else real
+        groups = x.reshape(b * c // group, group * t, d)
+        mask = jnp.broadcast_to(real[..., None], (b, c, t)).reshape(groups.shape[:2])
+        return self.ffn(groups, mask, deterministic).reshape(x.shape)
 
     def _cross_and_ffn(self, x: jax.Array, memory_kv: tuple[jax.Array, jax.Array], cross_mask: jax.Array,
-                       deterministic: bool) -> jax.Array:
+                       real: jax.Array | None, group: int, deterministic: bool) -> jax.Array:
         crossed = self.cross_attention.attend(self.cross_attention.query(self.norm_cross(x)), *memory_kv, cross_mask, None)
         x = x + self.drop(crossed, deterministic=deterministic)
-        return x + self.drop(self.ffn(self.norm_ffn(x)), deterministic=deterministic)
+        ffn = self._feed_forward(self.norm_ffn(x), real, group, deterministic)
+        return x + self.drop(ffn, deterministic=deterministic)
 
     def __call__(self, x: jax.Array, memory: jax.Array, self_mask: jax.Array, cross_mask: jax.Array,
-                 bias: jax.Array | None, deterministic: bool) -> jax.Array:
+                 bias: jax.Array | None, deterministic: bool, real: jax.Array | None = None,
+                 group: int = 1) -> jax.Array:
         attended = self.self_attention(self.norm_self(x), None, self_mask, bias, deterministic)
         x = x + self.drop(attended, deterministic=deterministic)
-        return self._cross_and_ffn(x, self.memory_keys_values(memory), cross_mask, deterministic)
+        return self._cross_and_ffn(x, self.memory_keys_values(memory), cross_mask, real, group, deterministic)
 
     def memory_keys_values(self, memory: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Cross-attention keys and values of (B, S, D) memory, each (B, H, S, E): once per user."""
@@ -189,4 +207,4 @@ class DecoderBlock(nn.Module):
         v = jax.lax.dynamic_update_slice_in_dim(cache[1], v_new, position, axis=-2)
         visible = jnp.arange(k.shape[-2]) <= position  # (T,): keys at or before this position
         x = x + self.self_attention.attend(self.self_attention.query(normed), k, v, visible, bias_row)
-        return self._cross_and_ffn(x, memory_kv, cross_mask, True), (k, v)
+        return self._cross_and_ffn(x, memory_kv, cross_mask, None, 1, True), (k, v)

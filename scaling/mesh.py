@@ -29,7 +29,10 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     (axes.LENGTH, None),
     (axes.POSITIONS, None),
     (axes.RELATIVE, None),
-    (axes.ID_EDGES, None),  # a few ints per item, gathered by every beam: replicated
+    (axes.ID_EDGES, None),
+    # Experts over the data axis (GShard's expert parallelism): each data shard holds E / data
+    # experts, tokens reach them by an all-to-all; their inner dimensions keep fsdp and tensor.
+    (axes.EXPERT, "data"),  # a few ints per item, gathered by every beam: replicated
 )
 
 

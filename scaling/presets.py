@@ -11,6 +11,14 @@ _REFERENCE_TRAIN = TrainConfig(batch_size=128, epochs=101.0, learning_rate=1e-3,
                                weight_decay=0.0, negatives=128, temperature=0.05)
 _REFERENCE_DATA = DataConfig(max_len=200)
 
+_TIGER_ML100K = TrialConfig(
+    data=DataConfig(max_len=200),
+    model=ModelConfig(family="encdec", d_model=64, heads=4, encoder_blocks=2, decoder_blocks=2, d_ff=256,
+                      dropout=0.1, history_items=10, targets_per_row=16),
+    train=TrainConfig(batch_size=64, epochs=30.0, learning_rate=1e-3, beta1=0.9, beta2=0.98, warmup_steps=50,
+                      eval_batch_size=64, log_every=25),
+)
+
 PRESETS: dict[str, TrialConfig] = {
     "hstu-ml1m": TrialConfig(
         data=_REFERENCE_DATA,
@@ -39,13 +47,14 @@ PRESETS: dict[str, TrialConfig] = {
     # step at 1024 examples), 30 epochs of the recent 200-item windows, AdamW 1e-3 constant after 50
     # warm-up steps (TIGER: Adagrad 0.01 with inverse-sqrt decay; cosine decay to 0 measured worse
     # here: test HR@10 0.111 against 0.134). About 7-12 minutes on this CPU.
-    "tiger-ml100k": TrialConfig(
-        data=DataConfig(max_len=200),
-        model=ModelConfig(family="encdec", d_model=64, heads=4, encoder_blocks=2, decoder_blocks=2, d_ff=256,
-                          dropout=0.1, history_items=10, targets_per_row=16),
-        train=TrainConfig(batch_size=64, epochs=30.0, learning_rate=1e-3, beta1=0.9, beta2=0.98, warmup_steps=50,
-                          eval_batch_size=64, log_every=25),
-    ),
+    "tiger-ml100k": _TIGER_ML100K,
+    # OneRec's mixture-of-experts decoder on tiger-ml100k: each decoder block's feed-forward is 8
+    # experts of 128 hidden units, top-2 routed, so a token runs the dense preset's 256 hidden
+    # units (its active FLOPs per token, plus a router of 2 x 64 x 8) while the feed-forward holds
+    # 4x the parameters; capacity factor 1.25, Switch balance loss x 0.01. Sweep axes:
+    # model.experts, model.top_k, model.capacity_factor (model.expert_d_ff=256: 2x the active FLOPs).
+    "onerec-moe-ml100k": with_overrides(_TIGER_ML100K, ["model.experts=8", "model.top_k=2", "model.expert_d_ff=128",
+                                                        "model.capacity_factor=1.25"]),
     # A seconds-long configuration for smoke tests and the README's first run.
     "tiny": TrialConfig(
         data=DataConfig(max_len=20),

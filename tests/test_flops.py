@@ -104,14 +104,16 @@ def test_non_embedding_params_count_every_parameter_outside_the_tables(family):
     assert sum(leaf.size for leaf in jax.tree.leaves(params)) == flops.non_embedding_params(model)
 
 
-@pytest.mark.parametrize("targets_per_row, positions", [(0, "relative"), (3, "learned")])
-def test_encdec_executed_flops_equal_dot_flops_of_the_compiled_step(targets_per_row, positions):
-    """Encoder, decoder self- and cross-attention, the cross keys/values and the level logits."""
+@pytest.mark.parametrize("targets_per_row, positions, experts", [(0, "relative", 0), (3, "learned", 0), (3, "relative", 4)])
+def test_encdec_executed_flops_equal_dot_flops_of_the_compiled_step(targets_per_row, positions, experts):
+    """Encoder, decoder self- and cross-attention, the cross keys/values and the level logits;
+    a mixture of experts' router, dispatch, combine and every expert's capacity slots."""
     rows, row_len = 4, 8
+    moe = dict(experts=experts, top_k=2, expert_d_ff=48) if experts else {}
     config = TrialConfig(
         data=DataConfig(max_len=row_len - 1),
         model=ModelConfig(family="encdec", d_model=32, heads=2, d_ff=64, history_items=4, ids_codebook=8,
-                          user_buckets=16, targets_per_row=targets_per_row, positions=positions),
+                          user_buckets=16, targets_per_row=targets_per_row, positions=positions, **moe),
         train=TrainConfig(batch_size=rows, steps=1, eval_batch_size=rows, grad_accum=1),
     )
     trainer = build_trainer(config, 100, make_mesh("data=1", jax.devices()[:1]), total_steps=1)

@@ -25,9 +25,11 @@ NUM_ITEMS = 63  # vocab 64: divisible by every mesh axis used here
 
 
 def _config(family: str) -> TrialConfig:
-    if family == "encdec":  # vocabulary 2 + 4 x 8 codes + 14 users = 48 rows; 3 drawn examples per row
+    if family.startswith("encdec"):  # vocabulary 2 + 4 x 8 codes + 14 users = 48 rows; 3 drawn examples per row
+        # encdec-moe: 4 experts, top 2, capacity 6 of a row's 12 decoder tokens x 2 / 4 (some dropped)
+        moe = dict(experts=4, top_k=2, capacity_factor=1.0, expert_d_ff=16) if family == "encdec-moe" else {}
         model = ModelConfig(family="encdec", d_model=16, heads=2, d_ff=32, encoder_blocks=1, decoder_blocks=1,
-                            dropout=0.1, history_items=4, ids_codebook=8, user_buckets=14, targets_per_row=3)
+                            dropout=0.1, history_items=4, ids_codebook=8, user_buckets=14, targets_per_row=3, **moe)
     else:
         model = ModelConfig(family=family, d_model=16, blocks=2, heads=2, dqk=8, dv=8, max_positions=16,
                             dropout=0.1, input_dropout=0.1, ffn_dim=32)
@@ -90,7 +92,7 @@ def one_step(family: str, spec: str, batch: dict):
         return params, jax.device_get(grads), float(loss_sum / count), trainer, state
 
 
-@pytest.mark.parametrize("family", ["hstu", "sasrec", "encdec"])
+@pytest.mark.parametrize("family", ["hstu", "sasrec", "encdec", "encdec-moe"])
 def test_loss_and_gradients_equal_single_device(family: str, host_batches) -> None:
     ref_params, ref_grads, ref_loss, _, _ = one_step(family, "data=1", host_batches[0])
     for spec in MESHES:
@@ -98,6 +100,17 @@ def test_loss_and_gradients_equal_single_device(family: str, host_batches) -> No
         jax.tree.map(np.testing.assert_array_equal, params, ref_params)
         assert loss == pytest.approx(ref_loss, rel=1e-5), spec
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), grads, ref_grads)
+
+
+def test_experts_are_sharded_over_the_data_axis() -> None:
+    trainer = build_trainer(dataclasses.replace(_config("encdec-moe"), mesh=MeshConfig("data=2,fsdp=2,tensor=2")),
+                            NUM_ITEMS, make_mesh("data=2,fsdp=2,tensor=2"), total_steps=4)
+    with trainer.context():
+        state = trainer.init(jax.random.key(0))
+    ffn = state["params"]["decoder_0"]["ffn"]
+    assert ffn["wi"].sharding.spec == PartitionSpec("data", "fsdp", "tensor")  # (expert, embed, mlp)
+    assert ffn["wo"].sharding.spec == PartitionSpec("data", "tensor", "fsdp")
+    assert ffn["wi"].addressable_shards[0].data.shape == (4 // 2, 16 // 2, 16 // 2)
 
 
 def test_parameters_are_sharded_as_the_rules_say() -> None:
