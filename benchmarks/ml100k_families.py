@@ -47,6 +47,10 @@ MAIN_ROWS = (
     Row("hstu", "HSTU", "hstu-ml1m"),
     Row("tiger-rqkmeans", "TIGER, RQ-KMeans IDs", "tiger-ml100k", ("model.ids_seed={seed}",)),
     Row("tiger-rqvae", "TIGER, RQ-VAE IDs", "tiger-ml100k", ("model.ids_seed={seed}", "model.ids_method=rqvae")),
+    Row("tiger-rqkmeans-cooc", "TIGER, RQ-KMeans IDs of co-occurrence", "tiger-ml100k",
+        ("model.ids_seed={seed}", "model.ids_source=cooccurrence")),
+    Row("tiger-rqvae-cooc", "TIGER, RQ-VAE IDs of co-occurrence", "tiger-ml100k",
+        ("model.ids_seed={seed}", "model.ids_method=rqvae", "model.ids_source=cooccurrence")),
 )
 ABLATION_ROWS = (
     Row("abl-source-metadata", "source metadata", "tiger-ml100k", ("model.ids_source=metadata",)),
