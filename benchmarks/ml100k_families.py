@@ -34,10 +34,10 @@ class Row:
     name: str  # workdir prefix
     title: str
     preset: str
-    overrides: tuple[str, ...] = ()  # "{seed}" is replaced by the seed
+    overrides: tuple[str, ...] = ()  # "{seed}" and "{runs}" are replaced by the seed and the runs directory
 
-    def sets(self, seed: int) -> list[str]:
-        return [override.format(seed=seed) for override in self.overrides]
+    def sets(self, seed: int, runs: Path) -> list[str]:
+        return [override.format(seed=seed, runs=runs) for override in self.overrides]
 
 
 RANDOM_VECTORS = "random-item-vectors.npy"
@@ -74,8 +74,8 @@ def run_trial(row: Row, seed: int, runs: Path) -> dict:
     if not result_path.exists():
         command = [sys.executable, "-m", "scaling.train", "--preset", row.preset, "--seed", str(seed),
                    "--workdir", str(workdir), "--json"]
-        for override in row.sets(seed):
-            command += ["--set", override.replace("{runs}", str(runs))]
+        for override in row.sets(seed, runs):
+            command += ["--set", override]
         _log(f"{time.strftime('%H:%M:%S')} {row.name} seed {seed}: {' '.join(command[1:])}")
         workdir.mkdir(parents=True, exist_ok=True)
         with open(workdir.with_suffix(".log"), "ab") as log:
