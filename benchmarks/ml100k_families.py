@@ -43,8 +43,8 @@ class Row:
 RANDOM_VECTORS = "random-item-vectors.npy"
 
 MAIN_ROWS = (
-    Row("sasrec", "SASRec", "sasrec-ml1m"),
-    Row("hstu", "HSTU", "hstu-ml1m"),
+    Row("sasrec-ml1m", "SASRec", "sasrec-ml1m"),
+    Row("hstu-ml1m", "HSTU", "hstu-ml1m"),
     Row("tiger-rqkmeans", "TIGER, RQ-KMeans IDs", "tiger-ml100k", ("model.ids_seed={seed}",)),
     Row("tiger-rqvae", "TIGER, RQ-VAE IDs", "tiger-ml100k", ("model.ids_seed={seed}", "model.ids_method=rqvae")),
     Row("tiger-rqkmeans-cooc", "TIGER, RQ-KMeans IDs of co-occurrence", "tiger-ml100k",
