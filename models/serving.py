@@ -9,12 +9,14 @@ evaluation code runs on it unchanged; the tests check the two agree field by fie
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
 
 from models import family as families
+from models.layers import force_hand_written_kernels
 
 
 def history_batch(histories: jax.Array, timestamps: jax.Array, lengths: jax.Array, users: jax.Array,
@@ -51,3 +53,11 @@ def serving_batch(config: Any, histories: jax.Array, timestamps: jax.Array, leng
     family = families.of(config)
     fields = family.eval_fields(config)
     return family.device_batch(config, history_batch(histories, timestamps, lengths, users, row_len), fields, jnp)
+
+
+@contextlib.contextmanager
+def portable_kernels() -> Iterator[None]:
+    """Trace with the portable forms of every layer, not the XLA:CPU ones of models/layers.py: an
+    exported function lowered for several platforms runs the same code on each."""
+    with force_hand_written_kernels(False):
+        yield

@@ -189,7 +189,7 @@ def serving_function(trial: TrainedTrial, k: int) -> Callable:
 def export_function(trial: TrainedTrial, k: int, platforms: Sequence[str]) -> jax.export.Exported:
     """serve() lowered for `platforms` with a symbolic batch dimension b. The portable kernels are
     traced (not the XLA:CPU forms of models/layers.py), so one module suits every platform."""
-    from models.layers import force_hand_written_kernels
+    from models.serving import portable_kernels
 
     flat = flatten(trial.params)
     (b,) = jax.export.symbolic_shape("b")
@@ -197,7 +197,7 @@ def export_function(trial: TrainedTrial, k: int, platforms: Sequence[str]) -> ja
     specs = ({name: jax.ShapeDtypeStruct(v.shape, v.dtype) for name, v in flat.items()},
              jax.ShapeDtypeStruct((b, t), jnp.int32), jax.ShapeDtypeStruct((b, t), jnp.int32),
              jax.ShapeDtypeStruct((b,), jnp.int32), jax.ShapeDtypeStruct((b,), jnp.int32))
-    with force_hand_written_kernels(False):
+    with portable_kernels():
         return jax.export.export(jax.jit(serving_function(trial, k)), platforms=tuple(platforms))(*specs)
 
 

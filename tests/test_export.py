@@ -303,3 +303,15 @@ def test_sweeps_export_picks_the_best_trial(trained, tmp_path) -> None:
                            "--best", "nothing", "--out", str(tmp_path / "none")], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "--best nothing" in done.stderr
+
+
+def test_serving_benchmark_times_the_exported_function(trained, capsys) -> None:
+    from benchmarks import serving
+
+    workdir = trained[0]
+    row = serving.measure("tiny", workdir, k=10, calls=5, steps=1)
+    assert (workdir / "export-k10" / export.MANIFEST).exists() and row["step"] == 6 and row["history_length"] == 20
+    assert 0 < row["p50_ms_batch1"] <= row["p99_ms_batch1"] and row["users_per_second_batch128"] > 0
+    assert row["export_bytes"] > row["params_bytes"] > 16 * 1683 * 4
+    assert serving.main(["--trials", "tiny"]) == 2 and "PRESET=WORKDIR" in capsys.readouterr().err
+    assert serving.main(["--trials", f"nosuch={workdir}"]) == 2 and "unknown preset 'nosuch'" in capsys.readouterr().err
