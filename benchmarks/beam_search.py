@@ -36,20 +36,15 @@ def _ints(text: str) -> list[int]:
 
 def trained(workdir: Path):
     """(config, prepared data, leave-one-out split, host params, step) of a finished trial."""
-    from data.dataset import prepare
-    from data.readers.tabular import parse_column_mapping
-    from data.sequences import PreprocessOptions
+    from data.dataset import prepare_section
     from data.split import leave_one_out
     from scaling import checkpoint
     from scaling.config import from_json
 
     config = from_json((workdir / "config.json").read_text())
-    data = config.data
-    prepared = prepare(data.name, format=data.format or None,
-                       columns=parse_column_mapping(data.columns) if data.columns else None,
-                       options=PreprocessOptions(data.user_core, data.item_core))
+    prepared = prepare_section(config.data)
     params, step = checkpoint.restore_params(workdir / "checkpoints")
-    return config, prepared, leave_one_out(prepared.sequences, data.split), params, step
+    return config, prepared, leave_one_out(prepared.sequences, config.data.split), params, step
 
 
 def evaluate_beams(workdir: Path, beams: Sequence[int]) -> dict:

@@ -8,7 +8,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -57,6 +57,16 @@ def prepare(
     if use_cache:
         _save(folder, prepared)
     return prepared
+
+
+def prepare_section(data: Any) -> PreparedData:
+    """prepare() of a trial's data section (scaling.config.DataConfig: name, format, columns,
+    user_core, item_core): the one place a trial's settings become a dataset."""
+    from data.readers.tabular import parse_column_mapping
+
+    return prepare(data.name, format=data.format or None,
+                   columns=parse_column_mapping(data.columns) if data.columns else None,
+                   options=PreprocessOptions(data.user_core, data.item_core))
 
 
 def _source_identity(name_or_path: str, format: str | None) -> object:

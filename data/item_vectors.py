@@ -195,12 +195,6 @@ def checkpoint_item_table(workdir: Path, item_ids: np.ndarray, part: str) -> tup
 
 
 def _trial_item_ids(config) -> np.ndarray:
-    from data.dataset import prepare
-    from data.readers.tabular import parse_column_mapping
-    from data.sequences import PreprocessOptions
+    from data.dataset import prepare_section
 
-    data = config.data
-    prepared = prepare(data.name, format=data.format or None,
-                       columns=parse_column_mapping(data.columns) if data.columns else None,
-                       options=PreprocessOptions(data.user_core, data.item_core))
-    return prepared.sequences.item_ids
+    return prepare_section(config.data).sequences.item_ids

@@ -227,13 +227,22 @@ def train_dataset(
 def eval_row(targets: EvalTargets, user: int, row_len: int, history_len: int | None = None) -> Batch:
     """A row of row_len tokens holding the user's most recent history_len (default row_len)
     history items; the last history token's target is the eval target."""
+    return history_row(targets.history, user, row_len, history_len,
+                       int(targets.targets[user]), int(targets.target_timestamps[user]))
+
+
+def history_row(history: Sequences, user: int, row_len: int, history_len: int | None = None, target: int = 0,
+                target_timestamp: int | None = None) -> Batch:
+    """eval_row of a history whose target is unknown (target 0; the last token's next timestamp is
+    its own, as in training): what a serving request is. A user without items gives a row with
+    eval_valid False."""
     row = _empty_row(row_len)
-    length = int(targets.history.lengths[user])
+    length = int(history.lengths[user])
     start = max(length - min(history_len or row_len, row_len), 0)
-    _fill_segment(row, 0, targets.history, user, start, length, 1,
-                  int(targets.targets[user]), int(targets.target_timestamps[user]))
-    row.update(eval_target=np.int32(targets.targets[user]), eval_position=np.int32(length - start - 1),
-               eval_user=np.int32(user), eval_valid=np.bool_(True))
+    if length:
+        _fill_segment(row, 0, history, user, start, length, 1, target, target_timestamp)
+    row.update(eval_target=np.int32(target), eval_position=np.int32(max(length - start - 1, 0)),
+               eval_user=np.int32(user), eval_valid=np.bool_(length > 0))
     return row
 
 

@@ -135,6 +135,16 @@ class DecoderModel(family.Model):
         loss = jax.nn.logsumexp(logits, axis=1) - target_score / self.train.temperature
         return {"rank": 1 + higher, "loss": loss, "valid": batch["eval_valid"]}
 
+    def top_items(self, params: Any, batch: Mapping[str, jax.Array], k: int) -> dict[str, jax.Array]:
+        """The k items of highest cosine score with the query, history and padding excluded."""
+        outputs = self.module.apply({"params": params}, {key: batch[key] for key in MODEL_INPUTS}, deterministic=True)
+        query = jnp.take_along_axis(outputs, batch["eval_position"][:, None, None], axis=1)[:, 0]
+        scores = query @ l2_normalize(params["item_embedding"]).astype(jnp.float32).T  # (B, V + 1)
+        rows = jnp.arange(scores.shape[0])[:, None]
+        excluded = jnp.zeros(scores.shape, bool).at[rows, batch["items"]].set(True).at[:, 0].set(True)
+        scores, items = jax.lax.top_k(jnp.where(excluded, -jnp.inf, scores), k)
+        return {"items": items.astype(jnp.int32), "scores": scores}
+
     def step_counts(self, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
         real = batch["segment_ids"] > 0
         # sum over segments of n^2 = sum over their tokens of (2 p + 1), p the position in the segment
@@ -142,14 +152,15 @@ class DecoderModel(family.Model):
         return {"tokens": jnp.sum(real).astype(jnp.float32), "squared_lengths": squared_lengths}
 
 
-def relative_timestamps(batch: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def relative_timestamps(batch: Mapping[str, Any], xp: Any = np) -> tuple[Any, Any]:
     """Timestamps minus each row's earliest real one, as int32: only differences within a row
-    matter (HSTU's time buckets), and epoch seconds would not survive JAX's default int32."""
+    matter (HSTU's time buckets), and epoch seconds would not survive JAX's default int32.
+    xp: numpy on the host, jax.numpy inside a jitted function."""
     real = batch["segment_ids"] > 0
-    big = np.iinfo(np.int64).max
-    base = np.min(np.where(real, batch["timestamps"], big), axis=1, keepdims=True)
-    base = np.where(base == big, 0, base)
-    shift = lambda t: np.where(real, np.clip(t - base, 0, np.iinfo(np.int32).max), 0).astype(np.int32)
+    big = np.iinfo(batch["timestamps"].dtype).max
+    base = xp.min(xp.where(real, batch["timestamps"], big), axis=1, keepdims=True)
+    base = xp.where(base == big, 0, base)
+    shift = lambda t: xp.where(real, xp.clip(t - base, 0, np.iinfo(np.int32).max), 0).astype(np.int32)
     return shift(batch["timestamps"]), shift(batch["next_timestamps"])
 
 
@@ -175,11 +186,11 @@ class DecoderFamily(family.Family):
     def eval_fields(self, config: DecoderConfig) -> Mapping[str, BatchField]:
         return EVAL_FIELDS
 
-    def device_batch(self, config: DecoderConfig, batch: Mapping[str, np.ndarray],
-                     fields: Mapping[str, BatchField]) -> dict[str, np.ndarray]:
-        host = dict(batch)
-        host["timestamps"], host["next_timestamps"] = relative_timestamps(batch)
-        return super().device_batch(config, host, fields)
+    def device_batch(self, config: DecoderConfig, batch: Mapping[str, Any], fields: Mapping[str, BatchField],
+                     xp: Any = np) -> dict[str, Any]:
+        shifted = dict(batch)
+        shifted["timestamps"], shifted["next_timestamps"] = relative_timestamps(batch, xp)
+        return super().device_batch(config, shifted, fields, xp)
 
     # ---- rules -------------------------------------------------------------------------------
     def check_trial(self, config: DecoderConfig, data: Any, train: Any) -> None:

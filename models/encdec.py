@@ -256,11 +256,13 @@ def moe_aux(intermediates: Mapping, config: EncDecConfig) -> dict:
     return {"losses": losses, "metrics": metrics}
 
 
-def user_tokens(users: np.ndarray, config: EncDecConfig) -> np.ndarray:
-    """The hashed user token of dense user indices (-1 = padding -> PAD)."""
-    hashed = (users.astype(np.uint64) * np.uint64(2654435761)) % np.uint64(2**32) % np.uint64(config.user_buckets)
+def user_tokens(users: Any, config: EncDecConfig, xp: Any = np) -> Any:
+    """The hashed user token of dense user indices (-1 = padding -> PAD). Knuth's multiplicative
+    hash mod 2^32, by uint32 arithmetic that wraps the same in numpy and jax.numpy (xp)."""
+    users = xp.asarray(users)
+    hashed = (users.astype(np.uint32) * np.uint32(2654435761)) % np.uint32(config.user_buckets)
     first = SPECIALS + config.id_length * config.ids_codebook
-    return np.where(users >= 0, first + hashed.astype(np.int64), PAD).astype(np.int32)
+    return xp.where(users >= 0, first + hashed.astype(np.int32), PAD).astype(np.int32)
 
 
 def history_windows(items: jax.Array, segment_ids: jax.Array, positions: jax.Array, history: int) -> jax.Array:
@@ -409,6 +411,17 @@ class EncDecModel(family.Model):
             out.update(self._beam_metrics(params, memory, memory_real, jnp.where(excluded, -jnp.inf, scores), excluded))
         return out
 
+    def top_items(self, params: Any, batch: Mapping[str, jax.Array], k: int) -> dict[str, jax.Array]:
+        """The constrained beam search's k best items (beam_width beams, at least one; history
+        excluded), scored by the log-probability of their full ID. A row whose beams find fewer
+        than k items pads with item 0 at score -inf."""
+        memory, memory_real = self.encode_users(params, batch)
+        rows = jnp.arange(memory.shape[0])[:, None]
+        excluded = jnp.zeros((memory.shape[0], self.num_items + 1), bool).at[rows, batch["items"]].set(True)
+        found = self.beam_search(params, memory, memory_real, max(self.config.beam_width, 1), True,
+                                 excluded.at[:, 0].set(True), k)
+        return {"items": found["items"][:, :k], "scores": found["scores"][:, :k]}
+
     def _beam_metrics(self, params: Any, memory: jax.Array, memory_real: jax.Array, exact_scores: jax.Array,
                       excluded: jax.Array) -> dict:
         """The beam's top beam_items ("lists"), and per row: the fraction of returned IDs that are
@@ -516,10 +529,10 @@ class EncDec(family.Family):
     def eval_fields(self, config: EncDecConfig) -> Mapping[str, BatchField]:
         return EVAL_FIELDS
 
-    def device_batch(self, config: EncDecConfig, batch: Mapping[str, np.ndarray],
-                     fields: Mapping[str, BatchField]) -> dict[str, np.ndarray]:
-        return super().device_batch(config, {**batch, "user_tokens": user_tokens(np.asarray(batch["users"]), config)},
-                                    fields)
+    def device_batch(self, config: EncDecConfig, batch: Mapping[str, Any], fields: Mapping[str, BatchField],
+                     xp: Any = np) -> dict[str, Any]:
+        return super().device_batch(config, {**batch, "user_tokens": user_tokens(batch["users"], config, xp)},
+                                    fields, xp)
 
     def check_data(self, config: EncDecConfig, train: Any, num_items: int) -> None:
         if config.ids_codebook > num_items:

@@ -104,6 +104,11 @@ class Model(abc.ABC):
     def step_counts(self, batch: Batch) -> dict[str, Any]:
         """Scalars the train step returns for FLOP and data accounting; "tokens" is required."""
 
+    def top_items(self, params: Any, batch: Batch, k: int) -> dict[str, Any]:
+        """Serving: per eval-batch row, "items" (B, k) the k best dense item ids, best first, none
+        of the row's history, and their "scores" (B, k) (the family's own scale)."""
+        raise NotImplementedError(f"{type(self).__name__} does not serve top-k items")
+
     def provenance(self) -> dict[str, Any]:
         """What the model was built from besides its config (e.g. its semantic IDs), for result.json."""
         return {}
@@ -149,9 +154,11 @@ class Family(abc.ABC):
         """Matmul FLOPs the compiled train step executes on (rows, row_len); None if not counted."""
         return None
 
-    def device_batch(self, config: Any, batch: Batch, fields: Mapping[str, BatchField]) -> dict[str, np.ndarray]:
-        """The host arrays of `fields` from a pipeline batch, in their device dtypes."""
-        return {name: np.asarray(batch[name], field.dtype) for name, field in fields.items()}
+    def device_batch(self, config: Any, batch: Batch, fields: Mapping[str, BatchField], xp: Any = np
+                     ) -> dict[str, Any]:
+        """The arrays of `fields` from a pipeline batch, in their device dtypes: host numpy arrays,
+        or with xp=jax.numpy traced ones (the exported serving function builds its batch so)."""
+        return {name: xp.asarray(batch[name], field.dtype) for name, field in fields.items()}
 
     def example_batch(self, config: Any, rows: int, row_len: int, fields: Mapping[str, BatchField] | None = None
                       ) -> dict[str, np.ndarray]:

@@ -20,11 +20,10 @@ import jax
 import numpy as np
 from etils import epath
 
-from data.dataset import prepare
+from data.dataset import prepare_section
 from data.errors import DataError
 from data.pipeline import PipelineConfig, epoch_plan, eval_dataset, train_dataset
 from data.ranking import DEFAULT_KS, ranking_metrics, ranks_from_top_k
-from data.sequences import PreprocessOptions
 from data.split import EvalTargets, leave_one_out
 from models import family as families
 from scaling import checkpoint, distributed, flops, hardware, host
@@ -108,8 +107,7 @@ def run(config: TrialConfig, workdir: epath.Path) -> dict[str, Any]:
 
     # ---- Data -------------------------------------------------------------------------------
     mesh = make_mesh(config.mesh.spec)  # an impossible mesh fails before any data is read
-    prepared = prepare(data_cfg.name, format=data_cfg.format or None,
-                       columns=_columns(data_cfg.columns), options=PreprocessOptions(data_cfg.user_core, data_cfg.item_core))
+    prepared = prepare_section(data_cfg)
     split = leave_one_out(prepared.sequences, data_cfg.split)
     num_items = prepared.sequences.num_items
     pipeline = PipelineConfig(batch_size=train_cfg.batch_size, row_len=data_cfg.row_len, packed=data_cfg.packed,
@@ -252,14 +250,6 @@ def plateau(metrics_path: epath.Path, count: int = PLATEAU_EVALS) -> dict[str, A
         return {}
     return {"plateau_evals": len(last),
             **{f"plateau_{k}": sum(r[f"eval/test_{k}"] for r in last) / len(last) for k in ("hr@10", "ndcg@10")}}
-
-
-def _columns(text: str) -> dict[str, str] | None:
-    if not text:
-        return None
-    from data.readers.tabular import parse_column_mapping
-
-    return parse_column_mapping(text)
 
 
 def config_from_args(args: argparse.Namespace) -> TrialConfig:

@@ -4,6 +4,9 @@
   run SPEC [--launcher L]     run what is not done yet (local: one subprocess per trial), then
                               fit and plot the results into WORKDIR/report/
   status SPEC                 done / running / failed / pending per trial
+  export SPEC --best METRIC --out DIR
+                              export the finished trial with the best METRIC (a results.jsonl
+                              key; losses are minimised, the rest maximised) by scaling.export
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from etils import epath
@@ -134,13 +138,52 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
             "results": str(workdir / "results.jsonl"), "report": report}
 
 
+def best_trial(sweep: Sweep, workdir: epath.Path, metric: str) -> tuple[Any, dict[str, Any]]:
+    """(trial, its record) of the sweep's finished trial with the best `metric`."""
+    records = ResultsStore(workdir).load()
+    trials = {trial.trial_id: trial for trial in sweep.trials()}
+    scored = [(r[metric], trial_id) for trial_id, r in records.items()
+              if r.get("status") == "ok" and trial_id in trials and isinstance(r.get(metric), (int, float))]
+    if not scored:
+        known = sorted({k for r in records.values() for k, v in r.items() if isinstance(v, (int, float))})
+        raise ConfigError(f"--best {metric}: no finished trial of {sweep.name} in {workdir} has it"
+                          + (f"; numeric keys: {', '.join(known[:12])}..." if known else " (no results yet)"))
+    _, trial_id = (min if "loss" in metric else max)(scored)
+    return trials[trial_id], records[trial_id]
+
+
+def _step_metric(best: str) -> str:
+    """The metrics.jsonl eval key that ranks one trial's checkpoints like `best` ranks trials."""
+    name = best.removeprefix("valid_").removeprefix("test_")
+    return "valid_" + ("loss" if name in ("eval_loss", "test_loss", "loss") else name)
+
+
+def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
+    from scaling import export
+
+    sweep = load_spec(args.spec)
+    workdir = _workdir(args, sweep)
+    trial, record = best_trial(sweep, workdir, args.best)
+    runner.log(f"best {args.best} = {record[args.best]:.6g}: trial {trial.trial_id} "
+               + " ".join(f"{k}={v}" for k, v in trial.labels.items()))
+    try:
+        summary = export.export_trial(Path(str(runner.trial_dir(workdir, trial))), Path(args.out), args.step,
+                                      _step_metric(args.best),
+                                      args.k, export.PLATFORMS, runner.log)
+    except export.ExportError as error:
+        raise ConfigError(str(error)) from None
+    return {"sweep": sweep.name, "trial_id": trial.trial_id, "labels": trial.labels, args.best: record[args.best],
+            "out": summary["out"], "total_bytes": summary["total_bytes"], "step": summary["step"]}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sweeps", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     for name, run, text in (("show", cmd_show, "list the expanded trials"),
                             ("run", cmd_run, "run the trials that are not done"),
-                            ("status", cmd_status, "done / running / failed / pending")):
+                            ("status", cmd_status, "done / running / failed / pending"),
+                            ("export", cmd_export, "export the best finished trial for serving")):
         sub = commands.add_parser(name, help=text, description=text)
         sub.set_defaults(run=run)
         sub.add_argument("spec", help="a sweep spec file, e.g. sweeps/configs/ml100k_hstu.py")
@@ -148,6 +191,11 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--json", action="store_true", help="print one JSON object as the last line")
         if name != "show":
             sub.add_argument("--workdir", help="where trials and results go (default: workdirs/SWEEP_NAME; gs:// ok)")
+    export_parser = commands.choices["export"]
+    export_parser.add_argument("--best", required=True, help="results.jsonl metric, e.g. hr@10 or eval_loss")
+    export_parser.add_argument("--out", required=True, help="the export directory (must not exist or be empty)")
+    export_parser.add_argument("--step", default="last", help="checkpoint of that trial: N, last, best")
+    export_parser.add_argument("--k", type=int, default=50, help="items the serving function returns")
     run_parser = commands.choices["run"]
     run_parser.add_argument("--launcher", choices=LAUNCHERS, default="local")
     run_parser.add_argument("--dry-run", action="store_true", help="print the exact commands, run nothing")
