@@ -77,7 +77,7 @@ def _refused(tmp_path: Path, capsys, extra: list[str]) -> list[str]:
 
 @pytest.mark.parametrize("extra, line", BEFORE_DATA, ids=[" ".join(a) for a, _ in BEFORE_DATA])
 def test_bad_values_are_refused_before_any_data_is_read(tmp_path, capsys, monkeypatch, extra, line) -> None:
-    monkeypatch.setattr(train_module, "prepare", lambda *a, **k: pytest.fail("data was read"))
+    monkeypatch.setattr(train_module, "prepare_section", lambda *a, **k: pytest.fail("data was read"))
     assert _refused(tmp_path, capsys, extra) == [line]
     assert not (tmp_path / "w" / "config.json").exists()
 
