@@ -34,6 +34,22 @@ from scaling.presets import PRESETS, preset
 from scaling.trainer import build_trainer
 
 
+class NonFiniteError(Exception):
+    """A step whose loss or gradient is not finite: the trial stops before saving that state."""
+
+    def __init__(self, step: int, what: str):
+        super().__init__(f"non-finite {what} at step {step}")
+        self.step = step
+
+
+def check_finite(step: int, metrics: dict) -> None:
+    """Raise NonFiniteError when step's loss or gradient norm is NaN or infinite. Checked as each
+    step's metrics are read, before any checkpoint of that step's state is started."""
+    for name, what in (("loss_sum", "loss"), ("grad_norm", "gradient")):
+        if not math.isfinite(float(metrics[name])):
+            raise NonFiniteError(step, what)
+
+
 def log(message: str) -> None:
     if jax.process_index() == 0:
         print(message, file=sys.stderr, flush=True)
@@ -149,6 +165,7 @@ def run(config: TrialConfig, workdir: epath.Path) -> dict[str, Any]:
         def drain() -> None:
             while pending:
                 done_step, metrics = pending.pop()
+                check_finite(done_step, metrics)
                 counts = {name: float(value) for name, value in metrics["counts"].items()}
                 step_flops = flops.model_flops_from_counts(config.model, train_cfg, counts, num_items)
                 record = meter.record(done_step, metrics, counts["tokens"], step_flops)
@@ -334,6 +351,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except NonFiniteError as error:  # the last good checkpoint stays; a rerun would resume from it
+        folder = workdir / "checkpoints"
+        kept = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+        last_good = kept[-1] if kept else None
+        print(f"error: {error}; last good checkpoint: {last_good}", file=sys.stderr)
+        result = {"status": "failed", "reason": str(error), "failed_at_step": error.step,
+                  "last_good_checkpoint": last_good}
+        code = 1
     except Exception as error:  # a failed trial still leaves a result saying why
         traceback.print_exc(file=sys.stderr)
         result = {"status": f"failed: {type(error).__name__}: {error}".splitlines()[0]}

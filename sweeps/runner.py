@@ -136,7 +136,8 @@ def run_trials(sweep: Sweep, workdir: epath.Path, trials: Sequence[Trial], paral
             remaining = elapsed / len(finished) * (len(todo) - len(finished))
             labels = " ".join(f"{k}={v}" for k, v in trial.labels.items())
             shown = [f"{key} {record[key]:.4f}" for key in ("eval_loss", "hr@10") if record.get(key) is not None]
-            summary = " ".join(shown) if record["status"] == "ok" else record["status"]
+            summary = " ".join(shown) if record["status"] == "ok" else \
+                " ".join(filter(None, [record["status"], record.get("reason")]))
             log(f"[{len(finished)}/{len(todo)}] {trial.trial_id} {labels}: {summary} "
                 f"({time.perf_counter() - trial_started:.0f}s, ETA {remaining:.0f}s)")
 

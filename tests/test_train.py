@@ -118,3 +118,38 @@ def test_plateau_is_the_mean_of_the_last_ten_test_evaluations(tmp_path) -> None:
     assert got["plateau_hr@10"] == pytest.approx(sum(range(3, 13)) / 1000)
     assert got["plateau_ndcg@10"] == pytest.approx(sum(range(3, 13)) / 2000)
     assert train_module.plateau(tmp_path / "missing.jsonl") == {}
+
+
+def test_a_non_finite_step_fails_the_trial_and_keeps_only_good_checkpoints(tmp_path, lab_cache, ml100k,
+                                                                           monkeypatch, capsys) -> None:
+    """Fault injected: step 5 returns NaN parameters and a NaN loss (as a diverged update would)."""
+    import jax
+    import jax.numpy as jnp
+
+    real_build = train_module.build_trainer
+
+    def poisoned_build(*args, **kwargs):
+        trainer = real_build(*args, **kwargs)
+        calls = []
+
+        def train_step(state, batch, key):
+            state, metrics = trainer.train_step(state, batch, key)
+            calls.append(1)
+            if len(calls) == 5:
+                state = {**state, "params": jax.tree.map(lambda p: p * jnp.nan, state["params"])}
+                metrics = {**metrics, "loss_sum": jnp.float32(jnp.nan)}
+            return state, metrics
+
+        return dataclasses.replace(trainer, train_step=train_step)
+
+    monkeypatch.setenv("SCALING_LAB_CACHE", str(lab_cache))
+    monkeypatch.setattr(train_module, "build_trainer", poisoned_build)
+    workdir = tmp_path / "diverged"
+    code = train_module.main(["--preset", "tiny", "--workdir", str(workdir), "--steps", "8", "--checkpoint-every", "2",
+                              "--set", "train.keep_checkpoints=5", "--json"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 1
+    assert result == {"status": "failed", "reason": "non-finite loss at step 5", "failed_at_step": 5,
+                      "last_good_checkpoint": 4}
+    assert json.loads((workdir / "result.json").read_text()) == result
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
