@@ -101,9 +101,11 @@ def layer_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
-    """x / max(||x||_2, eps) over the last axis."""
-    norm = jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=-1, keepdims=True))
-    return (x / jnp.maximum(norm, eps).astype(x.dtype)).astype(x.dtype)
+    """x / max(||x||_2, eps) over the last axis. The floor is taken under the square root, so a
+    zero vector (a ReLU MLP's output with every unit dead) has a zero gradient, not NaN (0 x the
+    infinite slope of sqrt at 0)."""
+    norm = jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=-1, keepdims=True), eps * eps))
+    return (x / norm.astype(x.dtype)).astype(x.dtype)
 
 
 def torch_linear_bias_init(fan_in: int) -> Initializer:

@@ -343,9 +343,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if previous.trial_id != config.trial_id:
                 raise ConfigError(f"{saved} holds a different trial ({previous.trial_id}, this is {config.trial_id}); "
                                   f"use another --workdir")
-        workdir.mkdir(parents=True, exist_ok=True)
         if jax.process_index() == 0:
-            saved.write_text(config.to_json())
+            try:
+                workdir.mkdir(parents=True, exist_ok=True)
+                saved.write_text(config.to_json())
+            except OSError as error:
+                raise ConfigError(f"--workdir {args.workdir}: cannot write there ({error.strerror or error})") from None
         result = run(config, workdir)
         code = 0
     except (ConfigError, DataError) as error:

@@ -35,6 +35,8 @@ class Point:
 
 def axis(name: str, key: str, values: Sequence[Any], labels: Sequence[Any] | None = None) -> list[Point]:
     """One config key over `values` (e.g. axis("seq_len", "data.max_len", [50, 200]))."""
+    if not len(values):
+        raise ConfigError(f"axis {name}: no values (a sweep over it would have no trials)")
     labels = list(values) if labels is None else list(labels)
     if len(labels) != len(values):
         raise ConfigError(f"axis {name}: {len(values)} values but {len(labels)} labels")
@@ -43,6 +45,8 @@ def axis(name: str, key: str, values: Sequence[Any], labels: Sequence[Any] | Non
 
 def ladder(name: str, rungs: Sequence[Mapping[str, Any]], labels: Sequence[str] | None = None) -> list[Point]:
     """Several keys scaled together, e.g. model size as (blocks, d_model, heads) rungs."""
+    if not rungs:
+        raise ConfigError(f"ladder {name}: no rungs (a sweep over it would have no trials)")
     labels = list(labels) if labels is not None else [
         "-".join(f"{key.split('.')[-1]}{value}" for key, value in rung.items()) for rung in rungs]
     return [Point(dict(rung), {name: label}) for rung, label in zip(rungs, labels)]

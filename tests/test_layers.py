@@ -36,3 +36,12 @@ def test_add_bias_sums_its_gradient_over_the_broadcast_axes(bias_shape) -> None:
     y = jax.random.normal(jax.random.key(1), (2, 3, 5, 8))
     bias = jax.random.normal(jax.random.key(2), bias_shape)
     check_same_value_and_gradients(add_bias, lambda y, b: y + b, y, bias)
+
+
+def test_l2_normalize_of_a_zero_vector_has_a_finite_gradient() -> None:
+    from models.layers import l2_normalize
+
+    x = jnp.array([[0.0, 0.0, 0.0], [3.0, 4.0, 0.0]])
+    grad = jax.grad(lambda v: jnp.sum(l2_normalize(v) * jnp.array([1.0, 2.0, 3.0])))(x)
+    assert np.all(np.isfinite(np.asarray(grad)))
+    np.testing.assert_allclose(l2_normalize(x), [[0.0, 0.0, 0.0], [0.6, 0.8, 0.0]], rtol=1e-6)

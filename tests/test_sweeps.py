@@ -99,6 +99,16 @@ def test_bad_spec_files_fail_with_one_line(tmp_path: Path) -> None:
         load_spec(tmp_path / "typo.py")
     with pytest.raises(ConfigError, match="no such sweep spec file"):
         load_spec(tmp_path / "missing.py")
+    (tmp_path / "empty.py").write_text(textwrap.dedent("""
+        from sweeps.spec import Sweep, axis, grid, ladder
+        from scaling.config import TrialConfig
+        SWEEP = Sweep("empty", TrialConfig(), grid(ladder("size", []), axis("lr", "train.learning_rate", [1e-3])))
+    """))
+    with pytest.raises(ConfigError, match=r"^.*empty.py: ladder size: no rungs"):
+        load_spec(tmp_path / "empty.py")
+    (tmp_path / "broken.py").write_text("import no_such_module_at_all\n")
+    with pytest.raises(ConfigError, match="broken.py: ModuleNotFoundError: No module named 'no_such_module_at_all'"):
+        load_spec(tmp_path / "broken.py")
 
 
 @pytest.mark.slow

@@ -153,3 +153,11 @@ def test_a_non_finite_step_fails_the_trial_and_keeps_only_good_checkpoints(tmp_p
                       "last_good_checkpoint": 4}
     assert json.loads((workdir / "result.json").read_text()) == result
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
+
+
+def test_an_unwritable_workdir_is_one_line_and_status_2(tmp_path, capsys) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert train_module.main(["--preset", "tiny", "--workdir", str(blocker / "trial")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --workdir {blocker / 'trial'}: cannot write there (Not a directory)"]
