@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import shutil
 import subprocess
@@ -39,8 +38,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scaling.serve import MANIFEST, sha256
+
 FORMAT_VERSION = 1
-MANIFEST = "MANIFEST.sha256"
 PLATFORMS = ("cpu", "cuda", "tpu")
 SIGNATURE = {
     "inputs": {
@@ -231,14 +231,6 @@ def popularity(train_sequences: Any, count: int) -> tuple[list[int], list[float]
     counts = np.bincount(train_sequences.items, minlength=train_sequences.num_items + 1)[1:]
     order = np.argsort(-counts, kind="stable")[:count]
     return [int(i) + 1 for i in order], [float(counts[i] / max(counts.sum(), 1)) for i in order]
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _readme(info: dict) -> str:

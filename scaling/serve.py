@@ -44,7 +44,7 @@ class Request:
     user: Any = None
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -72,7 +72,7 @@ def verify(directory: Path) -> None:
         path = directory / name
         if not path.is_file():
             raise ServeError(f"{path}: missing (incomplete export)")
-        if _sha256(path) != digest:
+        if sha256(path) != digest:
             raise ServeError(f"{path}: checksum differs from {MANIFEST} (corrupted export)")
 
 
