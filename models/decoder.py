@@ -23,7 +23,7 @@ from models import axes, family
 from models.attention import causal_query_blocks
 from models.family import TRAIN_MULTIPLIER, BatchField, FamilyConfig
 from models.fields import ConfigError, positive, fraction
-from models.layers import hand_written_kernels, l2_normalize, logical_param, truncated_normal
+from models.layers import RowDropout, hand_written_kernels, l2_normalize, logical_param, row_keys, truncated_normal
 from models.losses import full_softmax_loss, sample_negatives, sampled_softmax_loss, scores_all_items
 
 TRAIN_FIELDS = {name: BatchField(np.int32, (axes.BATCH, axes.LENGTH))
@@ -64,7 +64,7 @@ class SequentialRecommender(nn.Module):
         self.position_table = logical_param(self, "position_embedding", self.parts.position_init(cfg),
                                             (cfg.max_positions, cfg.d_model), (axes.POSITIONS, axes.EMBED))
         self.blocks = [self.parts.block(cfg, name=f"block_{i}") for i in range(cfg.blocks)]
-        self.input_dropout = nn.Dropout(cfg.input_dropout)
+        self.input_dropout = RowDropout(cfg.input_dropout)
 
     def __call__(self, batch: Mapping[str, jax.Array], deterministic: bool = True) -> jax.Array:
         cfg = self.config
@@ -72,9 +72,10 @@ class SequentialRecommender(nn.Module):
         real = (batch["segment_ids"] > 0)[..., None]
         x = jnp.take(self.item_table, batch["items"], axis=0, mode="clip") * math.sqrt(cfg.d_model)
         x = x + jnp.take(self.position_table, batch["positions"], axis=0, mode="clip")
-        x = self.input_dropout(x, deterministic=deterministic)
+        rows = batch.get(family.ROW_IDS)  # training only: dropout masks are drawn per row
+        x = self.input_dropout(x, rows, deterministic=deterministic)
         x = nn.with_logical_constraint(jnp.where(real, x, 0.0).astype(dtype), (axes.BATCH, axes.LENGTH, axes.EMBED))
-        context = self.parts.block_context(cfg, batch)
+        context = {**self.parts.block_context(cfg, batch), "rows": rows}
         for block in self.blocks:
             x = block(x, context, deterministic=deterministic)
         x = jnp.where(real, x, 0.0)
@@ -107,14 +108,16 @@ class DecoderModel(family.Model):
 
     def loss_sums(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, jax.Array, dict]:
         dropout_rng, negatives_rng = jax.random.split(rng)
-        outputs = self.module.apply({"params": params}, {k: batch[k] for k in MODEL_INPUTS},
+        rows = family.row_ids(batch)
+        outputs = self.module.apply({"params": params}, {**{k: batch[k] for k in MODEL_INPUTS}, family.ROW_IDS: rows},
                                     deterministic=False, rngs={"dropout": dropout_rng})
         candidates = l2_normalize(params["item_embedding"])
         targets = batch["targets"]
         if self.train.loss == "full_softmax":
             loss_sum, count = full_softmax_loss(outputs, targets, candidates, self.train.temperature)
         else:
-            negatives = sample_negatives(negatives_rng, targets.shape, self.train.negatives, self.num_items)
+            negatives = sample_negatives(row_keys(negatives_rng, rows), targets.shape,
+                                         self.train.negatives, self.num_items)
             loss_sum, count = sampled_softmax_loss(outputs, targets, candidates, negatives, self.train.temperature)
         return loss_sum, count, {"losses": {}, "metrics": {}}
 

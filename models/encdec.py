@@ -43,7 +43,7 @@ from models.family import TRAIN_MULTIPLIER, BatchField, FamilyConfig
 from models.fields import ConfigError, constrained, fraction, non_negative, positive
 from models.id_trie import IdTrie, build_trie
 from models.moe import capacity
-from models.layers import logical_param, truncated_normal
+from models.layers import RowDropout, logical_param, row_keys, truncated_normal
 
 PAD, BOS, SPECIALS = 0, 1, 2
 _TOKENS = (axes.BATCH, axes.LENGTH)
@@ -154,15 +154,16 @@ class EncDecNetwork(nn.Module):
         self.decoder_blocks = [DecoderBlock(cfg, name=f"decoder_{i}") for i in range(cfg.decoder_blocks)]
         self.encoder_norm = Norm(cfg.norm, name="encoder_norm")
         self.decoder_norm = Norm(cfg.norm, name="decoder_norm")
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = RowDropout(cfg.dropout)
 
     def _bias(self, table: jax.Array, length: int, bidirectional: bool) -> jax.Array:
         cfg = self.config
         buckets = relative_buckets(length, length, bidirectional, cfg.relative_buckets, cfg.relative_max_distance)
         return jnp.transpose(table[buckets], (2, 0, 1))  # (H, length, length)
 
-    def encode(self, tokens: jax.Array, deterministic: bool) -> jax.Array:
-        """(B, S) ids -> (B, S, D) memory (padding rows are masked by callers)."""
+    def encode(self, tokens: jax.Array, deterministic: bool, rows: jax.Array | None = None) -> jax.Array:
+        """(B, S) ids -> (B, S, D) memory (padding rows are masked by callers). rows (B,): each
+        sequence's example id, from which its dropout masks are drawn (training only)."""
         cfg = self.config
         dtype = jnp.dtype(cfg.compute_dtype)
         x = jnp.take(self.table, tokens, axis=0)
@@ -173,13 +174,13 @@ class EncDecNetwork(nn.Module):
             bias = self._bias(self.encoder_bias, tokens.shape[1], bidirectional=True)
         real = tokens != PAD
         mask = (real[:, None, :] & real[:, :, None])[:, None]  # (B, 1, S, S)
-        x = self.dropout(x.astype(dtype), deterministic=deterministic)
+        x = self.dropout(x.astype(dtype), rows, deterministic=deterministic)
         for block in self.encoder_blocks:
-            x = block(x, mask, bias, deterministic)
-        return self.dropout(self.encoder_norm(x), deterministic=deterministic)
+            x = block(x, mask, bias, deterministic, rows)
+        return self.dropout(self.encoder_norm(x), rows, deterministic=deterministic)
 
     def decode(self, tokens: jax.Array, memory: jax.Array, memory_real: jax.Array, deterministic: bool,
-               group: int = 1) -> jax.Array:
+               group: int = 1, rows: jax.Array | None = None) -> jax.Array:
         """(B, C, T) decoder ids against (B, S, D) memory -> (B, C, T, D) outputs. group: the
         consecutive (B, C) sequences a mixture-of-experts feed-forward routes together."""
         cfg = self.config
@@ -192,11 +193,11 @@ class EncDecNetwork(nn.Module):
             bias = self._bias(self.decoder_bias, length, bidirectional=False)
         causal = jnp.tril(jnp.ones((length, length), bool))
         cross_mask = memory_real[:, None, None, None, :]  # (B, 1, 1, 1, S)
-        x = self.dropout(x.astype(memory.dtype), deterministic=deterministic)
+        x = self.dropout(x.astype(memory.dtype), rows, deterministic=deterministic)
         real = tokens[..., 1] != PAD  # (B, C): sequences of a real item (padding targets are all PAD)
         for block in self.decoder_blocks:
-            x = block(x, memory, causal, cross_mask, bias, deterministic, real, group)
-        return self.dropout(self.decoder_norm(x), deterministic=deterministic)
+            x = block(x, memory, causal, cross_mask, bias, deterministic, real, group, rows)
+        return self.dropout(self.decoder_norm(x), rows, deterministic=deterministic)
 
     def level_logits(self, outputs: jax.Array) -> jax.Array:
         """(..., T, D) decoder outputs -> (..., T, K) logits, position j over level j's K tokens
@@ -236,9 +237,9 @@ class EncDecNetwork(nn.Module):
         return logits, tuple(updated)
 
     def __call__(self, encoder_tokens: jax.Array, decoder_tokens: jax.Array, deterministic: bool = True,
-                 group: int = 1) -> jax.Array:
-        memory = self.encode(encoder_tokens, deterministic)
-        outputs = self.decode(decoder_tokens[:, None], memory, encoder_tokens != PAD, deterministic, group)[:, 0]
+                 group: int = 1, rows: jax.Array | None = None) -> jax.Array:
+        memory = self.encode(encoder_tokens, deterministic, rows)
+        outputs = self.decode(decoder_tokens[:, None], memory, encoder_tokens != PAD, deterministic, group, rows)[:, 0]
         return self.level_logits(outputs)
 
 
@@ -313,13 +314,14 @@ class EncDecModel(family.Model):
         return self.network.init({"params": rng}, enc, dec)["params"]
 
     def _examples(self, batch: Mapping[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """(B, P) positions of the step's examples and their weights (1 where a target exists)."""
+        """(B, P) positions of the step's examples and their weights (1 where a target exists),
+        drawn per row."""
         has_target = batch["targets"] > 0
         per_row = self.config.targets_per_row
         if not per_row or per_row >= has_target.shape[1]:
             positions = jnp.broadcast_to(jnp.arange(has_target.shape[1]), has_target.shape)
             return positions, has_target.astype(jnp.float32)
-        noise = jax.random.uniform(rng, has_target.shape)
+        noise = jax.vmap(lambda key: jax.random.uniform(key, has_target.shape[1:]))(row_keys(rng, family.row_ids(batch)))
         _, positions = jax.lax.top_k(jnp.where(has_target, noise, -1.0), per_row)
         return positions, jnp.take_along_axis(has_target, positions, axis=1).astype(jnp.float32)
 
@@ -331,11 +333,12 @@ class EncDecModel(family.Model):
         user = jnp.take_along_axis(batch["user_tokens"], positions, axis=1)
         target = jnp.take_along_axis(batch["targets"], positions, axis=1)
         rows = positions.shape[0] * positions.shape[1]
+        example_ids = (family.row_ids(batch)[:, None] * positions.shape[1] + jnp.arange(positions.shape[1])).reshape(rows)
         encoder_tokens = self.encoder_tokens(history, user).reshape(rows, -1)
         decoder_tokens, local = self.decoder_inputs(target.reshape(rows))
         # a training row's examples are one routing group of a mixture of experts
         logits, state = self.network.apply({"params": params}, encoder_tokens, decoder_tokens, deterministic=False,
-                                           group=positions.shape[1], rngs={"dropout": dropout_rng},
+                                           group=positions.shape[1], rows=example_ids, rngs={"dropout": dropout_rng},
                                            mutable=["intermediates"])
         log_probs = jax.nn.log_softmax(logits, axis=-1)
         nll = -jnp.take_along_axis(log_probs, local[..., None], axis=-1)[..., 0]  # (rows, L + 1)

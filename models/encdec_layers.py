@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models import axes
-from models.layers import logical_param
+from models.layers import RowDropout, logical_param
 from models.moe import MoEFeedForward
 
 _XAVIER = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
@@ -137,14 +137,16 @@ class EncoderBlock(nn.Module):
     config: Any  # EncDecConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, bias: jax.Array | None, deterministic: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array, bias: jax.Array | None, deterministic: bool,
+                 rows: jax.Array | None = None) -> jax.Array:
         cfg = self.config
-        drop = nn.Dropout(cfg.dropout)
+        drop = RowDropout(cfg.dropout)
         attended = Attention(cfg.d_model, cfg.heads, cfg.attention_head_dim, name="self_attention")(
             Norm(cfg.norm, name="norm_attention")(x), None, mask, bias, deterministic)
-        x = x + drop(attended, deterministic=deterministic)
+        x = x + drop(attended, rows, deterministic=deterministic)
         ffn = FeedForward(cfg.d_ff, cfg.activation, name="ffn")(Norm(cfg.norm, name="norm_ffn")(x))
-        return nn.with_logical_constraint(x + drop(ffn, deterministic=deterministic), (axes.BATCH, axes.LENGTH, axes.EMBED))
+        return nn.with_logical_constraint(x + drop(ffn, rows, deterministic=deterministic),
+                                          (axes.BATCH, axes.LENGTH, axes.EMBED))
 
 
 class DecoderBlock(nn.Module):
@@ -155,7 +157,7 @@ class DecoderBlock(nn.Module):
 
     def setup(self) -> None:
         cfg = self.config
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = RowDropout(cfg.dropout)
         self.norm_self = Norm(cfg.norm)
         self.self_attention = Attention(cfg.d_model, cfg.heads, cfg.attention_head_dim)
         self.norm_cross = Norm(cfg.norm)
@@ -179,18 +181,20 @@ class DecoderBlock(nn.Module):
         return self.ffn(groups, mask, deterministic).reshape(x.shape)
 
     def _cross_and_ffn(self, x: jax.Array, memory_kv: tuple[jax.Array, jax.Array], cross_mask: jax.Array,
-                       real: jax.Array | None, group: int, deterministic: bool) -> jax.Array:
+                       real: jax.Array | None, group: int, deterministic: bool,
+                       rows: jax.Array | None = None) -> jax.Array:
         crossed = self.cross_attention.attend(self.cross_attention.query(self.norm_cross(x)), *memory_kv, cross_mask, None)
-        x = x + self.drop(crossed, deterministic=deterministic)
+        x = x + self.drop(crossed, rows, deterministic=deterministic)
         ffn = self._feed_forward(self.norm_ffn(x), real, group, deterministic)
-        return x + self.drop(ffn, deterministic=deterministic)
+        return x + self.drop(ffn, rows, deterministic=deterministic)
 
     def __call__(self, x: jax.Array, memory: jax.Array, self_mask: jax.Array, cross_mask: jax.Array,
                  bias: jax.Array | None, deterministic: bool, real: jax.Array | None = None,
-                 group: int = 1) -> jax.Array:
+                 group: int = 1, rows: jax.Array | None = None) -> jax.Array:
+        """rows (B,): each sequence's example id, for per-row dropout masks (training only)."""
         attended = self.self_attention(self.norm_self(x), None, self_mask, bias, deterministic)
-        x = x + self.drop(attended, deterministic=deterministic)
-        return self._cross_and_ffn(x, self.memory_keys_values(memory), cross_mask, real, group, deterministic)
+        x = x + self.drop(attended, rows, deterministic=deterministic)
+        return self._cross_and_ffn(x, self.memory_keys_values(memory), cross_mask, real, group, deterministic, rows)
 
     def memory_keys_values(self, memory: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Cross-attention keys and values of (B, S, D) memory, each (B, H, S, E): once per user."""

@@ -29,6 +29,17 @@ PLUGINS_ENV = "SCALING_LAB_FAMILIES"
 
 Batch = Mapping[str, Any]
 TRAIN_MULTIPLIER = 3  # FLOP convention: backward = 2 x forward for every matmul
+ROW_IDS = "row_ids"  # (B,) int32 in a training batch: each row's index in the step's whole batch
+
+
+def row_ids(batch: Batch) -> Any:
+    """batch[ROW_IDS], or the rows' own order 0..B-1 when the batch is the whole step's (a model
+    called outside the engine)."""
+    if ROW_IDS in batch:
+        return batch[ROW_IDS]
+    import jax.numpy as jnp  # models import jax anyway; this module's config code does not need it
+
+    return jnp.arange(next(iter(batch.values())).shape[0], dtype=jnp.int32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +104,12 @@ class Model(abc.ABC):
     def loss_sums(self, params: Any, batch: Batch, rng: Any) -> tuple[Any, Any, dict]:
         """(sum of per-position losses, number of positions, aux) of one (micro-)batch in training
         mode. aux = {"losses": {name: scalar}, "metrics": {name: scalar}}: each loss term is a
-        per-position mean added to the objective; metrics are only logged."""
+        per-position mean added to the objective; metrics are only logged.
+
+        batch[ROW_IDS] numbers the rows within the step's whole batch. Random draws (dropout,
+        negatives) must be made per row from fold_in(rng, row id) (models.layers.row_keys), and
+        aux terms must be means over the same positions that are counted, so that a step gives the
+        same numbers however its rows are split over devices and micro-batches."""
 
     @abc.abstractmethod
     def evaluate(self, params: Any, batch: Batch) -> dict:

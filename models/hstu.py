@@ -23,7 +23,8 @@ import jax.numpy as jnp
 from models import attention, axes, family
 from models.decoder import DecoderConfig, DecoderFamily
 from models.fields import ConfigError, non_negative, positive
-from models.layers import add_bias, attention_mask, hand_written_kernels, layer_norm, logical_param, torch_linear_bias_init
+from models.layers import (RowDropout, add_bias, attention_mask, hand_written_kernels, layer_norm, logical_param,
+                           torch_linear_bias_init)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +131,7 @@ class HSTUBlock(nn.Module):
                                        cfg.causal_splits)
         attended = einops.rearrange(attended, "b l h d -> b l (h d)")
         gated = u * layer_norm(attended)
-        gated = nn.Dropout(cfg.dropout)(gated, deterministic=deterministic)
+        gated = RowDropout(cfg.dropout)(gated, context["rows"], deterministic=deterministic)
         update = add_bias(jnp.einsum("ble,ed->bld", gated, w_out.astype(dtype)), b_out.astype(dtype))
         return nn.with_logical_constraint(x + update, (axes.BATCH, axes.LENGTH, axes.EMBED))
 

@@ -108,6 +108,29 @@ def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
     return (x / norm.astype(x.dtype)).astype(x.dtype)
 
 
+def row_keys(key: jax.Array, rows: jax.Array) -> jax.Array:
+    """(B,) keys fold_in(key, rows[b]): row b's random stream, whichever device or micro-batch
+    holds it. rows: the global index of each row in the step's batch (models.family.ROW_IDS)."""
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, rows)
+
+
+class RowDropout(nn.Module):
+    """Dropout of (B, ...) activations whose mask for row b is drawn from row_keys(rng, rows)[b],
+    so a row is dropped the same on any mesh and with any micro-batching (flax's nn.Dropout
+    draws one mask for the whole array: it changes with the batch's split)."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, rows: jax.Array | None, deterministic: bool) -> jax.Array:
+        if deterministic or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        keys = row_keys(self.make_rng("dropout"), rows)
+        mask = jax.vmap(lambda k: jax.random.bernoulli(k, keep, x.shape[1:]))(keys)
+        return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
+
+
 def torch_linear_bias_init(fan_in: int) -> Initializer:
     """U(-1/sqrt(fan_in), 1/sqrt(fan_in)), torch.nn.Linear's default bias init."""
     bound = 1.0 / math.sqrt(fan_in)

@@ -11,9 +11,10 @@ evaluation C = N: nothing is dropped, so a sequence's score depends on nothing b
 Dispatch and combine are one-hot einsums (G, N, E, C), which XLA partitions as the expert axis
 says (an all-to-all when experts and groups are sharded over the same mesh axis).
 
-Balance loss (Switch, Fedus et al. 2021, eq. 4): E x sum_e f_e P_e, f_e the fraction of the
-group's (token, choice) assignments routed to e before dropping, P_e the mean router probability
-of e, over real tokens; its minimum 1 is a uniform router.
+Balance loss (Switch, Fedus et al. 2021, eq. 4): E x sum_e f_e P_e per group, f_e the fraction of
+the group's (token, choice) assignments routed to e before dropping, P_e the mean router
+probability of e, over real tokens; its minimum 1 is a uniform router. Groups are averaged
+weighted by their real tokens.
 """
 
 from __future__ import annotations
@@ -57,14 +58,18 @@ def route(logits: jax.Array, real: jax.Array, top_k: int, slots: int) -> tuple[j
     kept_any = jnp.sum(kept, axis=-1)  # (G, N, k)
     dispatch = jnp.einsum("gnke,gnkc->gnec", kept, slot * kept_any[..., None])
     combine = jnp.einsum("gnke,gnkc->gnec", kept, slot * (kept_any * gates)[..., None])
-    count = jnp.maximum(jnp.sum(real_f, axis=1), 1.0)  # (G,)
+    tokens = jnp.sum(real_f, axis=1)  # (G,)
+    count = jnp.maximum(tokens, 1.0)
+    total = jnp.maximum(jnp.sum(tokens), 1.0)
     load = jnp.sum(assigned, axis=(1, 2)) / (count[:, None] * top_k)  # (G, E)
     mean_prob = jnp.sum(probs * real_f[..., None], axis=1) / count[:, None]
     entropy = -jnp.sum(probs * jnp.log(jnp.maximum(probs, 1e-30)), axis=-1)
-    stats = {"balance": jnp.mean(experts * jnp.sum(load * mean_prob, axis=-1)),
+    # means over real tokens, not over groups: a sum of per-token terms is the same however the
+    # groups are spread over micro-batches (the engine weights aux terms by positions)
+    stats = {"balance": jnp.sum(tokens * experts * jnp.sum(load * mean_prob, axis=-1)) / total,
              "dropped": 1.0 - jnp.sum(kept) / jnp.maximum(jnp.sum(assigned), 1.0),
-             "load": jnp.mean(load, axis=0),
-             "entropy": jnp.sum(entropy * real_f) / jnp.maximum(jnp.sum(real_f), 1.0)}
+             "load": jnp.sum(tokens[:, None] * load, axis=0) / total,
+             "entropy": jnp.sum(entropy * real_f) / total}
     return dispatch, combine, stats
 
 

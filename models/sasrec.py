@@ -27,7 +27,7 @@ from models import axes, family
 from models.attention import causal_query_blocks
 from models.decoder import DecoderConfig, DecoderFamily
 from models.fields import ConfigError, non_negative
-from models.layers import attention_mask, layer_norm, logical_param, torch_linear_bias_init, truncated_normal
+from models.layers import RowDropout, attention_mask, layer_norm, logical_param, torch_linear_bias_init, truncated_normal
 
 _NEG_INF = -1e9
 _XAVIER_NORMAL = nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
@@ -76,7 +76,7 @@ class SASRecBlock(nn.Module):
         b_in = logical_param(self, "ffn_in_bias", torch_linear_bias_init(d), (ffn,), (axes.MLP,))
         w_ffn_out = logical_param(self, "ffn_out_kernel", _XAVIER_NORMAL, (ffn, d), (axes.MLP, axes.EMBED))
         b_ffn_out = logical_param(self, "ffn_out_bias", torch_linear_bias_init(ffn), (d,), (axes.EMBED,))
-        dropout = nn.Dropout(cfg.dropout)
+        dropout = functools.partial(RowDropout(cfg.dropout), rows=context["rows"])
 
         query_in = layer_norm(x, eps=1e-8)
         w_q, w_k, w_v = jnp.split(w_qkv.astype(dtype), 3, axis=1)

@@ -1,8 +1,9 @@
 """The jitted pieces of training: state init, the train step, the eval step. No I/O here.
 
 TrainState = {"params", "opt_state", "step"}; the step's PRNG key is fold_in(seed key, step), so a
-resumed run draws exactly the numbers an uninterrupted one would. The model is a family's
-Model (models/family.py): these functions know nothing of what it computes.
+resumed run draws exactly the numbers an uninterrupted one would; within a step, row r draws from
+fold_in(step key, r) (models.family.ROW_IDS), so any mesh or micro-batching draws the same.
+The model is a family's Model (models/family.py): these functions know nothing of what it computes.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from models.family import Model
+from models.family import ROW_IDS, Model
 from scaling.config import TrainConfig
 
 TrainState = dict[str, Any]
@@ -66,20 +67,22 @@ class StepFunctions:
 
         grad_of_sum = jax.grad(objective, has_aux=True)
         micro = self.train.grad_accum
+        # Rows are numbered before any split; the model draws each row's randomness from its number
+        # and the one step key, so devices and micro-batches change only the order of the sums.
+        batch = {**batch, ROW_IDS: jnp.arange(jax.tree.leaves(batch)[0].shape[0], dtype=jnp.int32)}
         if micro == 1:
             grads, (loss_sum, count, weighted) = grad_of_sum(params, batch, rng)
         else:
             # Micro-batch i takes rows i, i + micro, ...: every device keeps its own rows.
             split = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(x.shape[0] // micro, micro, *x.shape[1:]), 0, 1), batch)
 
-            def body(carry, xs):
-                index, micro_batch = xs
-                grads, aux = grad_of_sum(params, micro_batch, jax.random.fold_in(rng, index))
+            def body(carry, micro_batch):
+                grads, aux = grad_of_sum(params, micro_batch, rng)
                 return jax.tree.map(jnp.add, carry, (grads, aux)), None
 
             zeros = jax.eval_shape(grad_of_sum, params, jax.tree.map(lambda x: x[0], split), rng)
             zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), zeros)
-            (grads, (loss_sum, count, weighted)), _ = jax.lax.scan(body, zeros, (jnp.arange(micro), split))
+            (grads, (loss_sum, count, weighted)), _ = jax.lax.scan(body, zeros, split)
         scale = 1.0 / jnp.maximum(count, 1.0)
         aux = jax.tree.map(lambda v: v * scale, weighted)
         return jax.tree.map(lambda g: g * scale, grads), loss_sum, count, aux

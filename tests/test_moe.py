@@ -92,14 +92,15 @@ def test_balance_loss_is_the_switch_formula() -> None:
         _, _, stats = route(jnp.asarray(logits), jnp.asarray(real), top_k, TOKENS)
         probs = np.asarray(jax.nn.softmax(logits, axis=-1))
         chosen = np.argsort(-probs, axis=-1, kind="stable")[..., :top_k]
-        losses, entropies = [], []
+        losses, entropies, weights = [], [], []
         for g in range(GROUPS):
             r = real[g]
             f = np.array([np.sum(chosen[g][r] == e) for e in range(experts)]) / (r.sum() * top_k)
             p = probs[g][r].mean(axis=0)
             losses.append(experts * np.sum(f * p))
+            weights.append(r.sum())
             entropies += list(-np.sum(probs[g][r] * np.log(probs[g][r]), axis=-1))
-        assert float(stats["balance"]) == pytest.approx(np.mean(losses), rel=1e-6)
+        assert float(stats["balance"]) == pytest.approx(np.average(losses, weights=weights), rel=1e-6)
         assert float(stats["entropy"]) == pytest.approx(np.mean(entropies), rel=1e-6)
         np.testing.assert_allclose(np.asarray(stats["load"]).sum(), 1.0, rtol=1e-6)
     uniform = route(jnp.zeros((1, 8, experts)), jnp.ones((1, 8), bool), 1, 8)[2]

@@ -1,9 +1,10 @@
-"""One train step on 8 simulated devices: same loss and gradients on every mesh, parameters
-really sharded by the rules, checkpoints restored onto another mesh continue identically."""
+"""Train steps on 8 simulated devices: same loss and gradients on every mesh and micro-batching,
+parameters really sharded by the rules, checkpoints restored onto another mesh continue identically."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import numpy as np
@@ -100,6 +101,51 @@ def test_loss_and_gradients_equal_single_device(family: str, host_batches) -> No
         jax.tree.map(np.testing.assert_array_equal, params, ref_params)
         assert loss == pytest.approx(ref_loss, rel=1e-5), spec
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), grads, ref_grads)
+
+
+# (mesh, train.grad_accum); 0 = the automatic CPU micro-batching, made to split here (see below)
+SPLITS = (("data=1", 4), ("data=2,fsdp=2,tensor=2", 2), ("data=4", 0))
+
+
+def per_step(family: str, spec: str, grad_accum: int, host_batches, seeds: tuple[int, ...] = (5,)) -> tuple[list, int]:
+    """(per seed, per step (mean loss, gradient norm) over the batches; the micro-batches used) of
+    a fresh trainer: dropout, drawn negatives and drawn examples all on."""
+    config = dataclasses.replace(_config(family), mesh=MeshConfig(spec))
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, grad_accum=grad_accum))
+    devices = jax.devices()[:math.prod(int(part.split("=")[1]) for part in spec.split(","))]
+    trainer = build_trainer(config, NUM_ITEMS, make_mesh(spec, devices), total_steps=len(host_batches))
+    runs = []
+    with trainer.context():
+        for seed in seeds:
+            init_key, step_key = jax.random.split(jax.random.key(seed))
+            state, losses = trainer.init(init_key), []
+            for batch in host_batches:
+                state, metrics = trainer.train_step(state, trainer.train_batch(batch), step_key)
+                losses.append((float(metrics["loss_sum"] / metrics["positions"]), float(metrics["grad_norm"])))
+            runs.append(losses)
+    return runs, trainer.config.train.grad_accum
+
+
+@pytest.mark.parametrize("family", ["hstu", "encdec-moe", "sasrec"])
+def test_per_step_losses_are_the_same_on_every_mesh_and_micro_batching(family: str, host_batches,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bitwise on one mesh built twice; to 1e-5 on any mesh with any micro-batching (with dropout,
+    sampled negatives and drawn examples, whose draws must not follow the split)."""
+    from models import family as families
+    from scaling import trainer as trainer_module
+
+    (reference, other_seed), _ = per_step(family, "data=1", 1, host_batches, seeds=(5, 6))
+    assert other_seed[0][0] != reference[0][0]  # the draws are live: another seed, another first loss
+    if family == "hstu":
+        assert per_step(family, "data=1", 1, host_batches)[0][0] == reference  # bitwise
+    config = _config(family)  # the automatic split: one row per device per micro-batch on data=4
+    monkeypatch.setattr(trainer_module, "CPU_SCORES_BYTES",
+                        families.of(config.model).scores_bytes_per_row(config.model, config.data.row_len))
+    splits = {"hstu": SPLITS, "encdec-moe": SPLITS[1:], "sasrec": SPLITS[:1]}[family]  # sasrec: attention dropout
+    for spec, grad_accum in splits:
+        (losses,), used = per_step(family, spec, grad_accum, host_batches)
+        assert used == (grad_accum or 2), (spec, used)
+        np.testing.assert_allclose(losses, reference, rtol=1e-5, err_msg=f"{spec}, grad_accum={grad_accum}")
 
 
 def test_experts_are_sharded_over_the_data_axis() -> None:
