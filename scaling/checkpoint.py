@@ -1,13 +1,17 @@
 """Orbax checkpoints of a trial: train state (sharded arrays) + data iterator state, keep-N,
-automatic resume, restore onto any mesh by passing the target shardings."""
+automatic resume (from the newest checkpoint that restores), restore onto any mesh by passing
+the target shardings. Orbax writes a step under a temporary name and renames it when complete,
+so a write cut short by a kill never looks like a checkpoint."""
 
 from __future__ import annotations
 
 import os
-from typing import Any
+import time
+from typing import Any, Callable
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from absl import logging as absl_logging
 import orbax.checkpoint as ocp
 from etils import epath
@@ -33,6 +37,34 @@ def restore(checkpoints: ocp.CheckpointManager, step: int, abstract_state: Any) 
     restored = checkpoints.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                                                  data=ocp.args.JsonRestore()))
     return restored["state"], restored["data"]
+
+
+def restore_latest(checkpoints: ocp.CheckpointManager, abstract_state: Any,
+                   warn: Callable[[str], None]) -> tuple[int, Any, dict] | None:
+    """(step, state, saved JSON) of the newest checkpoint that restores, or None when there is
+    none. A checkpoint that does not (truncated, half-written, unreadable) is moved out of the
+    step directory to WORKDIR/corrupt_checkpoints/ with a warning, and the one before it is tried."""
+    for step in sorted(checkpoints.all_steps(), reverse=True):
+        try:
+            state, saved = restore(checkpoints, step, abstract_state)
+            return step, state, saved
+        except Exception as error:  # orbax, tensorstore and json each raise their own kind
+            reason = f"{type(error).__name__}: {error}".splitlines()[0][:200]
+            aside = _move_aside(epath.Path(checkpoints.directory), step)
+            warn(f"warning: checkpoint of step {step} cannot be restored ({reason}); moved to {aside}, "
+                 f"trying the one before")
+            checkpoints.reload()
+    return None
+
+
+def _move_aside(directory: epath.Path, step: int) -> epath.Path:
+    aside = directory.parent / "corrupt_checkpoints" / f"{step}-{int(time.time())}"
+    if jax.process_index() == 0:
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        (directory / str(step)).rename(aside)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
+    return aside
 
 
 def abstract_like(state: Any, shardings: Any) -> Any:

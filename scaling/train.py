@@ -4,6 +4,11 @@ WORKDIR/config.json     the trial configuration (its hash is the trial id)
 WORKDIR/metrics.jsonl   one line per log step ("learning/", "perf/") and per eval ("eval/")
 WORKDIR/result.json     one flat object: sizes, tokens, FLOPs, MFU, losses, test metrics, status
 WORKDIR/checkpoints/    orbax: train state + data iterator state; a rerun resumes from the last
+                        that restores (a damaged one is moved to WORKDIR/corrupt_checkpoints/)
+
+SIGTERM (preemption notice) saves the current step and exits with status 143 once it is
+committed; a killed run (SIGKILL) loses only the steps since its last checkpoint: rerunning the
+command continues to the numbers an uninterrupted run gives. One process per workdir (a lock).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from data.ranking import DEFAULT_KS, ranking_metrics, ranks_from_top_k
 from data.split import EvalTargets, leave_one_out
 from models import family as families
 from scaling import checkpoint, distributed, flops, hardware, host
+from scaling.preemption import EXIT_PREEMPTED, Preempted, StopRequest
+from scaling.workdir import WorkdirBusy, WorkdirLock, write_atomically
 from scaling.config import ConfigError, ModelConfig, TrialConfig, from_json, with_overrides
 from scaling.mesh import logical_names, make_mesh, parse_mesh_spec
 from scaling.meter import StepMeter, format_record
@@ -63,6 +70,21 @@ class MetricsLog:
         self.path = path
         self.appendable = not str(path).startswith(("gs://", "s3://"))
         self.lines = path.read_text().splitlines() if path.exists() and not self.appendable else []
+
+    def keep_until(self, step: int) -> None:
+        """Drop the records of steps after `step` (those a killed run logged past its last
+        checkpoint, which the resumed run logs again) and any partial last line."""
+        if jax.process_index() != 0 or not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                pass
+        write_atomically(self.path, "".join(line + "\n" for line in kept))
+        self.lines = kept if not self.appendable else []
 
     def write(self, record: dict) -> None:
         if jax.process_index() != 0:
@@ -115,8 +137,10 @@ def evaluate(trainer: Any, params: Any, targets: EvalTargets) -> dict[str, float
     return metrics
 
 
-def run(config: TrialConfig, workdir: epath.Path) -> dict[str, Any]:
-    """Train one trial to completion (resuming if WORKDIR has checkpoints); returns result.json."""
+def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = None) -> dict[str, Any]:
+    """Train one trial to completion (resuming if WORKDIR has checkpoints); returns result.json.
+    Raises Preempted after saving the current step when `stop` is requested (SIGTERM)."""
+    stop = stop or StopRequest()
     started = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
     train_cfg, data_cfg = config.train, config.data
@@ -142,20 +166,23 @@ def run(config: TrialConfig, workdir: epath.Path) -> dict[str, Any]:
     with trainer.context():
         checkpoints = checkpoint.manager(workdir / "checkpoints", train_cfg.keep_checkpoints)
         iterator = iter(train_dataset(split.train, pipeline))
-        resumed_from = checkpoints.latest_step()
-        if resumed_from is not None:
-            target = checkpoint.abstract_like(trainer.abstract_state, trainer.shardings)
-            state, saved = checkpoint.restore(checkpoints, resumed_from, target)
+        target = checkpoint.abstract_like(trainer.abstract_state, trainer.shardings)
+        restored = checkpoint.restore_latest(checkpoints, target, log)
+        resumed_from = restored[0] if restored else None
+        metrics_log = MetricsLog(workdir / "metrics.jsonl")
+        if restored:
+            _, state, saved = restored
             iterator.set_state(saved["iterator"])
+            metrics_log.keep_until(resumed_from)
             log(f"resumed from step {resumed_from}")
         else:
             state = trainer.init(init_key)
+            metrics_log.keep_until(0)
         train_step = trainer.train_step
 
         # ---- Train --------------------------------------------------------------------------
         peak_per_device, peak_source = hardware.peak_flops_per_device(config.model.compute_dtype)
         peak_total = peak_per_device * jax.device_count()
-        metrics_log = MetricsLog(workdir / "metrics.jsonl")
         step = int(state["step"])
         meter = StepMeter(first_timed_step=step + 2, log_every=train_cfg.log_every, total_steps=total_steps,
                           peak_flops=peak_total, tokens=saved["tokens"] if resumed_from is not None else 0.0,
@@ -183,7 +210,8 @@ def run(config: TrialConfig, workdir: epath.Path) -> dict[str, Any]:
                 step += 1
                 drain()
                 pending.append((step, metrics))
-                if train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0:
+                saved_now = bool(train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0)
+                if saved_now:
                     drain()
                     checkpoint.save(checkpoints, step, state, progress())
                 if train_cfg.eval_every and step % train_cfg.eval_every == 0 and step < total_steps:
@@ -196,6 +224,12 @@ def run(config: TrialConfig, workdir: epath.Path) -> dict[str, Any]:
                     shown = lambda m: " ".join(f"{k} {m[k]:.4f}" for k in ("hr@10", "ndcg@10") if k in m)
                     log(f"eval step {step}: valid {shown(valid)}, test {shown(test)}")
                     meter.exclude(time.perf_counter() - eval_started)
+                if stop.requested():
+                    drain()
+                    if not saved_now:
+                        checkpoint.save(checkpoints, step, state, progress())
+                    log(f"SIGTERM: saving step {step} and stopping")
+                    raise Preempted(step)
             drain()
             if step > (resumed_from or 0) and (not train_cfg.checkpoint_every or step % train_cfg.checkpoint_every):
                 checkpoint.save(checkpoints, step, state, progress())
@@ -333,6 +367,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     host.keep_freed_memory_mapped()
     workdir = epath.Path(args.workdir)
+    lock = WorkdirLock(workdir)
+    with StopRequest() as stop:
+        try:
+            return _main(args, workdir, stop, lock)
+        finally:
+            lock.release()
+
+
+def _main(args: argparse.Namespace, workdir: epath.Path, stop: StopRequest, lock: WorkdirLock) -> int:
     try:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
         config = config_from_args(args)
@@ -346,14 +389,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         if jax.process_index() == 0:
             try:
                 workdir.mkdir(parents=True, exist_ok=True)
+                lock.acquire()
                 saved.write_text(config.to_json())
             except OSError as error:
                 raise ConfigError(f"--workdir {args.workdir}: cannot write there ({error.strerror or error})") from None
-        result = run(config, workdir)
+        result = run(config, workdir, stop)
         code = 0
     except (ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except WorkdirBusy as error:  # another process trains this trial: nothing of it is touched
+        print(f"error: --workdir {error}", file=sys.stderr)
+        return 2
+    except Preempted as error:
+        print(f"{error}: checkpoint committed; rerun the command to resume", file=sys.stderr)
+        result = {"status": "preempted", "preempted_at_step": error.step, "checkpoint": error.step}
+        code = EXIT_PREEMPTED
+    except OSError as error:  # a full or read-only disk mid-run: the checkpoints written so far stay
+        where = error.filename or args.workdir
+        print(f"error: cannot write {where}: {error.strerror or error}", file=sys.stderr)
+        result = {"status": f"failed: cannot write {where}: {error.strerror or error}"}
+        code = 2
     except NonFiniteError as error:  # the last good checkpoint stays; a rerun would resume from it
         folder = workdir / "checkpoints"
         kept = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
@@ -367,7 +423,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = {"status": f"failed: {type(error).__name__}: {error}".splitlines()[0]}
         code = 1
     if jax.process_index() == 0:
-        (workdir / "result.json").write_text(json.dumps(result, indent=1, sort_keys=True))
+        try:
+            write_atomically(workdir / "result.json", json.dumps(result, indent=1, sort_keys=True))
+        except OSError as error:
+            print(f"error: cannot write {workdir / 'result.json'}: {error.strerror or error}", file=sys.stderr)
+            code = code or 2
         if args.json:
             print(json.dumps(result, sort_keys=True))
         else:

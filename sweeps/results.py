@@ -5,16 +5,11 @@ leaves a partial or duplicate line (on local disks and object stores alike)."""
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 from etils import epath
 
-
-def _atomic_write(path: epath.Path, text: str) -> None:
-    partial = path.parent / f".{path.name}.{os.getpid()}.partial"
-    partial.write_text(text)
-    partial.replace(path)
+from scaling.workdir import write_atomically
 
 
 class ResultsStore:
@@ -36,6 +31,6 @@ class ResultsStore:
     def record(self, record: dict[str, Any]) -> None:
         """Store one trial's record (replacing an earlier one) and rebuild results.jsonl."""
         self.records_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.records_dir / f"{record['trial_id']}.json", json.dumps(record, sort_keys=True))
+        write_atomically(self.records_dir / f"{record['trial_id']}.json", json.dumps(record, sort_keys=True))
         lines = [json.dumps(r, sort_keys=True) for _, r in sorted(self.load().items())]
-        _atomic_write(self.jsonl, "".join(line + "\n" for line in lines))
+        write_atomically(self.jsonl, "".join(line + "\n" for line in lines))

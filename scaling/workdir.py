@@ -1,0 +1,68 @@
+"""A trial's working directory: one training process at a time, files replaced whole.
+
+A lock file held with flock(2) for the life of the process marks a local workdir as in use; the
+kernel releases it when the process ends however it ends (SIGKILL included), so a stale lock
+never blocks a rerun. Object-store workdirs (gs://) are not locked: a sweep driver runs each
+trial once there.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+
+from etils import epath
+
+LOCK_NAME = ".lock"
+
+
+class WorkdirBusy(Exception):
+    pass
+
+
+def is_local(path: epath.Path | str) -> bool:
+    return "://" not in str(path)
+
+
+class WorkdirLock:
+    """Exclusive, non-blocking: acquire() raises WorkdirBusy (naming the holder) when another
+    process has it; release() (or the process's end) gives it up."""
+
+    def __init__(self, workdir: epath.Path):
+        self.path = epath.Path(workdir) / LOCK_NAME
+        self._handle = None
+
+    def acquire(self) -> None:
+        if not is_local(self.path) or self._handle is not None:
+            return
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise WorkdirBusy(f"{self.path.parent} is in use by {holder}") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing the descriptor releases the lock
+            self._handle = None
+
+
+def write_atomically(path: epath.Path, text: str) -> None:
+    """Write `text` to `path` through a temporary sibling and a rename: readers see the old file
+    or the new one, never a part (an interrupted or failed write leaves the old one)."""
+    partial = path.parent / f".{path.name}.{os.getpid()}.partial"
+    try:
+        partial.write_text(text)
+        partial.replace(path)
+    finally:
+        if partial.exists():
+            partial.unlink()

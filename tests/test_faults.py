@@ -1,0 +1,168 @@
+"""Faults injected into a real training process: SIGKILL at a random step, SIGTERM (preemption),
+a damaged checkpoint, a failed write, a busy workdir. After each, rerunning the same command
+gives exactly the result of an uninterrupted run."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scaling import train as train_module
+from scaling.workdir import WorkdirLock, write_atomically
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STEPS, CHECKPOINT_EVERY = 12, 3
+# the tiny preset with dropout on, so that a resumed run must also redraw the same masks
+COMMAND = [sys.executable, "-m", "scaling.train", "--preset", "tiny", "--steps", str(STEPS),
+           "--checkpoint-every", str(CHECKPOINT_EVERY), "--set", "train.log_every=1",
+           "--set", "model.dropout=0.2", "--set", "model.input_dropout=0.2", "--json"]
+COMPARED = ("final_train_loss", "eval_loss", "test_loss", "hr@10", "ndcg@10", "hr@50", "mrr", "tokens",
+            "train_flops", "steps", "plateau_hr@10")
+
+
+def _env(lab_cache: Path) -> dict[str, str]:
+    return dict(os.environ, SCALING_LAB_CACHE=str(lab_cache))  # XLA_FLAGS: conftest's 8 devices
+
+
+def train(workdir: Path, lab_cache: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(COMMAND + ["--workdir", str(workdir)], cwd=REPO_ROOT, env=_env(lab_cache),
+                          capture_output=True, text=True, timeout=300)
+
+
+def train_until(workdir: Path, lab_cache: Path, step: int, signum: int) -> tuple[int, str]:
+    """Start training, send `signum` once step `step` is logged; (exit status, stderr)."""
+    process = subprocess.Popen(COMMAND + ["--workdir", str(workdir)], cwd=REPO_ROOT, env=_env(lab_cache),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        for line in process.stderr:
+            lines.append(line)
+            if line.startswith(f"step {step}/{STEPS} "):
+                process.send_signal(signum)
+                break
+        lines += process.stderr.readlines()
+        process.wait(timeout=120)
+    finally:
+        process.kill()
+    return process.returncode, "".join(lines)
+
+
+def logged(workdir: Path) -> list[tuple]:
+    """(step, train loss or None, test HR@10 or None) of every metrics.jsonl line."""
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r.get("learning/loss"), r.get("eval/test_hr@10")) for r in records]
+
+
+def assert_same_result(workdir: Path, reference: Path) -> dict:
+    result, expected = (json.loads((d / "result.json").read_text()) for d in (workdir, reference))
+    assert result["status"] == "ok"
+    for key in COMPARED:
+        assert result[key] == expected[key], key
+    assert logged(workdir) == logged(reference)  # every step's loss, logged once
+    return result
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, lab_cache, ml100k) -> Path:
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    done = train(workdir, lab_cache)
+    assert done.returncode == 0, done.stderr
+    return workdir
+
+
+def test_sigkill_at_a_random_step_then_rerun_equals_an_uninterrupted_run(tmp_path, lab_cache, reference) -> None:
+    kill_at = random.Random().randint(CHECKPOINT_EVERY + 1, STEPS - 1)  # after the first checkpoint
+    status, stderr = train_until(tmp_path, lab_cache, kill_at, signal.SIGKILL)
+    assert status == -signal.SIGKILL, stderr
+    assert not (tmp_path / "result.json").exists()
+    done = train(tmp_path, lab_cache)
+    assert done.returncode == 0, done.stderr
+    result = assert_same_result(tmp_path, reference)
+    resumed = result["resumed_from_step"]
+    assert resumed % CHECKPOINT_EVERY == 0 and CHECKPOINT_EVERY <= resumed <= kill_at + 1, (kill_at, resumed)
+    assert f"resumed from step {resumed}" in done.stderr
+
+
+def test_sigterm_saves_the_current_step_exits_143_and_the_rerun_resumes_there(tmp_path, lab_cache, reference) -> None:
+    status, stderr = train_until(tmp_path, lab_cache, 4, signal.SIGTERM)  # between checkpoints 3 and 6
+    assert status == 143, stderr
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["status"] == "preempted"
+    step = result["preempted_at_step"]
+    assert step % CHECKPOINT_EVERY and (tmp_path / "checkpoints" / str(step) / "commit_success.txt").exists()
+    done = train(tmp_path, lab_cache)
+    assert done.returncode == 0, done.stderr
+    assert assert_same_result(tmp_path, reference)["resumed_from_step"] == step
+
+
+def test_a_damaged_checkpoint_is_set_aside_and_the_one_before_is_used(tmp_path, lab_cache, reference) -> None:
+    workdir = tmp_path / "trial"
+    shutil.copytree(reference, workdir)
+    (workdir / "result.json").unlink()
+    for path in (workdir / "checkpoints" / str(STEPS) / "state").rglob("*"):
+        if path.is_file():
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a half-written copy
+    previous = STEPS - CHECKPOINT_EVERY
+    done = train(workdir, lab_cache)
+    assert done.returncode == 0, done.stderr
+    assert f"warning: checkpoint of step {STEPS} cannot be restored" in done.stderr
+    assert f"resumed from step {previous}" in done.stderr
+    assert [p.name.split("-")[0] for p in (workdir / "corrupt_checkpoints").iterdir()] == [str(STEPS)]
+    assert assert_same_result(workdir, reference)["resumed_from_step"] == previous
+
+
+def test_a_busy_workdir_is_refused_without_touching_it(tmp_path, capsys) -> None:
+    lock = WorkdirLock(tmp_path)
+    lock.acquire()  # as another training process would hold it
+    try:
+        assert train_module.main(["--preset", "tiny", "--workdir", str(tmp_path)]) == 2
+    finally:
+        lock.release()
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith(f"error: --workdir {tmp_path} is in use by pid {os.getpid()}")
+    assert not (tmp_path / "config.json").exists() and not (tmp_path / "result.json").exists()
+
+
+def test_a_full_disk_mid_run_is_one_line_and_status_2(tmp_path, lab_cache, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("SCALING_LAB_CACHE", str(lab_cache))
+
+    def disk_full(self, record):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+
+    monkeypatch.setattr(train_module.MetricsLog, "write", disk_full)
+    assert train_module.main(["--preset", "tiny", "--steps", "2", "--workdir", str(tmp_path)]) == 2
+    error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert error == [f"error: cannot write {tmp_path / 'metrics.jsonl'}: No space left on device"]
+    assert json.loads((tmp_path / "result.json").read_text())["status"].startswith("failed: cannot write")
+
+
+def test_an_interrupted_write_leaves_the_old_file_whole(tmp_path, monkeypatch) -> None:
+    from etils import epath
+
+    from sweeps.results import ResultsStore
+
+    target = epath.Path(tmp_path / "result.json")
+    write_atomically(target, '{"status": "ok"}')
+    store = ResultsStore(epath.Path(tmp_path))
+    store.record({"trial_id": "a", "status": "ok"})
+
+    def cut(self, other):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(type(target), "replace", cut)
+    with pytest.raises(OSError):
+        write_atomically(target, '{"status": "preempted"}')
+    with pytest.raises(OSError):
+        store.record({"trial_id": "b", "status": "ok"})
+    assert json.loads(target.read_text()) == {"status": "ok"}
+    assert [json.loads(line)["trial_id"] for line in (tmp_path / "results.jsonl").read_text().splitlines()] == ["a"]
+    assert not list(tmp_path.rglob("*.partial"))
