@@ -10,7 +10,11 @@ when the signal reaches them at different steps.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import os
 import signal
+import sys
 import threading
 
 import jax
@@ -18,6 +22,26 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 EXIT_PREEMPTED = 128 + signal.SIGTERM  # 143, what a shell reports for a process ended by SIGTERM
+PARENT_ENV = "SCALING_LAB_PARENT_PID"  # set by a sweep driver: its trial stops when it dies
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def stop_with_parent() -> bool:
+    """When $SCALING_LAB_PARENT_PID names this process's parent, ask Linux to send SIGTERM here
+    when that parent dies (a killed sweep driver): the trial then checkpoints and exits instead
+    of running on unrecorded. False where it cannot be arranged."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError, ValueError):
+        return False
+    if os.getppid() != int(parent):  # the parent died before the request was in place
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True
 
 
 class Preempted(Exception):

@@ -32,7 +32,7 @@ from data.ranking import DEFAULT_KS, ranking_metrics, ranks_from_top_k
 from data.split import EvalTargets, leave_one_out
 from models import family as families
 from scaling import checkpoint, distributed, flops, hardware, host
-from scaling.preemption import EXIT_PREEMPTED, Preempted, StopRequest
+from scaling.preemption import EXIT_PREEMPTED, Preempted, StopRequest, stop_with_parent
 from scaling.workdir import WorkdirBusy, WorkdirLock, write_atomically
 from scaling.config import ConfigError, ModelConfig, TrialConfig, from_json, with_overrides
 from scaling.mesh import logical_names, make_mesh, parse_mesh_spec
@@ -369,6 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = epath.Path(args.workdir)
     lock = WorkdirLock(workdir)
     with StopRequest() as stop:
+        stop_with_parent()
         try:
             return _main(args, workdir, stop, lock)
         finally:

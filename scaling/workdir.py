@@ -29,8 +29,8 @@ class WorkdirLock:
     """Exclusive, non-blocking: acquire() raises WorkdirBusy (naming the holder) when another
     process has it; release() (or the process's end) gives it up."""
 
-    def __init__(self, workdir: epath.Path):
-        self.path = epath.Path(workdir) / LOCK_NAME
+    def __init__(self, workdir: epath.Path, name: str = LOCK_NAME):
+        self.path = epath.Path(workdir) / name
         self._handle = None
 
     def acquire(self) -> None:
@@ -49,6 +49,17 @@ class WorkdirLock:
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         handle.flush()
         self._handle = handle
+
+    def held_elsewhere(self) -> bool:
+        """Whether another process holds the lock now (False for an object-store workdir)."""
+        if not is_local(self.path) or not self.path.exists() or self._handle is not None:
+            return False
+        try:
+            self.acquire()
+        except WorkdirBusy:
+            return True
+        self.release()
+        return False
 
     def release(self) -> None:
         if self._handle is not None:

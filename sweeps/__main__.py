@@ -66,7 +66,7 @@ def cmd_status(args: argparse.Namespace) -> dict[str, Any]:
     sweep = load_spec(args.spec)
     trials = runner.select(sweep.trials(), args.only)
     states = runner.status_of(_workdir(args, sweep), trials)
-    counts = {state: list(states.values()).count(state) for state in ("done", "running", "failed", "pending")}
+    counts = {state: list(states.values()).count(state) for state in runner.STATES}
     if not args.json:
         for trial in trials:
             labels = " ".join(f"{k}={v}" for k, v in trial.labels.items())
@@ -123,6 +123,12 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
 
         def run_one(trial):
             outcome = launcher.run(trial.trial_id, runner.train_args(workdir, trial), str(workdir))
+            for attempt in range(1, launcher.settings.preemption_retries + 1):
+                if outcome.status != "preempted":
+                    break
+                runner.log(f"{trial.trial_id}: preempted; re-queued ({attempt}/{launcher.settings.preemption_retries}), "
+                           f"it resumes from its last checkpoint")
+                outcome = launcher.run(trial.trial_id, runner.train_args(workdir, trial), str(workdir))
             result_path = runner.trial_dir(workdir, trial) / "result.json"
             result = json.loads(result_path.read_text()) if result_path.exists() else {}
             if outcome.status != "ok":

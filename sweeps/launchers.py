@@ -81,6 +81,7 @@ class LauncherSettings:
     poll_seconds: float = 30.0
     timeout_seconds: float = 6 * 3600.0  # queued resource: wait for ACTIVE; xpk: the whole workload
     install_attempts: int = 3  # a fresh VM may refuse ssh for a minute after ACTIVE
+    preemption_retries: int = 5  # a preempted trial is launched again (resuming) this many times
     allow_local_workdir: bool = False  # only when the workers share this machine's disk (tests)
 
 

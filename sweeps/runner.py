@@ -6,7 +6,6 @@ import concurrent.futures
 import fnmatch
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +14,8 @@ from typing import Any, Callable, Sequence
 
 from etils import epath
 
+from scaling.preemption import PARENT_ENV
+from scaling.workdir import LOCK_NAME, WorkdirBusy, WorkdirLock
 from sweeps.results import ResultsStore
 from sweeps.spec import Sweep, Trial
 
@@ -60,17 +61,22 @@ def make_record(sweep: Sweep, trial: Trial, result: dict[str, Any]) -> dict[str,
     return record
 
 
+DRIVER_LOCK = ".driver.lock"  # in a trial's folder, held by the driver running it
+STATES = ("done", "running", "failed", "preempted", "pending")
+
+
 def status_of(workdir: epath.Path, trials: Sequence[Trial]) -> dict[str, str]:
-    """trial_id -> done | failed | running | pending."""
+    """trial_id -> done | running | failed | preempted (stopped by SIGTERM, resumes when run) | pending."""
     records = ResultsStore(workdir).load()
     states = {}
     for trial in trials:
         record = records.get(trial.trial_id)
-        marker = trial_dir(workdir, trial) / "running.json"
         if record and record["status"] == "ok":
             states[trial.trial_id] = "done"
-        elif marker.exists() and _marker_alive(json.loads(marker.read_text())):
+        elif _running(trial_dir(workdir, trial)):
             states[trial.trial_id] = "running"
+        elif record and record["status"] == "preempted":
+            states[trial.trial_id] = "preempted"
         elif record:
             states[trial.trial_id] = "failed"
         else:
@@ -78,27 +84,22 @@ def status_of(workdir: epath.Path, trials: Sequence[Trial]) -> dict[str, str]:
     return states
 
 
-def _marker_alive(marker: dict) -> bool:
-    if marker.get("host") != socket.gethostname():
-        return True  # another machine's trial: trust the marker
-    try:
-        os.kill(int(marker["pid"]), 0)
-    except (OSError, ValueError, KeyError):
-        return False
-    return True
+def _running(folder: epath.Path) -> bool:
+    """A local trial runs while its driver or its training process holds its lock (released when
+    they end, however they end). An object-store workdir has no locks: never shown running."""
+    return any(WorkdirLock(folder, name).held_elsewhere() for name in (DRIVER_LOCK, LOCK_NAME))
 
 
 def run_local_trial(workdir: epath.Path, trial: Trial, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """One trial in its own process (crash isolation); resumes from its checkpoints if any."""
+    """One trial in its own process (crash isolation); resumes from its checkpoints if any. The
+    process gets SIGTERM if this driver dies, so it checkpoints and stops rather than run on
+    unrecorded (a rerun of the sweep resumes it)."""
     folder = trial_dir(workdir, trial)
     command = [sys.executable, "-m", "scaling.train", *train_args(workdir, trial)]
     with (folder / "train.log").open("ab") as train_log:
         process = subprocess.Popen(command, cwd=str(REPO_ROOT), stdout=subprocess.PIPE, stderr=train_log,
-                                   env=env or os.environ.copy())
-        (folder / "running.json").write_text(json.dumps({"pid": process.pid, "host": socket.gethostname(),
-                                                         "started": time.time()}))
+                                   env={**(env or os.environ), PARENT_ENV: str(os.getpid())})
         stdout, _ = process.communicate()
-    (folder / "running.json").unlink(missing_ok=True)
     lines = stdout.decode(errors="replace").strip().splitlines()
     try:
         result = json.loads(lines[-1]) if lines else {}
@@ -122,7 +123,22 @@ def run_trials(sweep: Sweep, workdir: epath.Path, trials: Sequence[Trial], paral
     started = time.perf_counter()
 
     def one(trial: Trial) -> None:
-        prepare_trial(workdir, trial)
+        claim = WorkdirLock(trial_dir(workdir, trial), DRIVER_LOCK)  # two drivers never run one trial
+        try:
+            trial_dir(workdir, trial).mkdir(parents=True, exist_ok=True)
+            claim.acquire()
+        except WorkdirBusy as busy:
+            log(f"{trial.trial_id}: skipped, {busy} (another sweep driver)")
+            return
+        try:
+            if store.load().get(trial.trial_id, {}).get("status") == "ok":
+                return  # finished by another driver meanwhile
+            prepare_trial(workdir, trial)
+            run_and_record(trial)
+        finally:
+            claim.release()
+
+    def run_and_record(trial: Trial) -> None:
         trial_started = time.perf_counter()
         try:
             result = run_one(trial)

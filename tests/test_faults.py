@@ -93,12 +93,13 @@ def test_sigkill_at_a_random_step_then_rerun_equals_an_uninterrupted_run(tmp_pat
 
 
 def test_sigterm_saves_the_current_step_exits_143_and_the_rerun_resumes_there(tmp_path, lab_cache, reference) -> None:
-    status, stderr = train_until(tmp_path, lab_cache, 4, signal.SIGTERM)  # between checkpoints 3 and 6
+    status, stderr = train_until(tmp_path, lab_cache, 4, signal.SIGTERM)  # handled at step 5 or a little later
     assert status == 143, stderr
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["status"] == "preempted"
     step = result["preempted_at_step"]
-    assert step % CHECKPOINT_EVERY and (tmp_path / "checkpoints" / str(step) / "commit_success.txt").exists()
+    assert 4 < step < STEPS and (tmp_path / "checkpoints" / str(step) / "commit_success.txt").exists()
+    assert not list((tmp_path / "checkpoints").glob("*tmp*"))  # committed, not in flight
     done = train(tmp_path, lab_cache)
     assert done.returncode == 0, done.stderr
     assert assert_same_result(tmp_path, reference)["resumed_from_step"] == step
@@ -166,3 +167,96 @@ def test_an_interrupted_write_leaves_the_old_file_whole(tmp_path, monkeypatch) -
     assert json.loads(target.read_text()) == {"status": "ok"}
     assert [json.loads(line)["trial_id"] for line in (tmp_path / "results.jsonl").read_text().splitlines()] == ["a"]
     assert not list(tmp_path.rglob("*.partial"))
+
+
+SWEEP_SPEC = """
+import dataclasses
+from scaling.presets import preset
+from sweeps.spec import Sweep, axis
+BASE = preset("tiny")
+BASE = dataclasses.replace(BASE, train=dataclasses.replace(BASE.train, steps={steps}, checkpoint_every=3, log_every=1))
+SWEEP = Sweep("faults", BASE, axis("lr", "train.learning_rate", {rates}))
+"""
+
+
+def _sweep(tmp_path: Path, steps: int, rates: list[float]):
+    from sweeps.spec import load_spec
+
+    spec = tmp_path / "faults.py"
+    spec.write_text(SWEEP_SPEC.format(steps=steps, rates=rates))
+    return spec, load_spec(spec).trials()
+
+
+def _driver(spec: Path, workdir: Path, lab_cache: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "sweeps", *extra, str(spec), "--workdir", str(workdir), "--json"]
+                            + (["--no-report"] if extra[0] == "run" else []),
+                            cwd=REPO_ROOT, env=_env(lab_cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _records(workdir: Path) -> list[dict]:
+    return [json.loads(line) for line in (workdir / "results.jsonl").read_text().splitlines()]
+
+
+def _wait_for(condition, seconds: float, what: str) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_a_killed_sweep_driver_records_each_trial_once_and_its_rerun_resumes(tmp_path, lab_cache, ml100k) -> None:
+    """lr 1e38 fails (non-finite loss) and the sweep goes on; the driver is SIGKILLed during the
+    third trial, which then checkpoints and stops (SIGTERM from its dying parent)."""
+    from scaling.workdir import WorkdirBusy
+
+    spec, trials = _sweep(tmp_path, 12, [1e38, 1e-3, 2e-3])
+    bad, good, killed = (t.trial_id for t in trials)
+    workdir = tmp_path / "sweep"
+    driver = _driver(spec, workdir, lab_cache, "run")
+    train_log = workdir / "trials" / killed / "train.log"
+    _wait_for(lambda: train_log.exists() and "step 5/12" in train_log.read_text(), 240, "the third trial's step 5")
+    driver.kill()
+    driver.wait(timeout=30)
+
+    def trial_stopped() -> bool:
+        try:
+            lock = WorkdirLock(workdir / "trials" / killed)
+            lock.acquire()
+            lock.release()
+            return True
+        except WorkdirBusy:
+            return False
+
+    _wait_for(trial_stopped, 60, "the orphaned trial to stop")
+    assert json.loads((workdir / "trials" / killed / "result.json").read_text())["status"] == "preempted"
+    assert {r["trial_id"]: r["status"] for r in _records(workdir)} == {bad: "failed", good: "ok"}
+    status = _driver(spec, workdir, lab_cache, "status")
+    states = json.loads(status.communicate(timeout=60)[0].strip().splitlines()[-1])
+    assert states["trials"] == {bad: "failed", good: "done", killed: "pending"}
+
+    rerun = _driver(spec, workdir, lab_cache, "run")
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 1, err  # one trial failed
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert (summary["ok"], summary["failed"]) == (2, 1)
+    records = {r["trial_id"]: r for r in _records(workdir)}
+    assert len(_records(workdir)) == 3 and set(records) == {bad, good, killed}
+    assert records[bad]["reason"] == "non-finite loss at step 2"
+    assert records[killed]["status"] == "ok" and records[killed]["resumed_from_step"] >= 3
+    assert "non-finite loss at step 2" in err  # the sweep log names the reason
+
+
+def test_two_drivers_on_one_workdir_run_each_trial_once(tmp_path, lab_cache, ml100k) -> None:
+    spec, trials = _sweep(tmp_path, 4, [1e-3, 2e-3])
+    workdir = tmp_path / "sweep"
+    drivers = [_driver(spec, workdir, lab_cache, "run") for _ in range(2)]
+    outputs = [driver.communicate(timeout=300) for driver in drivers]
+    assert all(driver.returncode == 0 for driver in drivers), outputs
+    records = _records(workdir)
+    assert sorted(r["trial_id"] for r in records) == sorted(t.trial_id for t in trials)
+    assert all(r["status"] == "ok" and r["resumed_from_step"] is None for r in records)
+    for trial in trials:  # one training process per trial, started once
+        assert (workdir / "trials" / trial.trial_id / "train.log").read_text().count("data ml-100k:") == 1

@@ -252,3 +252,30 @@ def test_sweep_driver_through_fake_gcloud(cloud, tmp_path) -> None:
     records = [json.loads(line) for line in (tmp_path / "wd" / "results.jsonl").read_text().splitlines()]
     assert sorted(r["size"] for r in records) == [64, 128] and all(r["status"] == "ok" for r in records)
     assert cloud.verbs().count("queued-resources delete") == 2 and cloud.resources_left() == {}
+
+
+def test_a_preempted_queued_resource_is_requeued_and_the_trial_resumes(cloud, tmp_path, lab_cache) -> None:
+    """Real training behind the fake gcloud: SIGTERM at step 5 (the preemption notice) makes the
+    trial checkpoint and exit 143, its resource turns SUSPENDED, the driver queues a new one and
+    the trial resumes there from step 5 to the end."""
+    cloud("preempted_once")
+    spec = tmp_path / "pod.py"
+    spec.write_text(textwrap.dedent("""
+        from scaling.presets import preset
+        from sweeps.spec import Sweep, axis
+        BASE = preset("tiny")
+        SWEEP = Sweep("pod", BASE, axis("steps", "train.steps", [12]),
+                      launcher={"accelerator_type": "v5p-32", "code_url": "https://example.org/lab.git",
+                                "poll_seconds": 0.01, "allow_local_workdir": True})
+    """))
+    env = dict(os.environ, FAKE_CLOUD_RUN_TRAIN="1", FAKE_CLOUD_PREEMPT_AT_STEP="5", SCALING_LAB_CACHE=str(lab_cache))
+    command = [sys.executable, "-m", "sweeps", "run", str(spec), "--launcher", "queued-resources", "--project", "lab",
+               "--zone", "us-east5-a", "--workdir", str(tmp_path / "wd"), "--no-report", "--json"]
+    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "preempted; re-queued (1/5), it resumes from its last checkpoint" in done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (summary["ok"], summary["failed"]) == (1, 0)
+    (record,) = [json.loads(line) for line in (tmp_path / "wd" / "results.jsonl").read_text().splitlines()]
+    assert record["status"] == "ok" and record["steps"] == 12 and 5 <= record["resumed_from_step"] < 12
+    assert cloud.verbs().count("queued-resources create") == 2 and cloud.resources_left() == {}

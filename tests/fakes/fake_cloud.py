@@ -4,17 +4,24 @@ FAKE_CLOUD_LOG: file that receives one JSON argv list per call; its .state sibli
   resources that exist, per name (so a sweep of several trials gets one life cycle per trial).
 FAKE_CLOUD_SCENARIO: ok | create_fails | never_active | provisioning_fails (ACCEPTED, then FAILED) |
   run_fails | preempted_while_running (alias: preempted) | delete_fails |
-  ssh_flaky (the first install ssh is refused, as on a just-booted VM).
+  ssh_flaky (the first install ssh is refused, as on a just-booted VM) |
+  preempted_once (the first training is preempted: SIGTERM once step $FAKE_CLOUD_PREEMPT_AT_STEP
+  is logged, its queued resource SUSPENDED; later ones run to the end).
 Queued resources go ACCEPTED -> PROVISIONING -> ACTIVE on successive describes; xpk workloads
 answer `list --wait-for-job-completion` with 124 (not finished) once, then 0 or 125 as real xpk.
 FAKE_CLOUD_TPU_VMS: comma-separated names of TPU VMs that exist from the start (tpu-vm launcher).
 Calls on a resource that does not exist fail with NOT_FOUND, as the real CLIs do.
-A successful train command writes WORKDIR/result.json when WORKDIR is a local path.
+A successful train command writes WORKDIR/result.json when WORKDIR is a local path; with
+FAKE_CLOUD_RUN_TRAIN=1 it runs the real `python -m scaling.train` here instead, on this
+machine's devices (without --distributed), and answers with its exit status.
 """
 
 import json
 import os
 import re
+import shlex
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -62,7 +69,7 @@ def gcloud(argv: list[str], scenario: str, state: dict) -> tuple[int, str, str]:
             return 0, "WAITING_FOR_RESOURCES", ""
         if scenario == "provisioning_fails":
             return 0, "ACCEPTED" if resource["describes"] == 1 else "FAILED", ""
-        if scenario == "preempted" and resource["trained"]:
+        if scenario == "preempted" and resource["trained"] or resource.get("preempted"):
             return 0, "SUSPENDED", ""
         return 0, QR_STATES[min(resource["describes"], len(QR_STATES)) - 1], ""
     if verb == "queued-resources delete":
@@ -82,6 +89,12 @@ def tpu_vm_ssh(words: str, scenario: str, state: dict, resource: dict) -> tuple[
             return 255, "", "ssh: connect to host 10.0.0.2 port 22: Connection refused"
         return 0, "", ""
     resource["trained"] = True
+    if os.environ.get("FAKE_CLOUD_RUN_TRAIN"):
+        preempt = scenario == "preempted_once" and not state.get("preempted_once")
+        code, out, err = run_train(words, int(os.environ["FAKE_CLOUD_PREEMPT_AT_STEP"]) if preempt else None)
+        if preempt:
+            state["preempted_once"] = resource["preempted"] = True
+        return code, out, err
     if scenario == "run_fails":
         return 1, "", "Traceback (most recent call last):\nRuntimeError: boom"
     if scenario == "preempted":
@@ -130,6 +143,21 @@ def _flag(argv: list[str], flag: str) -> str:
         if arg == flag and index + 1 < len(argv):
             return argv[index + 1]
     return ""
+
+
+def run_train(command: str, preempt_at_step: int | None) -> tuple[int, str, str]:
+    """Run the worker's training command here; SIGTERM it once `preempt_at_step` is logged."""
+    args = [a for a in shlex.split(command.split("-m scaling.train", 1)[1]) if a != "--distributed"]
+    process = subprocess.Popen([os.environ.get("FAKE_CLOUD_PYTHON", sys.executable), "-m", "scaling.train", *args],
+                               cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if preempt_at_step is not None and line.startswith(f"step {preempt_at_step}/"):
+            process.send_signal(signal.SIGTERM)
+    out = process.stdout.read()
+    return process.wait(), out.strip().splitlines()[-1] if out.strip() else "", "".join(lines[-3:])
 
 
 def write_result(command: str) -> None:
