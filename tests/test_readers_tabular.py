@@ -202,3 +202,13 @@ def test_parquet_file_level_errors(tmp_path: Path) -> None:
     not_parquet = csv_file(tmp_path / "e2.parquet", "u,i,t\n1,2,3\n")
     with pytest.raises(DataError, match=rf"^{re.escape(str(not_parquet))}: cannot read as Parquet"):
         read_tabular(not_parquet, "parquet", MAPPING)
+
+
+def test_data_stats_on_a_malformed_csv_is_one_line_and_status_2(tmp_path: Path, capsys, use_lab_cache) -> None:
+    from data.__main__ import main
+
+    path = csv_file(tmp_path / "e.csv", "u,i,t\n1,2,100\n1,3,later\n")
+    assert main(["stats", str(path), "--format", "csv", "--columns", "user=u,item=i,timestamp=t"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()  # a progress line, then the error
+    assert [line for line in lines if not line.startswith("preparing ")] == \
+        [f"error: {path}:3: timestamp is not a number: '1,3,later'"]
