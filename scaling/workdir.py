@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import time
 
 from etils import epath
 
@@ -33,17 +34,24 @@ class WorkdirLock:
         self.path = epath.Path(workdir) / name
         self._handle = None
 
-    def acquire(self) -> None:
+    def acquire(self, patience_seconds: float = 1.0) -> None:
+        """Take the lock, retrying for patience_seconds (a status probe holds it for an instant)."""
         if not is_local(self.path) or self._handle is not None:
             return
         handle = open(self.path, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise WorkdirBusy(f"{self.path.parent} is in use by {holder}") from None
+        deadline = time.monotonic() + patience_seconds
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                handle.close()
+                raise WorkdirBusy(f"{self.path.parent} is in use by {holder}") from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
@@ -51,15 +59,16 @@ class WorkdirLock:
         self._handle = handle
 
     def held_elsewhere(self) -> bool:
-        """Whether another process holds the lock now (False for an object-store workdir)."""
+        """Whether another process holds the lock now (False for an object-store workdir). Probes
+        with a shared lock and writes nothing."""
         if not is_local(self.path) or not self.path.exists() or self._handle is not None:
             return False
-        try:
-            self.acquire()
-        except WorkdirBusy:
-            return True
-        self.release()
-        return False
+        with open(self.path) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            return False  # closing the descriptor drops the probe's shared lock
 
     def release(self) -> None:
         if self._handle is not None:
