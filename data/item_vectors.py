@@ -170,7 +170,7 @@ def user_file_vectors(path: Path, item_ids: np.ndarray, part: str) -> np.ndarray
 
 def checkpoint_item_table(workdir: Path, item_ids: np.ndarray, part: str) -> tuple[np.ndarray, dict]:
     """The item table of the newest checkpoint of a trial, rows aligned with `item_ids`."""
-    from models import family as families
+    from models import family as families, tables
     from scaling import checkpoint
     from scaling.config import ConfigError, from_json
 
@@ -189,6 +189,8 @@ def checkpoint_item_table(workdir: Path, item_ids: np.ndarray, part: str) -> tup
     if table is None:
         raise DataError(f"{part}: the {config.model.family} family has no item table")
     trial_items = _trial_item_ids(config)
+    if len(table) + 1 == tables.padded_rows(len(trial_items) + 1):  # a padded catalogue table: zero rows past the items
+        table = table[:len(trial_items)]
     if len(trial_items) != len(table):
         raise DataError(f"{part}: the checkpoint's item table has {len(table)} rows, its data {len(trial_items)} items")
     return _aligned(trial_items, table, item_ids, part), {"step": int(step), "trial_data": config.data.name}

@@ -7,7 +7,8 @@ mesh axes ("data", "fsdp", "tensor").
 BATCH = "batch"
 LENGTH = "length"
 EMBED = "embed"  # the model width D
-VOCAB = "vocab"  # rows of the item table (num_items + 1)
+VOCAB = "vocab"  # rows of a token vocabulary (the encoder-decoder's code tokens)
+TABLE_ROWS = "table_rows"  # rows of a catalogue table (num_items + 1 real rows; models/tables.py)
 POSITIONS = "positions"  # rows of a positional table
 QKV = "qkv"  # fused projection outputs: heads x per-head width, for several projections
 HEADS_DIM = "heads_dim"  # heads x per-head width, the input side of an output projection

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from data import pipeline
-from models import axes, family
+from models import axes, family, tables
 from models.attention import causal_query_blocks
 from models.family import TRAIN_MULTIPLIER, BatchField, FamilyConfig
 from models.fields import ConfigError, positive, fraction
@@ -59,8 +59,9 @@ class SequentialRecommender(nn.Module):
 
     def setup(self) -> None:
         cfg = self.config
-        self.item_table = logical_param(self, "item_embedding", truncated_normal(0.02),
-                                        (self.num_items + 1, cfg.d_model), (axes.VOCAB, axes.EMBED))
+        rows = self.num_items + 1
+        self.item_table = logical_param(self, "item_embedding", tables.padded_init(truncated_normal(0.02), rows),
+                                        (tables.padded_rows(rows), cfg.d_model), (axes.TABLE_ROWS, axes.EMBED))
         self.position_table = logical_param(self, "position_embedding", self.parts.position_init(cfg),
                                             (cfg.max_positions, cfg.d_model), (axes.POSITIONS, axes.EMBED))
         self.blocks = [self.parts.block(cfg, name=f"block_{i}") for i in range(cfg.blocks)]
@@ -80,10 +81,6 @@ class SequentialRecommender(nn.Module):
             x = block(x, context, deterministic=deterministic)
         x = jnp.where(real, x, 0.0)
         return l2_normalize(x.astype(jnp.float32))
-
-    def candidates(self) -> jax.Array:
-        """(num_items + 1, D) L2-normalised item embeddings; row 0 is padding."""
-        return l2_normalize(self.item_table)
 
 
 def build_model(config: DecoderConfig, num_items: int) -> SequentialRecommender:
@@ -111,41 +108,33 @@ class DecoderModel(family.Model):
         rows = family.row_ids(batch)
         outputs = self.module.apply({"params": params}, {**{k: batch[k] for k in MODEL_INPUTS}, family.ROW_IDS: rows},
                                     deterministic=False, rngs={"dropout": dropout_rng})
-        candidates = l2_normalize(params["item_embedding"])
+        table = params["item_embedding"]
         targets = batch["targets"]
         if self.train.loss == "full_softmax":
-            loss_sum, count = full_softmax_loss(outputs, targets, candidates, self.train.temperature)
+            loss_sum, count = full_softmax_loss(outputs, targets, table, self.train.temperature, self.num_items)
         else:
             negatives = sample_negatives(row_keys(negatives_rng, rows), targets.shape,
                                          self.train.negatives, self.num_items)
-            loss_sum, count = sampled_softmax_loss(outputs, targets, candidates, negatives, self.train.temperature)
+            loss_sum, count = sampled_softmax_loss(outputs, targets, table, negatives, self.train.temperature)
         return loss_sum, count, {"losses": {}, "metrics": {}}
+
+    def _query(self, params: Any, batch: Mapping[str, jax.Array]) -> jax.Array:
+        """(B, D) the output at each row's eval_position."""
+        outputs = self.module.apply({"params": params}, {k: batch[k] for k in MODEL_INPUTS}, deterministic=True)
+        return jnp.take_along_axis(outputs, batch["eval_position"][:, None, None], axis=1)[:, 0]
 
     def evaluate(self, params: Any, batch: Mapping[str, jax.Array]) -> dict:
         """Per row: the target's full-ranking rank (history excluded, target never) and its
-        full-softmax loss, for rows with eval_valid."""
-        outputs = self.module.apply({"params": params}, {k: batch[k] for k in MODEL_INPUTS}, deterministic=True)
-        query = jnp.take_along_axis(outputs, batch["eval_position"][:, None, None], axis=1)[:, 0]
-        candidates = l2_normalize(params["item_embedding"]).astype(jnp.float32)
-        scores = query @ candidates.T  # (B, V + 1)
-        target = batch["eval_target"]
-        target_score = jnp.take_along_axis(scores, target[:, None], axis=1)[:, 0]
-        rows = jnp.arange(scores.shape[0])[:, None]
-        history = jnp.where(batch["items"] == target[:, None], 0, batch["items"])
-        excluded = jnp.zeros(scores.shape, bool).at[rows, history].set(True).at[:, 0].set(True)
-        higher = jnp.sum((scores > target_score[:, None]) & ~excluded, axis=1)
-        logits = jnp.where(jnp.arange(scores.shape[1]) == 0, -jnp.inf, scores / self.train.temperature)
-        loss = jax.nn.logsumexp(logits, axis=1) - target_score / self.train.temperature
-        return {"rank": 1 + higher, "loss": loss, "valid": batch["eval_valid"]}
+        full-softmax loss, for rows with eval_valid; the catalogue is scored in chunks on the
+        devices that hold its rows (models/tables.py)."""
+        rank, loss = tables.target_ranks(self._query(params, batch), params["item_embedding"], batch["eval_target"],
+                                         batch["items"], self.num_items, self.train.temperature)
+        return {"rank": rank, "loss": loss, "valid": batch["eval_valid"]}
 
     def top_items(self, params: Any, batch: Mapping[str, jax.Array], k: int) -> dict[str, jax.Array]:
         """The k items of highest cosine score with the query, history and padding excluded."""
-        outputs = self.module.apply({"params": params}, {key: batch[key] for key in MODEL_INPUTS}, deterministic=True)
-        query = jnp.take_along_axis(outputs, batch["eval_position"][:, None, None], axis=1)[:, 0]
-        scores = query @ l2_normalize(params["item_embedding"]).astype(jnp.float32).T  # (B, V + 1)
-        rows = jnp.arange(scores.shape[0])[:, None]
-        excluded = jnp.zeros(scores.shape, bool).at[rows, batch["items"]].set(True).at[:, 0].set(True)
-        scores, items = jax.lax.top_k(jnp.where(excluded, -jnp.inf, scores), k)
+        scores, items = tables.top_items(self._query(params, batch), params["item_embedding"], batch["items"],
+                                         self.num_items, k)
         return {"items": items.astype(jnp.int32), "scores": scores}
 
     def step_counts(self, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
@@ -263,7 +252,7 @@ class DecoderFamily(family.Family):
         return {"params": total, "params_non_embedding": non_embedding, "params_active": total}
 
     def item_table(self, config: DecoderConfig, params: Any) -> np.ndarray:
-        table = np.asarray(params["item_embedding"], np.float32)[1:]  # row 0 is padding
+        table = np.asarray(params["item_embedding"], np.float32)[1:]  # row 0 is padding; rows past the items are 0
         # Items are scored against unit-norm rows (candidates()), so their directions are the vectors.
         return table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), 1e-12)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from models.layers import l2_normalize
+
 ACCIDENTAL_HIT_LOGIT = -5e4  # the reference's logit for a sampled negative equal to the positive
 
 
@@ -40,16 +42,18 @@ def sampled_softmax_loss(
 ) -> tuple[jax.Array, jax.Array]:
     """-log softmax of the positive among [positive, negatives], summed over supervised positions.
 
-    outputs: (B, L, D); targets: (B, L), 0 = no loss; candidates: (V + 1, D), row 0 padding;
-    negatives: (B, L, R). score_all_items: compute the (B, L, V + 1) score matrix and pick the
-    sampled columns, or gather the (B, L, R, D) sampled embeddings; None decides by size
+    outputs: (B, L, D) unit vectors; targets: (B, L), 0 = no loss; candidates: the raw item table
+    (rows, D), row 0 padding, L2-normalised here where used; negatives: (B, L, R).
+    score_all_items: compute the (B, L, rows) score matrix and pick the sampled columns, or gather
+    the (B, L, R, D) sampled embeddings (normalised after the gather when the table has more rows,
+    so the step's work does not grow with the catalogue); None decides by size
     (scores_all_items). Both ways compute the same numbers.
     """
     if score_all_items is None:
         score_all_items = scores_all_items(candidates.shape[0], negatives.shape[-1])
     outputs = outputs.astype(jnp.float32)
-    candidates = candidates.astype(jnp.float32)
     if score_all_items:
+        candidates = l2_normalize(candidates).astype(jnp.float32)
         # One (positions, V + 1) matrix and one gather of [target, negatives] per position: the
         # gather's transpose, a scatter into that matrix, runs fastest in this 2-D form on XLA:CPU.
         positions = targets.size
@@ -58,8 +62,13 @@ def sampled_softmax_loss(
         picked = jnp.take_along_axis(scores, columns, axis=1, mode="clip").reshape(*negatives.shape[:-1], -1)
         positive, sampled = picked[..., :1], picked[..., 1:]
     else:
-        positive = jnp.einsum("bld,bld->bl", outputs, jnp.take(candidates, targets, axis=0, mode="clip"))[..., None]
-        sampled = jnp.einsum("bld,blrd->blr", outputs, jnp.take(candidates, negatives, axis=0, mode="clip"))
+        if candidates.shape[0] <= targets.size + negatives.size:  # normalise whichever is smaller
+            normalised = l2_normalize(candidates).astype(jnp.float32)
+            rows = lambda ids: jnp.take(normalised, ids, axis=0, mode="clip")
+        else:
+            rows = lambda ids: l2_normalize(jnp.take(candidates, ids, axis=0, mode="clip")).astype(jnp.float32)
+        positive = jnp.einsum("bld,bld->bl", outputs, rows(targets))[..., None]
+        sampled = jnp.einsum("bld,blrd->blr", outputs, rows(negatives))
     sampled = jnp.where(negatives == targets[..., None], ACCIDENTAL_HIT_LOGIT * temperature, sampled)
     logits = jnp.concatenate([positive, sampled], axis=-1) / temperature
     per_position = jax.nn.logsumexp(logits, axis=-1) - logits[..., 0]
@@ -68,14 +77,18 @@ def sampled_softmax_loss(
 
 
 def full_softmax_loss(
-    outputs: jax.Array, targets: jax.Array, candidates: jax.Array, temperature: float
+    outputs: jax.Array, targets: jax.Array, candidates: jax.Array, temperature: float, num_items: int | None = None
 ) -> tuple[jax.Array, jax.Array]:
     """Cross-entropy of the target among all items 1..V (exact; for small catalogues).
 
-    outputs: (..., D); targets: (...), 0 = no loss; candidates: (V + 1, D), row 0 never a class.
+    outputs: (..., D) unit vectors; targets: (...), 0 = no loss; candidates: the raw item table
+    (rows, D), L2-normalised here; row 0 and rows past num_items (padding) are never a class.
     """
-    logits = jnp.einsum("...d,vd->...v", outputs.astype(jnp.float32), candidates.astype(jnp.float32)) / temperature
-    logits = logits.at[..., 0].set(-jnp.inf)
+    candidates = l2_normalize(candidates).astype(jnp.float32)
+    logits = jnp.einsum("...d,vd->...v", outputs.astype(jnp.float32), candidates) / temperature
+    classes = jnp.arange(candidates.shape[0])
+    logits = jnp.where((classes == 0) | (classes > (candidates.shape[0] if num_items is None else num_items)),
+                       -jnp.inf, logits)
     per_position = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, targets[..., None], axis=-1, mode="clip")[..., 0]
     supervised = targets > 0
     return jnp.sum(jnp.where(supervised, per_position, 0.0)), jnp.sum(supervised).astype(jnp.float32)

@@ -11,7 +11,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from models import axes
+from models import axes, tables
 from scaling.config import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -23,6 +23,9 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     (axes.BATCH, ("data", "fsdp")),
     (axes.EMBED, "fsdp"),
     (axes.VOCAB, "tensor"),
+    # Catalogue tables (the item table) below tables.ROW_SHARDING_MIN_ROWS rows; from that size,
+    # ROW_SHARDED_TABLES below.
+    (axes.TABLE_ROWS, "tensor"),
     (axes.QKV, "tensor"),
     (axes.HEADS_DIM, "tensor"),
     (axes.MLP, "tensor"),
@@ -34,6 +37,11 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     # experts, tokens reach them by an all-to-all; their inner dimensions keep fsdp and tensor.
     (axes.EXPERT, "data"),  # a few ints per item, gathered by every beam: replicated
 )
+
+# Catalogue tables from tables.ROW_SHARDING_MIN_ROWS rows (padded by models/tables.py): rows split
+# over every mesh axis (tables.row_axes), whatever the mesh, so the table, its gradient and its
+# optimizer moments take 1 / devices of their size on each device; the embed axis stays whole.
+ROW_SHARDED_TABLES = (axes.TABLE_ROWS,)
 
 
 def parse_mesh_spec(spec: str, device_count: int) -> dict[str, int]:
@@ -72,6 +80,8 @@ def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mes
     spec = []
     for name, size in zip(names, shape):
         target = rules.get(name) if name is not None else None
+        if name in ROW_SHARDED_TABLES and not used:
+            target = tables.row_axes(size, mesh) or target
         mesh_axes = (target,) if isinstance(target, str) else tuple(target or ())
         mesh_axes = tuple(a for a in mesh_axes if a not in used and mesh.shape[a] > 1)
         if mesh_axes and size % math.prod(mesh.shape[a] for a in mesh_axes) != 0:

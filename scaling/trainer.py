@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
-import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from models import family as families
+from models import axes, family as families
 from models.family import BatchField, Family
 from scaling.batches import to_global
 from scaling.config import ConfigError, TrialConfig
@@ -26,6 +26,7 @@ class Trainer:
 
     config: TrialConfig
     mesh: Mesh
+    num_items: int
     family: Family
     functions: StepFunctions
     boxed_params: Any  # abstract parameters boxed with logical names
@@ -41,7 +42,15 @@ class Trainer:
 
     @property
     def param_count(self) -> int:
-        return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.abstract_state["params"]))
+        """Parameters of the model; a catalogue table's padding rows (models/tables.py) are not."""
+        def size(leaf: Any) -> int:
+            shape = leaf.value.shape
+            if leaf.names and leaf.names[0] == axes.TABLE_ROWS:
+                shape = (self.num_items + 1, *shape[1:])
+            return math.prod(shape)
+        boxed = lambda x: isinstance(x, nn.LogicallyPartitioned)
+        return sum(size(leaf) if boxed(leaf) else math.prod(leaf.shape)
+                   for leaf in jax.tree.leaves(self.boxed_params, is_leaf=boxed))
 
     def _global(self, batch: dict, fields: dict[str, BatchField]) -> dict[str, jax.Array]:
         return to_global(self.family.device_batch(self.config.model, batch, fields), self.mesh)
@@ -131,4 +140,4 @@ def build_trainer(config: TrialConfig, num_items: int, mesh: Mesh, total_steps: 
     train_step = jax.jit(functions.train_step, in_shardings=(shardings, train_batch, replicated),
                          out_shardings=(shardings, replicated), donate_argnums=(0,))
     eval_step = jax.jit(functions.eval_step, in_shardings=(shardings["params"], eval_batch), out_shardings=replicated)
-    return Trainer(config, mesh, family, functions, boxed, abstract_state, shardings, init, train_step, eval_step)
+    return Trainer(config, mesh, num_items, family, functions, boxed, abstract_state, shardings, init, train_step, eval_step)

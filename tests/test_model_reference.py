@@ -88,7 +88,6 @@ def family(request):
         cfg=cfg, users=users, params=params, expected=expected,
         padded=(padded, padded_where, np.asarray(apply(variables, model_inputs(padded)))),
         packed=(packed, packed_where, np.asarray(apply(variables, model_inputs(packed)))),
-        candidates=np.asarray(model.apply(variables, method=model.candidates)),
     )
 
 
@@ -168,7 +167,7 @@ def test_sampled_softmax_loss_equals_the_reference(family, score_all_items) -> N
     hits = (negatives == targets[..., None]) & (targets[..., None] > 0)
     assert hits.sum() >= 5  # the accidental-hit masking is exercised
     expected, count = ref.sampled_softmax_loss(out, targets, family["params"]["item_embedding"], negatives, TEMPERATURE)
-    total, positions = losses.sampled_softmax_loss(jnp.asarray(out), jnp.asarray(targets), jnp.asarray(family["candidates"]),
+    total, positions = losses.sampled_softmax_loss(jnp.asarray(out), jnp.asarray(targets), jnp.asarray(family["params"]["item_embedding"]),
                                                    jnp.asarray(negatives), TEMPERATURE, score_all_items=score_all_items)
     assert int(positions) == count == int((targets > 0).sum())
     assert float(total) / float(positions) == pytest.approx(expected, rel=1e-5, abs=1e-5)
@@ -180,7 +179,7 @@ def test_full_softmax_loss_equals_the_reference(family) -> None:
     targets = batch["targets"]
     expected, count = ref.full_softmax_loss(out, targets, family["params"]["item_embedding"], TEMPERATURE)
     total, positions = losses.full_softmax_loss(jnp.asarray(out), jnp.asarray(targets),
-                                                jnp.asarray(family["candidates"]), TEMPERATURE)
+                                                jnp.asarray(family["params"]["item_embedding"]), TEMPERATURE)
     assert int(positions) == count == int((targets > 0).sum())
     assert float(total) / float(positions) == pytest.approx(expected, rel=1e-5, abs=1e-5)
 
@@ -221,8 +220,6 @@ def test_training_gradients_equal_finite_differences_of_the_reference(family, la
     """jax.grad of the model + sampled-softmax loss (through the hand-written backward passes of
     models/layers.py and models/hstu.py) against central differences of the float64 NumPy
     reference, one random direction per parameter array."""
-    from models.layers import l2_normalize
-
     losses = _losses()
     cfg, users, params = family["cfg"], family["users"], family["params"]
     batch, where, _ = family[layout]
@@ -234,7 +231,7 @@ def test_training_gradients_equal_finite_differences_of_the_reference(family, la
 
     def mean_loss(p, score_all_items):
         out = model.apply({"params": p}, inputs, deterministic=True)
-        total, positions = losses.sampled_softmax_loss(out, jnp.asarray(batch["targets"]), l2_normalize(p["item_embedding"]),
+        total, positions = losses.sampled_softmax_loss(out, jnp.asarray(batch["targets"]), p["item_embedding"],
                                                        jnp.asarray(negatives), TEMPERATURE, score_all_items=score_all_items)
         return total / positions
 

@@ -111,8 +111,8 @@ def test_losses_against_direct_formulas() -> None:
     rng = np.random.default_rng(0)
     outputs = rng.normal(size=(2, 3, 4))
     outputs /= np.linalg.norm(outputs, axis=-1, keepdims=True)
-    candidates = rng.normal(size=(9, 4))
-    candidates /= np.linalg.norm(candidates, axis=-1, keepdims=True)
+    table = rng.normal(size=(9, 4))  # the raw item table: the losses normalise its rows
+    candidates = table / np.linalg.norm(table, axis=-1, keepdims=True)
     targets = np.array([[1, 2, 0], [3, 3, 8]])
     negatives = rng.integers(1, 9, (2, 3, 5))
     negatives[1, 0, 0] = 3  # an accidental hit
@@ -131,8 +131,11 @@ def test_losses_against_direct_formulas() -> None:
             full_total += np.log(np.sum(np.exp(every))) - positive
             count += 1
     for dense in (True, False):
-        loss, positions = sampled_softmax_loss(jnp.asarray(outputs), jnp.asarray(targets), jnp.asarray(candidates),
+        loss, positions = sampled_softmax_loss(jnp.asarray(outputs), jnp.asarray(targets), jnp.asarray(table),
                                                jnp.asarray(negatives), tau, score_all_items=dense)
         assert float(positions) == count and float(loss) == pytest.approx(total, rel=1e-4)
-    full, _ = full_softmax_loss(jnp.asarray(outputs), jnp.asarray(targets), jnp.asarray(candidates), tau)
+    full, _ = full_softmax_loss(jnp.asarray(outputs), jnp.asarray(targets), jnp.asarray(table), tau)
+    assert float(full) == pytest.approx(full_total, rel=1e-4)
+    padded = np.concatenate([table, np.zeros((3, 4))])  # a padded catalogue table: its extra rows are no class
+    full, _ = full_softmax_loss(jnp.asarray(outputs), jnp.asarray(targets), jnp.asarray(padded), tau, num_items=8)
     assert float(full) == pytest.approx(full_total, rel=1e-4)

@@ -164,7 +164,7 @@ def test_parameters_are_sharded_as_the_rules_say() -> None:
         state = trainer.init(jax.random.key(0))
     params = state["params"]
     expected = {
-        "item_embedding": PartitionSpec("tensor", "fsdp"),  # (vocab, embed)
+        "item_embedding": PartitionSpec("tensor", "fsdp"),  # (table_rows, embed): small, by the ordinary rule
         "position_embedding": PartitionSpec(None, "fsdp"),  # (positions, embed)
     }
     for name, spec in expected.items():

@@ -54,7 +54,7 @@ def test_result_has_every_field_with_sane_values(finished_run) -> None:
     assert lines[-1]["eval/test_hr@10"] == result["hr@10"]
     assert result["plateau_evals"] == 1 and result["plateau_hr@10"] == result["hr@10"]  # no periodic evals
     axes = json.loads((workdir / "param_axes.json").read_text())
-    assert axes["item_embedding"] == ["vocab", "embed"] and axes["block_0/uvqk"] == ["embed", "qkv"]
+    assert axes["item_embedding"] == ["table_rows", "embed"] and axes["block_0/uvqk"] == ["embed", "qkv"]
 
 
 def test_interrupted_run_resumes_bitwise(tmp_path, lab_cache, monkeypatch, finished_run) -> None:
