@@ -1,7 +1,13 @@
 """`python -m benchmarks.throughput`: time the training step, count its FLOPs, report MFU.
 
   --preset hstu-large-ml1m --data ml-100k --batch 128 --packed   the step scaling.train runs
+  --config WORKDIR/config.json                                   a trial's config (its data)
   --model hstu --d-model 256 --blocks 4 --heads 4 --seq-len 200 --batch 64   random ids, full rows
+
+--compile-only compiles the train and eval steps for --mesh (on a CPU, with that many simulated
+devices) without running them and prints, from XLA's memory analysis, per-device argument_bytes,
+temp_bytes, eval_temp_bytes, the train state's bytes by parts, the catalogue tables' partition
+specs and FLOPs per step: whether a configuration fits, before it is submitted.
 
 Step time is the median of --repeats steps after --warmup steps, each waited for with
 block_until_ready. MFU = model FLOPs per second / peak; on a CPU the peak is the median rate of a
@@ -25,8 +31,8 @@ import numpy as np
 
 from data.errors import DataError
 from models import family as families
-from scaling import flops, hardware, host, xla_cost
-from scaling.config import ConfigError, DataConfig, TrainConfig, TrialConfig, with_overrides
+from scaling import aot, flops, hardware, host, xla_cost
+from scaling.config import ConfigError, DataConfig, TrainConfig, TrialConfig, from_json, with_overrides
 from scaling.mesh import make_mesh
 from scaling.presets import preset
 from scaling.trainer import build_trainer
@@ -45,11 +51,11 @@ def random_batch(rows: int, row_len: int, num_items: int, seed: int = 0) -> dict
 
 
 def data_batches(config: TrialConfig, count: int) -> tuple[list[dict[str, np.ndarray]], int]:
-    from data.dataset import prepare
+    from data.dataset import prepare_section
     from data.pipeline import PipelineConfig, train_dataset
     from data.split import leave_one_out
 
-    prepared = prepare(config.data.name)
+    prepared = prepare_section(config.data)
     split = leave_one_out(prepared.sequences, config.data.split)
     pipeline = PipelineConfig(batch_size=config.train.batch_size, row_len=config.data.row_len,
                               packed=config.data.packed, seed=config.train.seed)
@@ -156,10 +162,11 @@ def run_sweep(args: argparse.Namespace) -> list[dict]:
     for index, (attention, d_model, seq_len) in enumerate(grid, 1):
         point = argparse.Namespace(**{**vars(args), "attention": attention, "d_model": d_model, "seq_len": seq_len})
         config = config_from(point)
-        print(f"[{index}/{len(grid)}] {attention} d{d_model} seq {seq_len} batch {args.batch}", file=sys.stderr)
+        batch, num_items = config.train.batch_size, args.num_items or DEFAULT_NUM_ITEMS
+        print(f"[{index}/{len(grid)}] {attention} d{d_model} seq {seq_len} batch {batch}", file=sys.stderr)
         count = args.warmup + args.repeats
-        batches = [random_batch(args.batch, seq_len, args.num_items, seed) for seed in range(count)]
-        row = measure(config, batches, args.num_items, args.warmup, args.time_limit_bytes)
+        batches = [random_batch(batch, seq_len, num_items, seed) for seed in range(count)]
+        row = measure(config, batches, num_items, args.warmup, args.time_limit_bytes)
         rows.append(row)
         print(markdown_table([row]).splitlines()[-1], file=sys.stderr)
         if args.out:
@@ -189,9 +196,17 @@ def _model_overrides(family: str, wanted: dict, asked: set[str]) -> list[str]:
 def config_from(args: argparse.Namespace) -> TrialConfig:
     asked = {key for key, given in (("attention", args.attention != "dense"), ("compute_dtype", args.dtype != "float32"))
              if given}
-    if args.preset:
+    if args.config:
+        try:
+            config = from_json(open(args.config).read())
+        except OSError as error:
+            raise ConfigError(f"--config {args.config}: cannot read: {error.strerror}") from None
+        overrides = [f"train.batch_size={args.batch}"] if args.batch is not None else []
+        if args.data:
+            overrides.append(f"data.name={args.data}")
+    elif args.preset:
         config = preset(args.preset, args.model)
-        overrides = [f"train.batch_size={args.batch}", f"data.packed={args.packed}"]
+        overrides = [f"train.batch_size={args.batch or 64}", f"data.packed={args.packed}"]
         overrides += _model_overrides(config.model.family, {"attention": args.attention,
                                                             "attention_block": args.attention_block}, asked)
         if args.data:
@@ -199,34 +214,72 @@ def config_from(args: argparse.Namespace) -> TrialConfig:
     else:
         name = args.model or families.DEFAULT_FAMILY
         config = TrialConfig(data=DataConfig(max_len=args.seq_len - 1, packed=args.packed),
-                             train=TrainConfig(batch_size=args.batch, negatives=args.negatives))
+                             train=TrainConfig(batch_size=args.batch or 64, negatives=args.negatives))
         wanted = {"d_model": args.d_model, "blocks": args.blocks, "heads": args.heads, "max_positions": args.seq_len,
                   "dropout": 0.0, "input_dropout": 0.0, "compute_dtype": args.dtype, "attention": args.attention,
                   "attention_block": args.attention_block}
         overrides = [f"model.family={name}", *_model_overrides(name, wanted, asked)]
-    overrides.append(f"mesh.spec={args.mesh}")
+    if args.mesh is not None or not args.config:
+        overrides.append(f"mesh.spec={args.mesh or 'auto'}")
     return with_overrides(config, overrides + list(args.set or []))
+
+
+DEFAULT_NUM_ITEMS = 3706  # ML-1M's catalogue
+
+
+def compile_only(args: argparse.Namespace) -> int:
+    """--compile-only: scaling.aot.compile_only of the configured step on the mesh."""
+    try:
+        config = config_from(args)
+        if args.num_items:
+            num_items = args.num_items
+        elif args.preset or args.config:
+            from data.dataset import prepare_section
+
+            num_items = prepare_section(config.data).sequences.num_items
+        else:
+            num_items = DEFAULT_NUM_ITEMS
+        mesh = make_mesh(config.mesh.spec)
+    except (ConfigError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"compiling the train and eval steps of {config.model.family} for mesh {dict(mesh.shape)}, "
+          f"{num_items} items", file=sys.stderr)
+    result = aot.compile_only(config, num_items, mesh)
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        for key in ("argument_bytes", "temp_bytes", "eval_temp_bytes", "params_bytes", "optimizer_bytes",
+                    "train_flops_per_step", "xla_flops_per_step"):
+            print(f"{key:<24} {result[key]:.4g}" if result[key] is not None else f"{key:<24} -")
+        for path, spec in result["catalogue_tables"].items():
+            print(f"{path:<24} {spec}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", help="a scaling.train preset; with --data, time its real batches")
+    parser.add_argument("--config", help="a trial's config.json (its data, batch and mesh unless flags say otherwise)")
     parser.add_argument("--data", help="dataset for --preset (default: the preset's)")
     parser.add_argument("--model", choices=families.names())
     parser.add_argument("--d-model", type=int, default=256)
     parser.add_argument("--blocks", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=200, help="tokens per row (random-id mode)")
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batch", type=int, help="rows per step (default 64; a --config's own)")
     parser.add_argument("--negatives", type=int, default=128)
-    parser.add_argument("--num-items", type=int, default=3706, help="catalogue size (random-id mode)")
+    parser.add_argument("--num-items", type=int,
+                        help="catalogue size (random-id mode: default 3706; with --preset or --config: instead of the data's)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--packed", action="store_true")
     parser.add_argument("--attention", choices=["dense", "blockwise"], default="dense",
                         help="model.attention, for families that have it (HSTU)")
     parser.add_argument("--attention-block", type=int, default=256, help="queries per block (blockwise)")
-    parser.add_argument("--mesh", default="auto")
+    parser.add_argument("--mesh", help='"auto" (default) or e.g. "data=8"; on a CPU, that many devices are simulated')
+    parser.add_argument("--compile-only", action="store_true",
+                        help="compile the train and eval steps for the mesh, run nothing, print memory and FLOPs")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
@@ -241,6 +294,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweep.add_argument("--out", help="append one JSON line per point to this file")
     args = parser.parse_args(argv)
     host.keep_freed_memory_mapped()
+    host.simulate_cpu_devices(args.mesh or "auto")
+    if args.compile_only:
+        return compile_only(args)
     if args.sweep:
         try:
             rows = run_sweep(args)
@@ -252,16 +308,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_from(args)
         count = args.warmup + args.repeats
-        if args.preset:
+        if args.preset or args.config:
             batches, num_items = data_batches(config, count)
         else:
-            batches = [random_batch(args.batch, args.seq_len, args.num_items, seed) for seed in range(count)]
-            num_items = args.num_items
+            num_items = args.num_items or DEFAULT_NUM_ITEMS
+            batches = [random_batch(config.train.batch_size, args.seq_len, num_items, seed) for seed in range(count)]
     except (ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     size = " ".join(f"{k}={v}" for k, v in families.of(config.model).summary(config.model).items())
-    print(f"timing {count} steps of {config.model.family} {size} batch {args.batch}", file=sys.stderr)
+    print(f"timing {count} steps of {config.model.family} {size} batch {config.train.batch_size}", file=sys.stderr)
     result = measure(config, batches, num_items, args.warmup)
     if args.json:
         print(json.dumps(result, sort_keys=True))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
+import os
 import sys
 
 _M_TRIM_THRESHOLD = -1  # glibc malloc.h
@@ -29,3 +31,18 @@ def keep_freed_memory_mapped() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return all(mallopt(option, value) == 1 for option, value in
                ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_TOP_PAD, 256 << 20)))
+
+
+def simulate_cpu_devices(mesh_spec: str) -> None:
+    """Let the CPU backend present as many devices as an explicit mesh spec ("data=8") asks for
+    (XLA's --xla_force_host_platform_device_count), unless XLA_FLAGS already sets a count. Only
+    the CPU backend reads it, and only when it starts: call before anything asks jax for devices."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if mesh_spec.strip() == "auto" or "xla_force_host_platform_device_count" in flags:
+        return
+    try:
+        count = math.prod(int(part.split("=")[1]) for part in mesh_spec.split(","))
+    except (IndexError, ValueError):
+        return  # parse_mesh_spec names the problem
+    if count > 1:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()

@@ -39,3 +39,27 @@ def test_sweep_writes_one_row_per_point_and_compiles_only_past_the_limit(tmp_pat
 def test_bad_sweep_list_is_one_line_and_status_2(capsys: pytest.CaptureFixture) -> None:
     assert throughput.main(TINY + ["--sweep", "--seq-lens", "24,long"]) == 2
     assert "long" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mesh", ["data=8", "data=2,fsdp=2,tensor=2"])
+def test_compile_only_reports_memory_per_device_and_the_table_split_by_rows(mesh, capsys) -> None:
+    """70,000 items: a catalogue table padded to 23 x 3072 rows, split over all 8 devices on either
+    mesh, so each device holds an eighth of it and of its Adam moments; nothing runs."""
+    argv = ["--model", "hstu", "--d-model", "16", "--blocks", "1", "--heads", "2", "--batch", "8", "--seq-len", "24",
+            "--num-items", "70000", "--negatives", "8", "--mesh", mesh, "--compile-only", "--json"]
+    assert throughput.main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["catalogue_tables"] == {"item_embedding": "P(('data', 'fsdp', 'tensor'), None)" if "," in mesh
+                                          else "P('data', None)"}
+    table_bytes = 23 * 3072 * 16 * 4
+    assert table_bytes / 8 <= result["params_bytes"] <= 1.25 * table_bytes / 8 + 20_000  # + the small replicated rest
+    assert result["optimizer_bytes"] == pytest.approx(2 * result["params_bytes"], rel=0.02)
+    assert result["argument_bytes"] >= result["params_bytes"] + result["optimizer_bytes"]
+    assert result["temp_bytes"] > 0 and result["eval_temp_bytes"] > 0
+    assert 16 * 70_001 < result["params"] < 16 * 23 * 3072  # padding rows are not parameters
+    assert result["train_flops_per_step"] > 0 and result["devices"] == 8
+
+
+def test_compile_only_refuses_a_mesh_the_devices_cannot_form(capsys) -> None:
+    assert throughput.main(TINY + ["--seq-len", "24", "--mesh", "data=3", "--compile-only"]) == 2
+    assert capsys.readouterr().err.strip() == "error: mesh spec 'data=3' needs 3 devices, but 8 are available"
