@@ -24,7 +24,8 @@ from models.attention import causal_query_blocks
 from models.family import TRAIN_MULTIPLIER, BatchField, FamilyConfig
 from models.fields import ConfigError, positive, fraction
 from models.layers import RowDropout, hand_written_kernels, l2_normalize, logical_param, row_keys, truncated_normal
-from models.losses import full_softmax_loss, sample_negatives, sampled_softmax_loss, scores_all_items
+from models.losses import (full_softmax_loss, in_batch_log_q, in_batch_negatives, sample_negatives,
+                           sampled_softmax_loss, scores_all_items)
 
 TRAIN_FIELDS = {name: BatchField(np.int32, (axes.BATCH, axes.LENGTH))
                 for name in pipeline.TOKEN_FIELDS if name not in pipeline.BOOKKEEPING}
@@ -51,27 +52,34 @@ class DecoderConfig(FamilyConfig):
 
 
 class SequentialRecommender(nn.Module):
-    """Item table and positions in, the family's blocks, L2-normalised outputs."""
+    """Item table and positions in, the family's blocks, L2-normalised outputs. With
+    table_outside, the module has no item table: the caller passes the item vectors (the rows a
+    sparse update gathered, models/tables.py)."""
 
     config: DecoderConfig
     num_items: int
     parts: "DecoderFamily"
+    table_outside: bool = False
 
     def setup(self) -> None:
         cfg = self.config
         rows = self.num_items + 1
-        self.item_table = logical_param(self, "item_embedding", tables.padded_init(truncated_normal(0.02), rows),
-                                        (tables.padded_rows(rows), cfg.d_model), (axes.TABLE_ROWS, axes.EMBED))
+        if not self.table_outside:
+            self.item_table = logical_param(self, "item_embedding", tables.padded_init(truncated_normal(0.02), rows),
+                                            (tables.padded_rows(rows), cfg.d_model), (axes.TABLE_ROWS, axes.EMBED))
         self.position_table = logical_param(self, "position_embedding", self.parts.position_init(cfg),
                                             (cfg.max_positions, cfg.d_model), (axes.POSITIONS, axes.EMBED))
         self.blocks = [self.parts.block(cfg, name=f"block_{i}") for i in range(cfg.blocks)]
         self.input_dropout = RowDropout(cfg.input_dropout)
 
-    def __call__(self, batch: Mapping[str, jax.Array], deterministic: bool = True) -> jax.Array:
+    def __call__(self, batch: Mapping[str, jax.Array], deterministic: bool = True,
+                 item_vectors: jax.Array | None = None) -> jax.Array:
         cfg = self.config
         dtype = jnp.dtype(cfg.compute_dtype)
         real = (batch["segment_ids"] > 0)[..., None]
-        x = jnp.take(self.item_table, batch["items"], axis=0, mode="clip") * math.sqrt(cfg.d_model)
+        if item_vectors is None:
+            item_vectors = jnp.take(self.item_table, batch["items"], axis=0, mode="clip")
+        x = item_vectors * math.sqrt(cfg.d_model)
         x = x + jnp.take(self.position_table, batch["positions"], axis=0, mode="clip")
         rows = batch.get(family.ROW_IDS)  # training only: dropout masks are drawn per row
         x = self.input_dropout(x, rows, deterministic=deterministic)
@@ -103,24 +111,61 @@ class DecoderModel(family.Model):
     def init(self, rng: jax.Array, batch: Mapping[str, jax.Array]) -> Any:
         return self.module.init({"params": rng}, {k: batch[k] for k in MODEL_INPUTS})["params"]
 
+    def _apply(self, params: Any, batch: Mapping[str, jax.Array], deterministic: bool = True, **kwargs: Any) -> jax.Array:
+        """The module's outputs; a RowSubset item table (a sparse update's rows) is read outside it."""
+        inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+        if family.ROW_IDS in batch:
+            inputs[family.ROW_IDS] = batch[family.ROW_IDS]
+        table = params["item_embedding"]
+        if isinstance(table, tables.RowSubset):
+            others = {k: v for k, v in params.items() if k != "item_embedding"}
+            return self.module.clone(table_outside=True).apply(
+                {"params": others}, inputs, deterministic, tables.take_rows(table, batch["items"]), **kwargs)
+        return self.module.apply({"params": params}, inputs, deterministic, **kwargs)
+
     def loss_sums(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, jax.Array, dict]:
         dropout_rng, negatives_rng = jax.random.split(rng)
-        rows = family.row_ids(batch)
-        outputs = self.module.apply({"params": params}, {**{k: batch[k] for k in MODEL_INPUTS}, family.ROW_IDS: rows},
-                                    deterministic=False, rngs={"dropout": dropout_rng})
+        outputs = self._apply(params, {**batch, family.ROW_IDS: family.row_ids(batch)}, False,
+                              rngs={"dropout": dropout_rng})
         table = params["item_embedding"]
         targets = batch["targets"]
         if self.train.loss == "full_softmax":
             loss_sum, count = full_softmax_loss(outputs, targets, table, self.train.temperature, self.num_items)
         else:
-            negatives = sample_negatives(row_keys(negatives_rng, rows), targets.shape,
-                                         self.train.negatives, self.num_items)
-            loss_sum, count = sampled_softmax_loss(outputs, targets, table, negatives, self.train.temperature)
+            negatives, negative_log_q, target_log_q = self._negatives(batch, negatives_rng)
+            loss_sum, count = sampled_softmax_loss(outputs, targets, table, negatives, self.train.temperature,
+                                                   negative_log_q=negative_log_q, target_log_q=target_log_q)
         return loss_sum, count, {"losses": {}, "metrics": {}}
+
+    def _negatives(self, batch: Mapping[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, Any, Any]:
+        """(negatives, their log expected counts, the targets' log expected counts) of
+        train.negative_sampler (the counts None for uniform draws): (B, L, R) per position, drawn
+        per row; (R,) shared, drawn from the step's key or, in_batch, from Model.step_inputs."""
+        train, targets = self.train, batch["targets"]
+        if train.negative_sampler == "uniform":
+            keys = row_keys(rng, family.row_ids(batch))
+            return sample_negatives(keys, targets.shape, train.negatives, self.num_items), None, None
+        if train.negative_sampler == "shared":
+            return jax.random.randint(rng, (train.negatives,), 1, self.num_items + 1, jnp.int32), None, None
+        drawn = batch[family.STEP_INPUTS]
+        return (drawn["negatives"], in_batch_log_q(drawn, drawn["negatives"], train.negatives),
+                in_batch_log_q(drawn, targets, train.negatives))
+
+    def step_inputs(self, batch: Mapping[str, jax.Array], rng: jax.Array) -> dict:
+        """In-batch negatives are drawn from the whole step's targets."""
+        if self.train.loss != "sampled_softmax" or self.train.negative_sampler != "in_batch":
+            return {}
+        return in_batch_negatives(jax.random.split(rng)[1], batch["targets"], self.train.negatives)
+
+    def touched_rows(self, batch: Mapping[str, jax.Array], rng: jax.Array) -> dict[str, jax.Array]:
+        """Item rows the loss reads: the inputs, the targets and the negatives."""
+        negatives, _, _ = self._negatives(batch, jax.random.split(rng)[1])
+        ids = (batch["items"], batch["targets"], negatives)
+        return {"item_embedding": jnp.concatenate([x.reshape(-1) for x in ids])}
 
     def _query(self, params: Any, batch: Mapping[str, jax.Array]) -> jax.Array:
         """(B, D) the output at each row's eval_position."""
-        outputs = self.module.apply({"params": params}, {k: batch[k] for k in MODEL_INPUTS}, deterministic=True)
+        outputs = self._apply(params, batch)
         return jnp.take_along_axis(outputs, batch["eval_position"][:, None, None], axis=1)[:, 0]
 
     def evaluate(self, params: Any, batch: Mapping[str, jax.Array]) -> dict:
@@ -236,7 +281,9 @@ class DecoderFamily(family.Family):
         pairs_per_row, attention_passes = self.executed_pairs(config, row_len)
         pairs = rows * pairs_per_row
         forward = config.blocks * self.linear_flops_per_token(config) * tokens
-        if train.loss == "full_softmax" or scores_all_items(num_items + 1, train.negatives):
+        scores_every_row = train.negative_sampler == "uniform" and train.table_optimizer == "adam" and \
+            scores_all_items(tables.padded_rows(num_items + 1), train.negatives)
+        if train.loss == "full_softmax" or scores_every_row:
             forward += 2.0 * config.d_model * (num_items + 1) * tokens
         else:
             forward += 2.0 * config.d_model * (1 + train.negatives) * tokens

@@ -30,6 +30,7 @@ PLUGINS_ENV = "SCALING_LAB_FAMILIES"
 Batch = Mapping[str, Any]
 TRAIN_MULTIPLIER = 3  # FLOP convention: backward = 2 x forward for every matmul
 ROW_IDS = "row_ids"  # (B,) int32 in a training batch: each row's index in the step's whole batch
+STEP_INPUTS = "step_inputs"  # in a training (micro-)batch: Model.step_inputs of the step's whole batch
 
 
 def row_ids(batch: Batch) -> Any:
@@ -110,6 +111,18 @@ class Model(abc.ABC):
         negatives) must be made per row from fold_in(rng, row id) (models.layers.row_keys), and
         aux terms must be means over the same positions that are counted, so that a step gives the
         same numbers however its rows are split over devices and micro-batches."""
+
+    def step_inputs(self, batch: Batch, rng: Any) -> dict[str, Any]:
+        """Arrays drawn from the step's whole batch (e.g. in-batch negatives), made once before the
+        batch is split over micro-batches; loss_sums finds them in batch[STEP_INPUTS]."""
+        return {}
+
+    def touched_rows(self, batch: Batch, rng: Any) -> dict[str, Any]:
+        """For sparse table updates (train.table_optimizer): {name: ids} for every top-level
+        catalogue table (logical axis axes.TABLE_ROWS), ids (any shape) holding every row that
+        loss_sums(params, batch, rng) reads; loss_sums must then accept a models.tables.RowSubset
+        of those rows in place of the table (models.tables.take_rows reads either)."""
+        raise NotImplementedError(f"{type(self).__name__} does not update its tables sparsely")
 
     @abc.abstractmethod
     def evaluate(self, params: Any, batch: Batch) -> dict:

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from models.layers import l2_normalize
+from models.tables import RowSubset, unit_rows
 
 ACCIDENTAL_HIT_LOGIT = -5e4  # the reference's logit for a sampled negative equal to the positive
 
@@ -20,6 +21,26 @@ def sample_negatives(keys: jax.Array, shape: tuple[int, ...], num_negatives: int
     row b's from keys[b] (models.layers.row_keys), so a row draws the same however the batch is split."""
     draw = lambda key: jax.random.randint(key, (*shape[1:], num_negatives), 1, num_items + 1, dtype=jnp.int32)
     return jax.vmap(draw)(keys)
+
+
+def in_batch_negatives(key: jax.Array, targets: jax.Array, count: int) -> dict[str, jax.Array]:
+    """The targets of `count` positions drawn uniformly, with replacement, from the supervised
+    positions (target > 0) of `targets` (the step's whole batch): items drawn by their in-batch
+    frequency. With them, what in_batch_log_q needs: the step's targets in order, and their number."""
+    flat = targets.reshape(-1)
+    ordered = jnp.sort(jnp.where(flat > 0, flat, jnp.iinfo(jnp.int32).max))
+    supervised = jnp.sum(flat > 0)
+    picks = jax.random.randint(key, (count,), 0, jnp.maximum(supervised, 1))
+    return {"negatives": jnp.where(supervised > 0, ordered[picks], 1).astype(jnp.int32), "ordered_targets": ordered,
+            "supervised": supervised}
+
+
+def in_batch_log_q(drawn: dict[str, jax.Array], items: jax.Array, count: int) -> jax.Array:
+    """log of each item's expected number among `count` in-batch draws: count x its share of the
+    step's supervised targets (at least one occurrence, for positions with no target)."""
+    ordered = drawn["ordered_targets"]
+    occurrences = jnp.searchsorted(ordered, items, side="right") - jnp.searchsorted(ordered, items, side="left")
+    return jnp.log(count * jnp.maximum(occurrences, 1) / jnp.maximum(drawn["supervised"], 1).astype(jnp.float32))
 
 
 def scores_all_items(candidate_rows: int, negatives: int) -> bool:
@@ -35,22 +56,30 @@ def scores_all_items(candidate_rows: int, negatives: int) -> bool:
 def sampled_softmax_loss(
     outputs: jax.Array,
     targets: jax.Array,
-    candidates: jax.Array,
+    candidates: jax.Array | RowSubset,
     negatives: jax.Array,
     temperature: float,
     score_all_items: bool | None = None,
+    negative_log_q: jax.Array | None = None,
+    target_log_q: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """-log softmax of the positive among [positive, negatives], summed over supervised positions.
 
     outputs: (B, L, D) unit vectors; targets: (B, L), 0 = no loss; candidates: the raw item table
-    (rows, D), row 0 padding, L2-normalised here where used; negatives: (B, L, R).
-    score_all_items: compute the (B, L, rows) score matrix and pick the sampled columns, or gather
-    the (B, L, R, D) sampled embeddings (normalised after the gather when the table has more rows,
-    so the step's work does not grow with the catalogue); None decides by size
-    (scores_all_items). Both ways compute the same numbers.
+    (rows, D), row 0 padding, or a RowSubset of it holding every target and negative (L2-normalised
+    here where used); negatives: (B, L, R) per position, or (R,) shared by every position (one
+    (positions x R) matmul). negative_log_q / target_log_q: log of each sampled item's expected
+    count in the draw, subtracted from its logit (the logQ correction of a sampler that is not
+    uniform; Bengio & Senecal 2008, Yi et al. 2019); None for uniform draws.
+    score_all_items (per-position negatives of a whole table): compute the (B, L, rows) score
+    matrix and pick the sampled columns, or gather the (B, L, R, D) sampled embeddings (normalised
+    after the gather when the table has more rows, so the step's work does not grow with the
+    catalogue); None decides by size (scores_all_items). Both ways compute the same numbers.
     """
+    shared = negatives.ndim == 1
     if score_all_items is None:
-        score_all_items = scores_all_items(candidates.shape[0], negatives.shape[-1])
+        score_all_items = not shared and not isinstance(candidates, RowSubset) and \
+            scores_all_items(candidates.shape[0], negatives.shape[-1])
     outputs = outputs.astype(jnp.float32)
     if score_all_items:
         candidates = l2_normalize(candidates).astype(jnp.float32)
@@ -62,13 +91,12 @@ def sampled_softmax_loss(
         picked = jnp.take_along_axis(scores, columns, axis=1, mode="clip").reshape(*negatives.shape[:-1], -1)
         positive, sampled = picked[..., :1], picked[..., 1:]
     else:
-        if candidates.shape[0] <= targets.size + negatives.size:  # normalise whichever is smaller
-            normalised = l2_normalize(candidates).astype(jnp.float32)
-            rows = lambda ids: jnp.take(normalised, ids, axis=0, mode="clip")
-        else:
-            rows = lambda ids: l2_normalize(jnp.take(candidates, ids, axis=0, mode="clip")).astype(jnp.float32)
+        rows = unit_rows(candidates, targets.size + negatives.size)
         positive = jnp.einsum("bld,bld->bl", outputs, rows(targets))[..., None]
-        sampled = jnp.einsum("bld,blrd->blr", outputs, rows(negatives))
+        sampled = jnp.einsum("bld,rd->blr" if shared else "bld,blrd->blr", outputs, rows(negatives))
+    if negative_log_q is not None:
+        positive = positive - temperature * target_log_q[..., None]
+        sampled = sampled - temperature * negative_log_q
     sampled = jnp.where(negatives == targets[..., None], ACCIDENTAL_HIT_LOGIT * temperature, sampled)
     logits = jnp.concatenate([positive, sampled], axis=-1) / temperature
     per_position = jax.nn.logsumexp(logits, axis=-1) - logits[..., 0]

@@ -14,10 +14,14 @@ so every mesh starts from the same numbers.
 Scoring every item (evaluation ranks, the eval loss, serving's top k) goes through the table in
 chunks of at most SCORE_CHUNK_ROWS rows, on each device over its own rows when the rows are
 split (jax.shard_map), so the temporaries are (batch x chunk) whatever the catalogue's size.
+
+Sparse updates (train.table_optimizer lazy_adam / rowwise_adagrad) hand the model a RowSubset in
+place of the table: the rows a step touches, gathered once; `take_rows` looks rows up in either.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable
 
@@ -46,6 +50,50 @@ def padded_init(init: Callable[..., jax.Array], rows: int) -> Callable[..., jax.
         real = init(key, (rows, *shape[1:]), dtype)
         return jnp.pad(real, ((0, shape[0] - rows),) + ((0, 0),) * (len(shape) - 1))
     return padded
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class RowSubset:
+    """Some rows of a catalogue table of `table_rows` stored rows: ids (K,) ascending, the ones
+    past the touched rows equal to table_rows (a row that does not exist); rows (K, D) their
+    values (zeros past the touched ones)."""
+
+    ids: jax.Array
+    rows: jax.Array
+    table_rows: int = dataclasses.field(metadata={"static": True})
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The shape of the table the rows come from."""
+        return (self.table_rows, self.rows.shape[1])
+
+
+def gather_rows(table: jax.Array, ids: jax.Array) -> RowSubset:
+    """The distinct rows among `ids` (any shape) as a RowSubset of at most min(ids.size, rows)
+    rows; on a table split by rows each device reads only its own rows."""
+    rows = table.shape[0]
+    unique = jnp.unique(ids.reshape(-1), size=min(ids.size, rows), fill_value=rows)
+    return RowSubset(unique, jnp.take(table, unique, axis=0, mode="fill", fill_value=0), rows)
+
+
+def take_rows(table: jax.Array | RowSubset, ids: jax.Array) -> jax.Array:
+    """table[ids] (shape ids.shape + (D,)) from a whole table or a RowSubset holding every id."""
+    if isinstance(table, RowSubset):
+        return jnp.take(table.rows, jnp.searchsorted(table.ids, ids), axis=0, mode="clip")
+    return jnp.take(table, ids, axis=0, mode="clip")
+
+
+def unit_rows(table: jax.Array | RowSubset, lookups: int) -> Callable[[jax.Array], jax.Array]:
+    """ids -> L2-normalised rows of `table`, for a caller about to look up `lookups` rows:
+    normalising the table first when it has fewer rows than that, else only the rows looked up."""
+    if isinstance(table, RowSubset):
+        table = dataclasses.replace(table, rows=l2_normalize(table.rows))
+        return lambda ids: take_rows(table, ids).astype(jnp.float32)
+    if table.shape[0] <= lookups:
+        normalised = l2_normalize(table).astype(jnp.float32)
+        return lambda ids: take_rows(normalised, ids)
+    return lambda ids: l2_normalize(take_rows(table, ids)).astype(jnp.float32)
 
 
 def row_axes(rows: int, mesh: Any) -> tuple[str, ...] | None:

@@ -11,6 +11,7 @@ process is fixed when its backend starts).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -23,7 +24,7 @@ import flax.linen as nn
 import jax
 
 from models import axes
-from models.layers import force_hand_written_kernels
+from models.serving import portable_kernels
 from scaling import flops, xla_cost
 from scaling.config import ConfigError, TrialConfig, from_dict
 from scaling.mesh import batch_sharding, make_mesh
@@ -67,7 +68,7 @@ def compile_only(config: TrialConfig, num_items: int, mesh: Any, accelerator: bo
     rows, row_len = config.train.batch_size, config.data.row_len
     train_batch = _abstract_batch(family.train_fields(model), rows, row_len, mesh)
     eval_batch = _abstract_batch(family.eval_fields(model), config.train.eval_batch_size, row_len, mesh)
-    with force_hand_written_kernels(not accelerator), trainer.context():
+    with portable_kernels() if accelerator else contextlib.nullcontext(), trainer.context():
         lowered = trainer.train_step.lower(trainer.abstract_state, train_batch, jax.random.key(0))
         compiled = lowered.compile()
         evaluated = trainer.eval_step.lower(trainer.abstract_state["params"], eval_batch).compile()

@@ -59,9 +59,16 @@ class DataConfig(Section):
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(Section):
     """steps > 0 wins over epochs (0 = train by epochs). loss: sampled_softmax (negatives,
-    temperature) or full_softmax. schedule: constant, or cosine decay to 0 after warmup_steps of
-    linear warm-up. grad_accum: micro-batches per step; 0 = auto (scaling.trainer.auto_grad_accum).
-    eval_every / checkpoint_every: steps between them, 0 = only at the end."""
+    temperature) or full_softmax. negative_sampler: "uniform", `negatives` items per position
+    drawn uniformly from the catalogue; "shared", `negatives` uniform draws per step shared by
+    every position (one matmul); "in_batch", the targets of `negatives` positions drawn from the
+    step's supervised positions (items by their in-batch frequency), logQ-corrected. schedule:
+    constant, or cosine decay to 0 after warmup_steps of linear warm-up. table_optimizer: how the
+    catalogue tables are updated: "adam" (dense AdamW, as every other parameter), "lazy_adam" or
+    "rowwise_adagrad" (only the rows a step touches; scaling/table_optimizers.py), at
+    table_learning_rate (0 = learning_rate) on the same schedule. grad_accum: micro-batches per
+    step; 0 = auto (scaling.trainer.auto_grad_accum). eval_every / checkpoint_every: steps between
+    them, 0 = only at the end."""
 
     SECTION: ClassVar[str] = "train"
     ID_FIELDS: ClassVar[tuple[str, ...]] = (
@@ -82,6 +89,9 @@ class TrainConfig(Section):
     grad_accum: int = non_negative(0, ">= 0 (0 = auto)")
     loss: Literal["sampled_softmax", "full_softmax"] = "sampled_softmax"
     negatives: int = positive(128)
+    negative_sampler: Literal["uniform", "shared", "in_batch"] = "uniform"
+    table_optimizer: Literal["adam", "lazy_adam", "rowwise_adagrad"] = "adam"
+    table_learning_rate: float = non_negative(0.0, "finite and >= 0 (0 = train.learning_rate)")
     temperature: float = positive(0.05)
     seed: int = constrained(0, lambda v: 0 <= v < 2**32, "in [0, 2**32)")
     log_every: int = positive(10)
@@ -93,6 +103,12 @@ class TrainConfig(Section):
     def check(self) -> None:
         if self.steps == 0 and not self.epochs > 0:
             raise ConfigError(f"train.epochs={self.epochs!r} must be > 0 when train.steps=0 (train by epochs)")
+        if self.loss == "full_softmax":
+            for key, value, default in (("negative_sampler", self.negative_sampler, "uniform"),
+                                        ("table_optimizer", self.table_optimizer, "adam")):
+                if value != default:
+                    raise ConfigError(f"train.{key}={value!r} needs train.loss='sampled_softmax' "
+                                      f"(train.loss='full_softmax' scores every item)")
         if self.grad_accum and self.batch_size % self.grad_accum:
             raise ConfigError(f"train.batch_size={self.batch_size} is not divisible by train.grad_accum={self.grad_accum}")
 

@@ -16,7 +16,8 @@ def _keys(path: tuple) -> tuple[str, ...]:
 
 def state_shardings(abstract_state: Any, boxed_params: Any, mesh: Mesh) -> Any:
     """Shardings for {"params", "opt_state", "step"}: an optimizer leaf whose path ends with a
-    parameter's path (Adam's mu / nu) is sharded like that parameter; other leaves replicate."""
+    parameter's path (Adam's mu / nu) is sharded like that parameter (one of fewer dimensions,
+    like its leading ones); other leaves replicate."""
     by_param = param_shardings(boxed_params, mesh)
     flat = jax.tree_util.tree_flatten_with_path(by_param)[0]
     table = {_keys(path): sharding for path, sharding in flat}
@@ -28,7 +29,10 @@ def state_shardings(abstract_state: Any, boxed_params: Any, mesh: Mesh) -> Any:
             return table[keys[1:]]
         for start in range(1, len(keys)):
             if keys[start:] in table:
-                return table[keys[start:]]
+                sharding = table[keys[start:]]
+                if len(sharding.spec) > leaf.ndim:  # a per-row statistic (row-wise Adagrad): the rows' layout
+                    return NamedSharding(mesh, PartitionSpec(*sharding.spec[:leaf.ndim]))
+                return sharding
         return replicated
 
     return jax.tree_util.tree_map_with_path(for_leaf, abstract_state)

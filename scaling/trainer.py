@@ -17,7 +17,7 @@ from scaling.batches import to_global
 from scaling.config import ConfigError, TrialConfig
 from scaling.mesh import LOGICAL_AXIS_RULES, batch_sharding
 from scaling.shardings import state_shardings
-from scaling.steps import StepFunctions, boxed_params, init_state, make_optimizer
+from scaling.steps import StepFunctions, boxed_params, make_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +115,23 @@ def check_batch_fits_mesh(config: TrialConfig, mesh: Mesh) -> None:
                               f"and {jax.process_count()} processes")
 
 
+def sparse_tables(config: TrialConfig, boxed: Any, model: Any) -> tuple[str, ...]:
+    """The top-level catalogue tables (logical axis axes.TABLE_ROWS) train.table_optimizer updates
+    sparsely; () for dense AdamW. A family that has none, or cannot say which rows a step
+    touches, is a ConfigError naming the key."""
+    if config.train.table_optimizer == "adam":
+        return ()
+    key = f"train.table_optimizer={config.train.table_optimizer!r}"
+    names = tuple(name for name, leaf in boxed.items()
+                  if isinstance(leaf, nn.LogicallyPartitioned) and leaf.names[:1] == (axes.TABLE_ROWS,))
+    if not names:
+        raise ConfigError(f"{key}: model.family={config.model.family!r} has no catalogue table to update sparsely")
+    if type(model).touched_rows is families.Model.touched_rows:
+        raise ConfigError(f"{key}: model.family={config.model.family!r} cannot say which rows a step touches "
+                          f"(Model.touched_rows)")
+    return names
+
+
 def build_trainer(config: TrialConfig, num_items: int, mesh: Mesh, total_steps: int, prepared: Any = None,
                   log: Callable[[str], None] | None = None) -> Trainer:
     """The jitted functions for `config` on `mesh`; `trainer.config` has train.grad_accum resolved.
@@ -126,17 +143,17 @@ def build_trainer(config: TrialConfig, num_items: int, mesh: Mesh, total_steps: 
     family.check_data(config.model, config.train, num_items)
     model = family.build_for(config.model, config.train, num_items, prepared, log)
     optimizer = make_optimizer(config.train, total_steps)
-    functions = StepFunctions(model, optimizer, config.train)
     example = family.example_batch(config.model, 1, config.data.row_len)
     replicated = NamedSharding(mesh, PartitionSpec())
     with _Context(mesh):
-        key = jax.random.key(0)
-        boxed = jax.eval_shape(functools.partial(boxed_params, model), key, example)
-        abstract_state = jax.eval_shape(functools.partial(init_state, model, optimizer), key, example)
+        boxed = jax.eval_shape(functools.partial(boxed_params, model), jax.random.key(0), example)
+    functions = StepFunctions(model, optimizer, config.train, sparse_tables(config, boxed, model), total_steps)
+    with _Context(mesh):
+        abstract_state = jax.eval_shape(functions.init_state, jax.random.key(0), example)
     shardings = state_shardings(abstract_state, boxed, mesh)
     train_batch = {name: batch_sharding(mesh, len(field.axes)) for name, field in family.train_fields(config.model).items()}
     eval_batch = {name: batch_sharding(mesh, len(field.axes)) for name, field in family.eval_fields(config.model).items()}
-    init = jax.jit(lambda rng: init_state(model, optimizer, rng, example), out_shardings=shardings)
+    init = jax.jit(lambda rng: functions.init_state(rng, example), out_shardings=shardings)
     train_step = jax.jit(functions.train_step, in_shardings=(shardings, train_batch, replicated),
                          out_shardings=(shardings, replicated), donate_argnums=(0,))
     eval_step = jax.jit(functions.eval_step, in_shardings=(shardings["params"], eval_batch), out_shardings=replicated)

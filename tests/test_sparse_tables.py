@@ -1,0 +1,152 @@
+"""Sparse updates of catalogue tables (train.table_optimizer) and the step-shared negatives
+(train.negative_sampler): the same numbers on every mesh and micro-batching, the table split by
+rows over 8 devices; lazy Adam and row-wise Adagrad against a NumPy reference driven by dense
+gradients; untouched rows never written."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from models import tables
+from models.family import STEP_INPUTS
+from models.losses import in_batch_log_q, in_batch_negatives, sampled_softmax_loss
+from scaling.config import ConfigError, MeshConfig, TrainConfig
+from scaling.mesh import make_mesh
+from scaling.steps import with_row_ids
+from scaling.trainer import build_trainer
+from tests.test_sharding import NUM_ITEMS, _config, host_batches  # noqa: F401
+
+STEP_KEY = jax.random.key(4)
+
+
+def trainer_for(spec: str = "data=1", grad_accum: int = 1, **train):
+    config = _config("hstu")
+    config = dataclasses.replace(config, mesh=MeshConfig(spec),
+                                 train=dataclasses.replace(config.train, grad_accum=grad_accum, **train))
+    devices = jax.devices()[:1] if spec == "data=1" else jax.devices()
+    return build_trainer(config, NUM_ITEMS, make_mesh(spec, devices), total_steps=3)
+
+
+def run(trainer, batches):
+    """(per step (loss, gradient norm), final state on the host)."""
+    with trainer.context():
+        state, losses = trainer.init(jax.random.key(1)), []
+        for batch in batches:
+            state, metrics = trainer.train_step(state, trainer.train_batch(batch), STEP_KEY)
+            losses.append((float(metrics["loss_sum"] / metrics["positions"]), float(metrics["grad_norm"])))
+    return losses, jax.device_get(state)
+
+
+@pytest.mark.parametrize("train", [dict(table_optimizer="lazy_adam"),
+                                   dict(table_optimizer="rowwise_adagrad", negative_sampler="shared"),
+                                   dict(table_optimizer="lazy_adam", negative_sampler="in_batch")])
+def test_sparse_steps_are_the_same_on_every_mesh_and_micro_batching(train, host_batches, monkeypatch) -> None:
+    reference, reference_state = run(trainer_for(**train), host_batches)
+    monkeypatch.setattr(tables, "ROW_SHARDING_MIN_ROWS", 16)  # 64 rows: padded to 3072, split over 8 devices
+    for spec, grad_accum in (("data=2,fsdp=2,tensor=2", 2), ("data=8", 1)):
+        trainer = trainer_for(spec, grad_accum, **train)
+        assert "'data', 'fsdp', 'tensor'" in str(trainer.shardings["params"]["item_embedding"].spec) or spec == "data=8"
+        losses, state = run(trainer, host_batches)
+        np.testing.assert_allclose(losses, reference, rtol=1e-5, err_msg=spec)
+        table = state["params"]["item_embedding"]
+        np.testing.assert_allclose(table[: NUM_ITEMS + 1], reference_state["params"]["item_embedding"], atol=1e-6)
+        assert not table[NUM_ITEMS + 1:].any()  # padding rows are never written
+
+
+def numpy_reference(kind: str, batches, **train):
+    """Dense gradients of the table from the dense-Adam trainer's own gradient function, the
+    touched rows from the model, then the table optimizer by hand and optax AdamW on the rest.
+    Returns (table, other parameters, per step the rows touched)."""
+    dense, sparse = trainer_for(**train), trainer_for(table_optimizer=kind, **train)
+    cfg = sparse.config.train
+    gradients = jax.jit(dense.functions.gradients)
+    touched_rows = jax.jit(lambda b, r: sparse.functions.model.touched_rows(
+        {**b, STEP_INPUTS: sparse.functions.model.step_inputs(b, r)}, r))
+    with dense.context():
+        params = jax.device_get(dense.init(jax.random.key(1))["params"])
+    table = np.asarray(params.pop("item_embedding"), np.float64)
+    moments = [np.zeros_like(table), np.zeros_like(table)] if kind == "lazy_adam" else [np.zeros(len(table))]
+    adamw = optax.adamw(cfg.learning_rate, b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    adamw_state = adamw.init(params)
+    touched = []
+    for step, batch in enumerate(batches):
+        rng = jax.random.fold_in(STEP_KEY, step)
+        with dense.context():
+            device_batch = dense.train_batch(batch)
+            grads = jax.device_get(gradients({**params, "item_embedding": jnp.asarray(table, jnp.float32)},
+                                             device_batch, rng)[0])
+            rows = np.unique(np.asarray(touched_rows(with_row_ids(device_batch), rng)["item_embedding"]))
+        full = np.asarray(grads.pop("item_embedding"), np.float64)
+        assert not np.delete(full, rows, axis=0).any()  # the loss reads no other row
+        g = full[rows]
+        touched.append(rows)
+        if kind == "lazy_adam":
+            mu, nu = moments
+            mu[rows] = cfg.beta1 * mu[rows] + (1 - cfg.beta1) * g
+            nu[rows] = cfg.beta2 * nu[rows] + (1 - cfg.beta2) * g * g
+            mu_hat, nu_hat = mu[rows] / (1 - cfg.beta1 ** (step + 1)), nu[rows] / (1 - cfg.beta2 ** (step + 1))
+            table[rows] -= cfg.learning_rate * mu_hat / (np.sqrt(nu_hat) + cfg.eps)
+        else:
+            (acc,) = moments
+            acc[rows] += np.mean(g * g, axis=1)
+            table[rows] -= cfg.learning_rate * g / (np.sqrt(acc[rows])[:, None] + cfg.eps)
+        updates, adamw_state = adamw.update(grads, adamw_state, params)
+        params = jax.device_get(optax.apply_updates(params, updates))
+    return table, params, touched
+
+
+@pytest.mark.parametrize("kind", ["lazy_adam", "rowwise_adagrad"])
+def test_table_optimizers_equal_a_numpy_reference(kind, host_batches) -> None:
+    """Three steps (batches 0, 1, 0; 4 shared negatives): rows touched at one step and not at the
+    next keep their values and moments there, as the reference's do."""
+    batches, train = [host_batches[0], host_batches[1], host_batches[0]], dict(negative_sampler="shared", negatives=4)
+    table, params, touched = numpy_reference(kind, batches, **train)
+    assert len(np.setdiff1d(touched[0], touched[1])) > 0  # rows a lazy update leaves alone at step 2
+    _, state = run(trainer_for(table_optimizer=kind, **train), batches)
+    np.testing.assert_allclose(state["params"]["item_embedding"], table, rtol=2e-4, atol=2e-6)
+    for name, value in params.items():
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), state["params"][name], value)
+    never = np.setdiff1d(np.arange(NUM_ITEMS + 1), np.concatenate(touched))
+    assert len(never) > 0
+    with trainer_for().context():
+        initial = jax.device_get(trainer_for().init(jax.random.key(1))["params"]["item_embedding"])
+    np.testing.assert_array_equal(state["params"]["item_embedding"][never], initial[never])
+    moment = np.asarray(state["opt_state"]["tables"]["mu" if kind == "lazy_adam" else "accumulator"]["item_embedding"])
+    assert not moment[never].any() and moment[touched[0][1:]].any()
+
+
+def test_in_batch_negatives_and_their_log_q() -> None:
+    targets = jnp.asarray([[3, 3, 5, 0], [3, 7, 0, 0]], jnp.int32)  # 5 supervised: item 3 three times
+    drawn = in_batch_negatives(jax.random.key(0), targets, 400)
+    counts = {item: int(np.sum(np.asarray(drawn["negatives"]) == item)) for item in (3, 5, 7)}
+    assert sum(counts.values()) == 400 and counts[3] > counts[5] + counts[7]  # ~ 240 : 80 : 80
+    log_q = np.asarray(in_batch_log_q(drawn, jnp.asarray([3, 5, 7]), 400))
+    np.testing.assert_allclose(np.exp(log_q), [400 * 3 / 5, 400 / 5, 400 / 5], rtol=1e-6)
+    # the corrected loss: logits minus log Q, against the formula by hand
+    outputs = jnp.asarray(np.eye(4)[None, :2], jnp.float32)  # (1, 2, 4)
+    table = jnp.asarray(np.eye(4)[[0, 1, 2, 3]] + 0.5, jnp.float32)
+    negatives, tq, nq = jnp.asarray([1, 2, 3]), jnp.asarray([[0.3, 0.1]]), jnp.asarray([0.2, 0.4, 0.6])
+    loss, count = sampled_softmax_loss(outputs, jnp.asarray([[1, 2]]), table, negatives, 0.5, negative_log_q=nq,
+                                       target_log_q=tq)
+    unit = np.asarray(table) / np.linalg.norm(np.asarray(table), axis=1, keepdims=True)
+    expected = 0.0
+    for position, target in enumerate([1, 2]):
+        scores = np.asarray(outputs)[0, position] @ unit.T / 0.5
+        positive = scores[target] - float(tq[0, position])
+        sampled = [-5e4 if n == target else scores[n] - float(nq[i]) for i, n in enumerate([1, 2, 3])]  # accidental hit
+        logits = np.array([positive, *sampled])
+        expected += np.log(np.sum(np.exp(logits - logits.max()))) + logits.max() - positive
+    assert int(count) == 2 and float(loss) == pytest.approx(expected, rel=1e-5)
+
+
+def test_sparse_updates_need_a_sampled_loss() -> None:
+    with pytest.raises(ConfigError, match="train.table_optimizer='lazy_adam' needs train.loss='sampled_softmax'"):
+        TrainConfig(loss="full_softmax", table_optimizer="lazy_adam")
+    with pytest.raises(ConfigError, match="train.negative_sampler='in_batch' needs"):
+        TrainConfig(loss="full_softmax", negative_sampler="in_batch")
