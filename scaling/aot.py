@@ -107,11 +107,20 @@ def compile_in_subprocess(configs: Sequence[TrialConfig], num_items: int, device
     command = [sys.executable, "-m", "scaling.aot", "--configs", "-", "--num-items", str(num_items), "--json"]
     command += (["--mesh", mesh_spec] if mesh_spec else []) + (["--accelerator"] if accelerator else [])
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run(command, input=payload, capture_output=True, text=True, env=env, cwd=root)
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ConfigError(f"compiling on {devices} simulated devices failed: {last}")
-    return json.loads(done.stdout.strip().splitlines()[-1])["results"]
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=env, cwd=root)
+    process.stdin.write(payload)
+    process.stdin.close()
+    last = "no output"
+    for line in process.stderr:  # its progress lines through, XLA's warnings left out
+        if line.strip():
+            last = line.strip()
+        if line.startswith(("[", "error:")):
+            print(line.rstrip(), file=sys.stderr, flush=True)
+    output = process.stdout.read()
+    if process.wait() != 0:
+        raise ConfigError(f"compiling on {devices} simulated devices failed: {last.removeprefix('error: ')}")
+    return json.loads(output.strip().splitlines()[-1])["results"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

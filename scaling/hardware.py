@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import statistics
 import time
 from pathlib import Path
@@ -25,9 +27,56 @@ PEAK_BF16 = {
     "NVIDIA A100": 312e12,
     "NVIDIA H100": 989e12,  # SXM; 1979e12 assumes 2:4 sparsity
     "NVIDIA H200": 989e12,
+    "NVIDIA B200": 2250e12,  # HGX B200 datasheet: 4.5 PFLOPS FP16/BF16 with sparsity, half of it dense
 }
 # fp32 where it differs from bf16 (A100/H100 use TF32 tensor cores for fp32 matmuls by default).
-PEAK_FP32 = {"NVIDIA A100": 156e12, "NVIDIA H100": 495e12, "NVIDIA H200": 495e12}
+PEAK_FP32 = {"NVIDIA A100": 156e12, "NVIDIA H100": 495e12, "NVIDIA H200": 495e12, "NVIDIA B200": 1100e12}
+
+
+@dataclasses.dataclass(frozen=True)
+class Accelerator:
+    """A kind of accelerator a sweep can be planned for: one JAX device's peak and memory.
+    per_device: what the number in a type name counts per JAX device (TPU v4 and v5p names count
+    TensorCores, two per chip, and a chip is one JAX device)."""
+
+    device_kind: str  # a PEAK_BF16 key
+    hbm_bytes: float  # per JAX device
+    per_device: int
+    source: str
+
+    @property
+    def peak_bf16(self) -> float:
+        return PEAK_BF16[self.device_kind]
+
+
+# Type-name prefix -> kind. Sources: the vendors' pages named (values as stated there).
+ACCELERATORS = {
+    "v4": Accelerator("TPU v4", 32 * 2**30, 2, "cloud.google.com/tpu/docs/v4: 275 TFLOPS bf16, 32 GiB HBM per chip"),
+    "v5litepod": Accelerator("TPU v5 lite", 16e9, 1, "cloud.google.com/tpu/docs/v5e: 197 TFLOPS bf16, 16 GB HBM per chip"),
+    "v5e": Accelerator("TPU v5 lite", 16e9, 1, "cloud.google.com/tpu/docs/v5e: 197 TFLOPS bf16, 16 GB HBM per chip"),
+    "v5p": Accelerator("TPU v5p", 95e9, 2, "cloud.google.com/tpu/docs/v5p: 459 TFLOPS bf16, 95 GB HBM2e per chip; "
+                                           "v5p-N has N TensorCores, N/2 chips"),
+    "v6e": Accelerator("TPU v6 lite", 32e9, 1, "cloud.google.com/tpu/docs/v6e: 918 TFLOPS bf16, 32 GB HBM per chip"),
+    "a100": Accelerator("NVIDIA A100", 80e9, 1, "NVIDIA A100 datasheet: 312 TFLOPS bf16 dense, 80 GB HBM2e (SXM)"),
+    "h100": Accelerator("NVIDIA H100", 80e9, 1, "NVIDIA H100 datasheet: 989 TFLOPS bf16 dense, 80 GB HBM3 (SXM)"),
+    "h200": Accelerator("NVIDIA H200", 141e9, 1, "NVIDIA H200 datasheet: 989 TFLOPS bf16 dense, 141 GB HBM3e"),
+    "b200": Accelerator("NVIDIA B200", 180e9, 1, "NVIDIA DGX B200: 2.25 PFLOPS bf16 dense per GPU, 1,440 GB HBM3e "
+                                                 "for 8 GPUs"),
+}
+
+
+def parse_accelerator(name: str) -> tuple[Accelerator, int]:
+    """(kind, JAX devices) of a type name: TPU types as gcloud spells them (v5p-32: 16 chips;
+    v5litepod-16, v6e-8: chips), GPUs as KIND-COUNT (h100-32: 32 GPUs)."""
+    match = re.fullmatch(r"([a-z0-9]+?)-(\d+)", name.strip().lower())
+    if not match or match.group(1) not in ACCELERATORS:
+        raise ValueError(f"accelerator {name!r}: expected KIND-COUNT with KIND one of {', '.join(ACCELERATORS)} "
+                         f"(e.g. v5p-32, v5litepod-16, h100-8)")
+    kind, count = ACCELERATORS[match.group(1)], int(match.group(2))
+    if count < kind.per_device or count % kind.per_device:
+        raise ValueError(f"accelerator {name!r}: {match.group(1)} counts {kind.per_device} per chip; "
+                         f"{count} is not a whole number of chips")
+    return kind, count // kind.per_device
 
 
 class UnknownDevice(ValueError):

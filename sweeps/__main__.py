@@ -1,6 +1,8 @@
 """`python -m sweeps show|run|status SPEC`: expand a sweep spec, run its trials, report laws.
 
-  show SPEC                   the expanded trials, one line each, before anything runs
+  show SPEC                   the expanded trials, one line each, before anything runs;
+                              --accelerator v5p-32: per trial the per-device HBM its compiled
+                              step needs against the chip's, and chip-hours at --mfu
   run SPEC [--launcher L]     run what is not done yet (local: one subprocess per trial), then
                               fit and plot the results into WORKDIR/report/
   status SPEC                 done / running / failed / pending per trial
@@ -52,14 +54,43 @@ def _num_items(sweep: Sweep) -> int | None:
 def cmd_show(args: argparse.Namespace) -> dict[str, Any]:
     sweep = load_spec(args.spec)
     trials = runner.select(sweep.trials(), args.only)
-    num_items = _num_items(sweep)
+    num_items = args.num_items or _num_items(sweep) or sweep.num_items
     rows = [describe(trial, num_items) for trial in trials]
+    totals = None
+    if args.accelerator:
+        from sweeps import plan
+
+        if not num_items:
+            raise ConfigError(f"--accelerator: the catalogue size of {sweep.base.data.name} is not known here; "
+                              f"pass --num-items")
+        planned, totals = plan.plan(trials, num_items, args.accelerator, args.mfu, runner.log)
+        for row, extra in zip(rows, planned):
+            row.update(extra)
     if not args.json:
         print(f"# sweep {sweep.name}: {len(rows)} trials on {sweep.base.data.name}" +
-              ("" if num_items else " (dataset not readable here)"))
+              (f", {num_items} items" if num_items else " (dataset not readable here)"))
         for row in rows:
-            print("  ".join(f"{k}={format_number(v)}" for k, v in row.items()))
-    return {"sweep": sweep.name, "trials": rows}
+            print("  ".join(f"{k}={_shown(k, v)}" for k, v in row.items() if k != "catalogue_tables"))
+        if totals:
+            print(f"# {totals['accelerator']} ({totals['devices']} x {totals['device_kind']}, "
+                  f"{totals['hbm_bytes_per_device'] / 1e9:.0f} GB HBM, {totals['peak_flops_per_device'] / 1e12:.0f} "
+                  f"TFLOP/s bf16 each; {totals['source']})")
+            print(f"# total: {totals['chip_hours']:.1f} chip-hours ({totals['wall_hours']:.2f} h on the slice) at "
+                  f"MFU {totals['assumed_mfu']:.0%}; largest step {totals['max_hbm_bytes'] / 1e9:.1f} GB per device; "
+                  f"{totals['trials_over_hbm']} of {len(rows)} trials over HBM"
+                  + (f"; {totals['trials_without_steps']} trials train by epochs (no FLOPs planned)"
+                     if totals["trials_without_steps"] else ""))
+    return {"sweep": sweep.name, "num_items": num_items, "trials": rows, **({"plan": totals} if totals else {})}
+
+
+def _shown(key: str, value: Any) -> str:
+    if key == "hbm_bytes":
+        return f"{value / 1e9:.1f}GB"
+    if key == "hbm_fraction":
+        return f"{value:.0%}"
+    if key == "chip_hours":
+        return "-" if value is None else f"{value:.2f}"
+    return format_number(value)
 
 
 def cmd_status(args: argparse.Namespace) -> dict[str, Any]:
@@ -197,6 +228,11 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--json", action="store_true", help="print one JSON object as the last line")
         if name != "show":
             sub.add_argument("--workdir", help="where trials and results go (default: workdirs/SWEEP_NAME; gs:// ok)")
+    show_parser = commands.choices["show"]
+    show_parser.add_argument("--accelerator", help="plan for this accelerator type: per-device HBM against its "
+                                                   "capacity and chip-hours (e.g. v5p-32, v5litepod-16, h100-8)")
+    show_parser.add_argument("--mfu", type=float, default=0.4, help="assumed MFU for chip-hours (default 0.4)")
+    show_parser.add_argument("--num-items", type=int, help="catalogue size (default: the dataset's, or the spec's)")
     export_parser = commands.choices["export"]
     export_parser.add_argument("--best", required=True, help="results.jsonl metric, e.g. hr@10 or eval_loss")
     export_parser.add_argument("--out", required=True, help="the export directory (must not exist or be empty)")

@@ -119,14 +119,17 @@ class Trial:
 @dataclasses.dataclass(frozen=True)
 class Sweep:
     """name: used in resource names and reports. launcher: defaults for TPU launchers
-    (accelerator_type, zone, ...), overridable by flags. The report fits every law the results
-    support (`python -m analysis report`), so a spec says nothing about analysis."""
+    (accelerator_type, zone, ...), overridable by flags. num_items: the catalogue size to plan
+    with (`sweeps show --accelerator`) where the dataset cannot be read here. The report fits
+    every law the results support (`python -m analysis report`), so a spec says nothing about
+    analysis."""
 
     name: str
     base: TrialConfig
     points: Sequence[Point]
     launcher: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     description: str = ""
+    num_items: int | None = None
 
     def trials(self) -> list[Trial]:
         trials, seen = [], set()

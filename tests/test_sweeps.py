@@ -137,3 +137,35 @@ def test_local_sweep_end_to_end(tmp_path: Path, lab_cache: Path, ml100k) -> None
                              "--json"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     counts = json.loads(status.stdout.strip().splitlines()[-1])
     assert (counts["done"], counts["failed"], counts["pending"]) == (1, 1, 0)
+
+
+def test_show_plans_hbm_and_chip_hours_on_an_accelerator(tmp_path: Path) -> None:
+    """Two sizes x two budgets: two compiled steps (a budget changes only the step count) on the 8
+    simulated devices of a v5litepod-8; chip-hours are the planned FLOPs at the assumed MFU."""
+    spec = tmp_path / "plan.py"
+    spec.write_text(textwrap.dedent("""
+        from models.config import ModelConfig
+        from scaling.config import DataConfig, TrainConfig, TrialConfig
+        from sweeps.spec import Sweep, isoflop, ladder
+        BASE = TrialConfig(data=DataConfig(name="ml-20m", max_len=20),
+                           model=ModelConfig(d_model=16, blocks=1, heads=1, max_positions=64),
+                           train=TrainConfig(batch_size=8, negatives=8, eval_batch_size=8))
+        SIZES = ladder("size", [{"model.d_model": 16}, {"model.d_model": 32}], ["s", "m"])
+        SWEEP = Sweep("plan", BASE, isoflop([1e12, 3e12], SIZES, BASE, 70_000), num_items=70_000)
+    """))
+    run = lambda *flags: subprocess.run([sys.executable, "-m", "sweeps", "show", str(spec), *flags], cwd=REPO_ROOT,
+                                        capture_output=True, text=True, timeout=300)
+    done = run("--accelerator", "v5litepod-8", "--mfu", "0.5", "--json")
+    assert done.returncode == 0, done.stderr
+    assert "compiling 2 distinct steps on 8 simulated devices" in done.stderr and "[2/2]" in done.stderr
+    shown = json.loads(done.stdout.strip().splitlines()[-1])
+    trials, plan = shown["trials"], shown["plan"]
+    assert [t["size"] for t in trials] == ["s", "m", "s", "m"] and plan["devices"] == 8
+    assert trials[0]["hbm_bytes"] == trials[2]["hbm_bytes"] < trials[1]["hbm_bytes"] == trials[3]["hbm_bytes"]
+    assert all(t["catalogue_tables"] == {"item_embedding": "P('data', None)"} and t["fits"] for t in trials)
+    for trial in trials:
+        assert trial["chip_hours"] == pytest.approx(trial["flops_max"] / (197e12 * 0.5) / 3600)
+    assert plan["chip_hours"] == pytest.approx(sum(t["chip_hours"] for t in trials))
+    assert plan["trials_over_hbm"] == 0 and plan["hbm_bytes_per_device"] == 16e9
+    bad = run("--accelerator", "v5p-3")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: --accelerator: accelerator 'v5p-3'")

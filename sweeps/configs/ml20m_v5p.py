@@ -1,6 +1,7 @@
 """HSTU vs SASRec on MovieLens-20M, a compute-optimal (IsoFLOP) study for a TPU v5p slice.
 
 python -m sweeps show sweeps/configs/ml20m_v5p.py
+python -m sweeps show sweeps/configs/ml20m_v5p.py --accelerator v5p-32   # HBM per chip, chip-hours
 python -m sweeps run sweeps/configs/ml20m_v5p.py --launcher queued-resources --dry-run \
     --project my-project --zone us-east5-a --workdir gs://my-bucket/ml20m_v5p
 
@@ -37,4 +38,5 @@ SWEEP = Sweep(
     points=isoflop([1e17, 3e17, 1e18], grid(SIZES, axis("model", "model.family", ["hstu", "sasrec"])), BASE,
                    ML20M_ITEMS),
     launcher={"accelerator_type": "v5p-32", "runtime_version": "v2-alpha-tpuv5", "spot": True},
+    num_items=ML20M_ITEMS,
 )
