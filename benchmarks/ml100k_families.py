@@ -152,39 +152,50 @@ def ablation_table(summaries: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.ml100k_families", description=__doc__,
+def rows_parser(prog: str, description: str, rows: Sequence[Row]) -> argparse.ArgumentParser:
+    """--runs, --seeds, --rows (of `rows`), --report, --json: what every ML-100K table takes."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=Path, required=True, help="directory of the trials' workdirs")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
-    parser.add_argument("--rows", default=",".join(r.name for r in MAIN_ROWS),
-                        help="comma-separated rows of the main table")
-    parser.add_argument("--ablations", action="store_true", help="add the seed-0 tiger-ml100k ablations")
-    parser.add_argument("--report", type=Path, help="write the tables as markdown here")
+    parser.add_argument("--rows", default=",".join(r.name for r in rows), help="comma-separated rows of the table")
+    parser.add_argument("--report", type=Path, help="write the table as markdown here")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def chosen_rows(args: argparse.Namespace, rows: Sequence[Row]) -> tuple[list[Row], list[int]]:
+    """(the rows --rows names, the seeds --seeds lists); ValueError naming a bad one. Prepares
+    --runs and the trials' PYTHONPATH."""
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s]
     except ValueError:
-        print(f"error: --seeds {args.seeds!r} is not a comma-separated list of integers", file=sys.stderr)
-        return 2
-    known = {r.name: r for r in MAIN_ROWS}
-    unknown = [name for name in args.rows.split(",") if name and name not in known]
+        raise ValueError(f"--seeds {args.seeds!r} is not a comma-separated list of integers") from None
+    known = {r.name: r for r in rows}
+    names = [name for name in args.rows.split(",") if name]
+    unknown = [name for name in names if name not in known]
     if unknown:
-        print(f"error: unknown row {unknown[0]!r}; known: {', '.join(known)}", file=sys.stderr)
-        return 2
+        raise ValueError(f"unknown row {unknown[0]!r}; known: {', '.join(known)}")
     os.environ.setdefault("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
     args.runs.mkdir(parents=True, exist_ok=True)
+    return [known[name] for name in names], seeds
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = rows_parser("python -m benchmarks.ml100k_families", __doc__, MAIN_ROWS)
+    parser.add_argument("--ablations", action="store_true", help="add the seed-0 tiger-ml100k ablations")
+    args = parser.parse_args(argv)
+    try:
+        rows, seeds = chosen_rows(args, MAIN_ROWS)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     try:
         pop = popularity()
         summaries = [{"row": "popularity", "title": "popularity (whole history excluded)",
                       **{k: pop[k] for k in METRICS}, **{f"{k}_sd": 0.0 for k in METRICS}}]
-        for name in [n for n in args.rows.split(",") if n]:
-            summaries.append(summarise(known[name], [run_trial(known[name], seed, args.runs) for seed in seeds]))
+        for row in rows:
+            summaries.append(summarise(row, [run_trial(row, seed, args.runs) for seed in seeds]))
         ablations = []
         if args.ablations:
             random_vectors(args.runs)

@@ -15,15 +15,13 @@ training steps, and at the last logged step.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from benchmarks.ml100k_families import Row, _si, mean_sd, run_trial
+from benchmarks.ml100k_families import Row, _si, chosen_rows, mean_sd, rows_parser, run_trial
 
 ROWS = (
     Row("dense", "dense feed-forward 256", "tiger-ml100k", ("model.ids_seed={seed}",)),
@@ -84,40 +82,21 @@ def table(summaries: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.moe_ml100k", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=Path, required=True, help="directory of the trials' workdirs")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
-    parser.add_argument("--rows", default=",".join(r.name for r in ROWS), help="comma-separated rows")
-    parser.add_argument("--report", type=Path, help="write the table as markdown here")
-    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = rows_parser("python -m benchmarks.moe_ml100k", __doc__, ROWS).parse_args(argv)
     try:
-        seeds = [int(s) for s in args.seeds.split(",") if s]
-    except ValueError:
-        print(f"error: --seeds {args.seeds!r} is not a comma-separated list of integers", file=sys.stderr)
+        rows, seeds = chosen_rows(args, ROWS)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
-    known = {r.name: r for r in ROWS}
-    names = [n for n in args.rows.split(",") if n]
-    unknown = [name for name in names if name not in known]
-    if unknown:
-        print(f"error: unknown row {unknown[0]!r}; known: {', '.join(known)}", file=sys.stderr)
-        return 2
-    os.environ.setdefault("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
-    args.runs.mkdir(parents=True, exist_ok=True)
     summaries = []
     try:
-        for name in names:
+        for row in rows:
             results = []
             for seed in seeds:
-                result = run_trial(known[name], seed, args.runs)
-                results.append({**result, **router_stats(args.runs / f"{name}-s{seed}" / "metrics.jsonl")})
-            summaries.append(summarise(known[name], results))
+                result = run_trial(row, seed, args.runs)
+                results.append({**result, **router_stats(args.runs / f"{row.name}-s{seed}" / "metrics.jsonl")})
+            summaries.append(summarise(row, results))
     except RuntimeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -71,9 +71,14 @@ class RowSubset:
 
 def gather_rows(table: jax.Array, ids: jax.Array) -> RowSubset:
     """The distinct rows among `ids` (any shape) as a RowSubset of at most min(ids.size, rows)
-    rows; on a table split by rows each device reads only its own rows."""
-    rows = table.shape[0]
-    unique = jnp.unique(ids.reshape(-1), size=min(ids.size, rows), fill_value=rows)
+    rows; on a table split by rows each device reads only its own rows. Distinct ids by a sort
+    of the ids, or, when the table has no more rows than there are ids, by marking the rows."""
+    rows, ids = table.shape[0], ids.reshape(-1)
+    if rows <= ids.size:
+        seen = jnp.zeros((rows,), bool).at[ids].set(True, mode="drop")
+        unique = jnp.nonzero(seen, size=rows, fill_value=rows)[0].astype(ids.dtype)
+    else:
+        unique = jnp.unique(ids, size=ids.size, fill_value=rows)
     return RowSubset(unique, jnp.take(table, unique, axis=0, mode="fill", fill_value=0), rows)
 
 
