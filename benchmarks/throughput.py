@@ -100,7 +100,8 @@ def measure(config: TrialConfig, batches: list[dict[str, np.ndarray]], num_items
         step_counts = [trainer.family.full_row_counts(config.model, rows, row_len)]
     model_flops = statistics.mean(flops.model_flops_from_counts(config.model, config.train, counts, num_items)
                                   for counts in step_counts)
-    executed = flops.executed_flops(config.model, rows, row_len, config.train.loss, config.train.negatives, num_items)
+    executed = flops.executed_flops(config.model, rows, row_len, config.train.loss, config.train.negatives, num_items,
+                                    config.train)
     step_seconds = statistics.median(times) if times else None
     # Measured beside the steps (and re-cached): a peak cached on a busier machine would inflate MFU.
     peak_per_device, peak_source = hardware.peak_flops_per_device(

@@ -84,12 +84,13 @@ def compile_only(config: TrialConfig, num_items: int, mesh: Any, accelerator: bo
         + memory.temp_size_in_bytes,
         "params_bytes": _shard_bytes(state["params"], shardings["params"]),
         "optimizer_bytes": _shard_bytes(state["opt_state"], shardings["opt_state"]),
+        "state_bytes_total": sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(state)),
         "eval_argument_bytes": eval_memory.argument_size_in_bytes, "eval_temp_bytes": eval_memory.temp_size_in_bytes,
         "catalogue_tables": catalogue_tables(trainer),
         "params": trainer.param_count,
         "train_flops_per_step": flops.model_flops_from_counts(model, trainer.config.train, counts, num_items),
         "executed_flops_per_step": flops.executed_flops(model, rows, row_len, config.train.loss, config.train.negatives,
-                                                        num_items),
+                                                        num_items, config.train),
         "xla_flops_per_step": xla_cost.total_flops(compiled) * mesh.size,  # cost_analysis counts one device's program
     }
     if trainer.config.train.grad_accum > 1:  # XLA counts a loop body once: the whole step's count is not its

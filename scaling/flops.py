@@ -47,10 +47,13 @@ def model_flops(model: FamilyConfig, segment_lengths: np.ndarray, loss: str, neg
     return model_flops_from_counts(model, _train(loss, negatives), counts, num_items)
 
 
-def executed_flops(model: FamilyConfig, rows: int, row_len: int, loss: str, negatives: int, num_items: int) -> float | None:
+def executed_flops(model: FamilyConfig, rows: int, row_len: int, loss: str, negatives: int, num_items: int,
+                   train: TrainConfig | None = None) -> float | None:
     """Matmul FLOPs the compiled train step executes on a (rows, row_len) batch (None when the
-    family does not count them)."""
-    return families.of(model).executed_flops(model, _train(loss, negatives), rows, row_len, num_items)
+    family does not count them). train: the trial's train section (its negative sampler and
+    table optimizer decide how the loss scores), else a default one with this loss and negatives."""
+    train = dataclasses.replace(train, loss=loss, negatives=negatives) if train else _train(loss, negatives)
+    return families.of(model).executed_flops(model, train, rows, row_len, num_items)
 
 
 def param_counts(model: FamilyConfig, num_items: int) -> dict[str, int]:

@@ -54,6 +54,7 @@ def test_compile_only_reports_memory_per_device_and_the_table_split_by_rows(mesh
     table_bytes = 23 * 3072 * 16 * 4
     assert table_bytes / 8 <= result["params_bytes"] <= 1.25 * table_bytes / 8 + 20_000  # + the small replicated rest
     assert result["optimizer_bytes"] == pytest.approx(2 * result["params_bytes"], rel=0.02)
+    assert result["params_bytes"] + result["optimizer_bytes"] <= 1.25 * result["state_bytes_total"] / 8
     assert result["argument_bytes"] >= result["params_bytes"] + result["optimizer_bytes"]
     assert result["temp_bytes"] > 0 and result["eval_temp_bytes"] > 0
     assert 16 * 70_001 < result["params"] < 16 * 23 * 3072  # padding rows are not parameters

@@ -18,33 +18,44 @@ from scaling.trainer import build_trainer
 
 
 
-def lowered_step(family: str, d: int, heads: int, row_len: int, rows: int, items: int, negatives: int, loss: str):
+def lowered_step(family: str, d: int, heads: int, row_len: int, rows: int, items: int, negatives: int, loss: str,
+                 **train):
     config = TrialConfig(
         data=DataConfig(max_len=row_len - 1),
         model=ModelConfig(family=family, d_model=d, blocks=2, heads=heads, max_positions=row_len, ffn_dim=2 * d),
-        train=TrainConfig(batch_size=rows, negatives=negatives, steps=1, eval_batch_size=rows, loss=loss, grad_accum=1),
+        train=TrainConfig(batch_size=rows, negatives=negatives, steps=1, eval_batch_size=rows, loss=loss, grad_accum=1,
+                          **train),
     )
     trainer = build_trainer(config, items, make_mesh("data=1", jax.devices()[:1]), total_steps=1)
     example = families.of(config.model).example_batch(config.model, rows, row_len)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in example.items()}
     with trainer.context():
         lowered = trainer.train_step.lower(trainer.abstract_state, batch, jax.random.key(0))
-    executed = flops.executed_flops(config.model, rows, row_len, loss, negatives, items)
+    executed = flops.executed_flops(config.model, rows, row_len, loss, negatives, items, config.train)
     return lowered, executed
 
 
 @pytest.mark.parametrize(
-    "family, d, heads, row_len, rows, items, negatives, loss",
+    "family, d, heads, row_len, rows, items, negatives, loss, train",
     [
-        ("hstu", 32, 2, 24, 4, 600, 16, "sampled_softmax"),  # gathers the sampled embeddings
-        ("hstu", 32, 1, 24, 4, 300, 16, "sampled_softmax"),  # scores every item, picks the samples
-        ("hstu", 32, 2, 24, 4, 300, 16, "full_softmax"),
-        ("sasrec", 32, 2, 24, 4, 300, 16, "sampled_softmax"),
+        ("hstu", 32, 2, 24, 4, 600, 16, "sampled_softmax", {}),  # gathers the sampled embeddings
+        ("hstu", 32, 1, 24, 4, 300, 16, "sampled_softmax", {}),  # scores every item, picks the samples
+        ("hstu", 32, 2, 24, 4, 300, 16, "full_softmax", {}),
+        ("sasrec", 32, 2, 24, 4, 300, 16, "sampled_softmax", {}),
+        ("hstu", 32, 2, 24, 4, 300, 16, "sampled_softmax", {"negative_sampler": "shared"}),  # one matmul
+        ("hstu", 32, 2, 24, 4, 300, 16, "sampled_softmax", {"negative_sampler": "in_batch"}),
+        ("hstu", 32, 2, 24, 4, 300, 16, "sampled_softmax", {"table_optimizer": "lazy_adam"}),  # gathered rows
     ],
 )
-def test_executed_flops_equal_dot_flops_of_the_compiled_step(family, d, heads, row_len, rows, items, negatives, loss):
-    lowered, executed = lowered_step(family, d, heads, row_len, rows, items, negatives, loss)
+def test_executed_flops_equal_dot_flops_of_the_compiled_step(family, d, heads, row_len, rows, items, negatives, loss,
+                                                            train):
+    lowered, executed = lowered_step(family, d, heads, row_len, rows, items, negatives, loss, **train)
     assert xla_cost.dot_flops(lowered.as_text()) == pytest.approx(executed, rel=0.02)
+    if train:  # the same model FLOPs whatever the sampler: 1 + R scores per supervised position
+        model = ModelConfig(family=family, d_model=d, blocks=2, heads=heads, max_positions=row_len, ffn_dim=2 * d)
+        counts = families.of(model).full_row_counts(model, rows, row_len)
+        plain = flops.model_flops_from_counts(model, TrainConfig(negatives=negatives), counts, items)
+        assert flops.model_flops_from_counts(model, TrainConfig(negatives=negatives, **train), counts, items) == plain
 
 
 @pytest.mark.parametrize(
