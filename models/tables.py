@@ -79,7 +79,11 @@ def gather_rows(table: jax.Array, ids: jax.Array) -> RowSubset:
         unique = jnp.nonzero(seen, size=rows, fill_value=rows)[0].astype(ids.dtype)
     else:
         unique = jnp.unique(ids, size=ids.size, fill_value=rows)
-    return RowSubset(unique, jnp.take(table, unique, axis=0, mode="fill", fill_value=0), rows)
+    gathered = jnp.take(table, unique, axis=0, mode="fill", fill_value=0)
+    mesh, split, _ = _layout(table)
+    if split and gathered.shape[0] % math.prod(mesh.shape[name] for name in split) == 0:
+        gathered = jax.lax.with_sharding_constraint(gathered, jax.sharding.NamedSharding(mesh, PartitionSpec(split, None)))
+    return RowSubset(unique, gathered, rows)
 
 
 def take_rows(table: jax.Array | RowSubset, ids: jax.Array) -> jax.Array:
