@@ -9,7 +9,8 @@ The model is a family's Model (models/family.py): these functions know nothing o
 With train.table_optimizer lazy_adam or rowwise_adagrad, the catalogue tables (`tables`) are
 updated sparsely: the rows the step touches (Model.touched_rows) are gathered once, the loss is
 differentiated with respect to them only, and scaling/table_optimizers.py writes them back;
-opt_state is then {"dense": AdamW's state of the other parameters, "tables": {name: state}}.
+opt_state is then {"dense": AdamW's state of the other parameters, "tables": {"mu": {name: ...}, ...}}
+(each statistic's path ends with its table's, so it is laid out like the table).
 """
 
 from __future__ import annotations

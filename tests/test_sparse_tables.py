@@ -150,3 +150,11 @@ def test_sparse_updates_need_a_sampled_loss() -> None:
         TrainConfig(loss="full_softmax", table_optimizer="lazy_adam")
     with pytest.raises(ConfigError, match="train.negative_sampler='in_batch' needs"):
         TrainConfig(loss="full_softmax", negative_sampler="in_batch")
+
+
+def test_a_family_without_a_catalogue_table_refuses_sparse_updates() -> None:
+    config = _config("encdec")  # its token vocabulary does not grow with the catalogue
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, table_optimizer="lazy_adam"))
+    with pytest.raises(ConfigError, match="train.table_optimizer='lazy_adam': model.family='encdec' has no catalogue "
+                                          "table to update sparsely"):
+        build_trainer(config, NUM_ITEMS, make_mesh("data=1", jax.devices()[:1]), total_steps=1)

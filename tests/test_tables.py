@@ -17,7 +17,7 @@ from models.layers import l2_normalize
 from scaling.config import MeshConfig
 from scaling.mesh import logical_to_spec, make_mesh
 from scaling.trainer import build_trainer
-from tests.test_sharding import NUM_ITEMS, _config, _sequences, host_batches, per_step  # noqa: F401
+from tests.test_sharding import NUM_ITEMS, _config, host_batches, per_step  # noqa: F401
 
 ITEMS, DIM, BATCH, HISTORY = 200, 8, 16, 12
 
@@ -107,7 +107,7 @@ def test_padding_and_row_layout() -> None:
 
 @pytest.mark.parametrize("spec", ["data=8", "data=2,fsdp=2,tensor=2"])
 def test_training_on_a_padded_row_split_table_equals_the_single_device_unpadded_one(spec, host_batches, monkeypatch):
-    """Per-step losses and gradient norms, with dropout and sampled negatives; eval ranks."""
+    """Per-step losses and gradient norms, with dropout and sampled negatives."""
     (reference,), _ = per_step("hstu", "data=1", 1, host_batches)
     monkeypatch.setattr(tables, "ROW_SHARDING_MIN_ROWS", 16)  # 64 rows: padded to 3072, split over every device
     (losses,), _ = per_step("hstu", spec, 1, host_batches)
