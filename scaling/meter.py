@@ -75,11 +75,3 @@ class StepMeter:
             "tokens_per_second": self.timed_tokens / seconds if seconds else None,
             "mfu": self.timed_flops / seconds / self.peak_flops if seconds else None,
         }
-
-
-def format_record(record: dict, total_steps: int) -> str:
-    """One progress line for stderr."""
-    line = f"step {record['step']}/{total_steps}  loss {record['learning/loss']:.4f}"
-    if record["perf/tokens_per_second"] is None:
-        return line + "  (compiling)"
-    return line + f"  {record['perf/tokens_per_second']:.0f} tok/s  MFU {record['perf/mfu']:.1%}"

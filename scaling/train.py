@@ -3,6 +3,9 @@
 WORKDIR/config.json     the trial configuration (its hash is the trial id)
 WORKDIR/metrics.jsonl   one line per log step ("learning/", "perf/") and per eval ("eval/")
 WORKDIR/result.json     one flat object: sizes, tokens, FLOPs, MFU, losses, test metrics, status
+WORKDIR/progress.json   step, total, loss, tokens/s, MFU, ETA and phase while it runs (sweeps watch it)
+WORKDIR/events.out.*    TensorBoard scalars of metrics.jsonl (a sweep's trial: in a folder named by
+                        its labels, WORKDIR/size=...,max_len=.../)
 WORKDIR/checkpoints/    orbax: train state + data iterator state; a rerun resumes from the last
                         that restores (a damaged one is moved to WORKDIR/corrupt_checkpoints/)
 
@@ -33,10 +36,13 @@ from data.split import EvalTargets, leave_one_out
 from models import family as families
 from scaling import checkpoint, distributed, flops, hardware, host
 from scaling.preemption import EXIT_PREEMPTED, Preempted, StopRequest, stop_with_parent
+from scaling.profiling import StepProfiler, parse_range
 from scaling.workdir import WorkdirBusy, WorkdirLock, write_atomically
 from scaling.config import ConfigError, ModelConfig, TrialConfig, from_json, with_overrides
 from scaling.mesh import logical_names, make_mesh, parse_mesh_spec
-from scaling.meter import StepMeter, format_record
+from scaling.meter import StepMeter
+from scaling.progress import TrialProgress
+from scaling.tensorboard import EventLog
 from scaling.presets import PRESETS, preset
 from scaling.trainer import build_trainer
 
@@ -63,11 +69,12 @@ def log(message: str) -> None:
 
 
 class MetricsLog:
-    """One JSON object per line in WORKDIR/metrics.jsonl (process 0 only). Local files are
-    appended to; object stores (gs://), which cannot append, get the whole file rewritten."""
+    """One JSON object per line in WORKDIR/metrics.jsonl (process 0 only), each also sent to
+    `events` (TensorBoard). Local files are appended to; object stores (gs://), which cannot
+    append, get the whole file rewritten."""
 
-    def __init__(self, path: epath.Path):
-        self.path = path
+    def __init__(self, path: epath.Path, events: EventLog | None = None):
+        self.path, self.events = path, events
         self.appendable = not str(path).startswith(("gs://", "s3://"))
         self.lines = path.read_text().splitlines() if path.exists() and not self.appendable else []
 
@@ -89,6 +96,8 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         if jax.process_index() != 0:
             return
+        if self.events is not None:
+            self.events.write(record)
         line = json.dumps(record, sort_keys=True)
         if self.appendable:
             with open(self.path, "a") as handle:
@@ -137,9 +146,11 @@ def evaluate(trainer: Any, params: Any, targets: EvalTargets) -> dict[str, float
     return metrics
 
 
-def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = None) -> dict[str, Any]:
+def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = None,
+        profile: tuple[int, int] | None = None) -> dict[str, Any]:
     """Train one trial to completion (resuming if WORKDIR has checkpoints); returns result.json.
-    Raises Preempted after saving the current step when `stop` is requested (SIGTERM)."""
+    Raises Preempted after saving the current step when `stop` is requested (SIGTERM).
+    profile: (START, STOP) training steps to trace into WORKDIR/profile/."""
     stop = stop or StopRequest()
     started = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -169,7 +180,9 @@ def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = Non
         target = checkpoint.abstract_like(trainer.abstract_state, trainer.shardings)
         restored = checkpoint.restore_latest(checkpoints, target, log)
         resumed_from = restored[0] if restored else None
-        metrics_log = MetricsLog(workdir / "metrics.jsonl")
+        first_process = jax.process_index() == 0
+        events = EventLog(workdir, resumed_from, enabled=first_process)
+        metrics_log = MetricsLog(workdir / "metrics.jsonl", events)
         if restored:
             _, state, saved = restored
             iterator.set_state(saved["iterator"])
@@ -188,6 +201,8 @@ def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = Non
                           peak_flops=peak_total, tokens=saved["tokens"] if resumed_from is not None else 0.0,
                           flops=saved["train_flops"] if resumed_from is not None else 0.0)
         pending: list[tuple] = []  # the last dispatched step, read after the next one is dispatched
+        display = TrialProgress(workdir, total_steps, enabled=first_process)
+        profiler = StepProfiler(profile, workdir / "profile", enabled=first_process or jax.process_count() > 1)
 
         def drain() -> None:
             while pending:
@@ -198,50 +213,60 @@ def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = Non
                 record = meter.record(done_step, metrics, counts["tokens"], step_flops)
                 if record is not None:
                     metrics_log.write(record)
-                    log(format_record(record, total_steps))
+                    display.train(record)
 
-        def progress() -> dict:
+        def resume_state() -> dict:
             """What a resumed run needs besides the train state: data position, cumulative counts."""
             return {"iterator": iterator.get_state(), "tokens": meter.tokens, "train_flops": meter.flops}
 
+        def write_eval(valid: dict, test: dict) -> None:
+            """An eval record, at the step's cumulative tokens and FLOPs (the training curves' x-axes)."""
+            metrics_log.write({"step": step, "progress/tokens": meter.tokens, "progress/train_flops": meter.flops,
+                               **{f"eval/valid_{k}": v for k, v in valid.items()},
+                               **{f"eval/test_{k}": v for k, v in test.items()}})
+            shown = lambda m: " ".join(f"{k} {m[k]:.4f}" for k in ("loss", "hr@10", "ndcg@10") if k in m)
+            display.phase("eval", f"eval step {step}: valid {shown(valid)}, test {shown(test)}")
+
         try:
             while step < total_steps:
+                profiler.before(step + 1)
                 state, metrics = train_step(state, trainer.train_batch(next(iterator)), step_key)
                 step += 1
+                profiler.after(step, metrics)
                 drain()
                 pending.append((step, metrics))
                 saved_now = bool(train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0)
                 if saved_now:
                     drain()
-                    checkpoint.save(checkpoints, step, state, progress())
+                    checkpoint.save(checkpoints, step, state, resume_state())
+                    events.flush()
                 if train_cfg.eval_every and step % train_cfg.eval_every == 0 and step < total_steps:
                     drain()
                     eval_started = time.perf_counter()
-                    valid = evaluate(trainer, state["params"], split.valid)
-                    test = evaluate(trainer, state["params"], split.test)
-                    metrics_log.write({"step": step, **{f"eval/valid_{k}": v for k, v in valid.items()},
-                                       **{f"eval/test_{k}": v for k, v in test.items()}})
-                    shown = lambda m: " ".join(f"{k} {m[k]:.4f}" for k in ("hr@10", "ndcg@10") if k in m)
-                    log(f"eval step {step}: valid {shown(valid)}, test {shown(test)}")
+                    write_eval(evaluate(trainer, state["params"], split.valid),
+                               evaluate(trainer, state["params"], split.test))
                     meter.exclude(time.perf_counter() - eval_started)
                 if stop.requested():
                     drain()
                     if not saved_now:
-                        checkpoint.save(checkpoints, step, state, progress())
+                        checkpoint.save(checkpoints, step, state, resume_state())
                     log(f"SIGTERM: saving step {step} and stopping")
                     raise Preempted(step)
             drain()
             if step > (resumed_from or 0) and (not train_cfg.checkpoint_every or step % train_cfg.checkpoint_every):
-                checkpoint.save(checkpoints, step, state, progress())
+                checkpoint.save(checkpoints, step, state, resume_state())
+            display.phase("eval")
+            # ---- Final evaluation -----------------------------------------------------------
+            test = evaluate(trainer, state["params"], split.test)
+            valid = evaluate(trainer, state["params"], split.valid)
+            write_eval(valid, test)
+            display.phase("done")
         finally:  # an interrupted run still completes the checkpoint it started
             checkpoints.wait_until_finished()
             checkpoints.close()
-
-        # ---- Final evaluation ---------------------------------------------------------------
-        test = evaluate(trainer, state["params"], split.test)
-        valid = evaluate(trainer, state["params"], split.valid)
-    metrics_log.write({"step": step, **{f"eval/test_{k}": v for k, v in test.items()},
-                       **{f"eval/valid_{k}": v for k, v in valid.items()}})
+            profiler.close()
+            events.close()
+            display.close()
     counted = flops.param_counts(config.model, num_items)
     non_embedding = counted["params_non_embedding"]
     result = {
@@ -354,6 +379,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--mesh", help='"auto" or e.g. "data=2,fsdp=2,tensor=2"')
     parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
     parser.add_argument("--json", action="store_true", help="print result.json as the last line of stdout")
+    parser.add_argument("--profile", metavar="START:STOP",
+                        help="write a jax.profiler trace of training steps START..STOP to WORKDIR/profile/")
     multi = parser.add_argument_group("multi-process (one process per host)")
     multi.add_argument("--coordinator", help="HOST:PORT of process 0 (or $SCALING_LAB_COORDINATOR)")
     multi.add_argument("--num-processes", type=int, help="processes in the job (or $SCALING_LAB_NUM_PROCESSES)")
@@ -380,6 +407,7 @@ def _main(args: argparse.Namespace, workdir: epath.Path, stop: StopRequest, lock
     try:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
         config = config_from_args(args)
+        profile = parse_range(args.profile)
         parse_mesh_spec(config.mesh.spec, jax.device_count())  # an impossible mesh: refused before anything is written
         saved = workdir / "config.json"
         if saved.is_file() and _has_progress(workdir):  # a config refused before training may be corrected
@@ -394,7 +422,7 @@ def _main(args: argparse.Namespace, workdir: epath.Path, stop: StopRequest, lock
                 saved.write_text(config.to_json())
             except OSError as error:
                 raise ConfigError(f"--workdir {args.workdir}: cannot write there ({error.strerror or error})") from None
-        result = run(config, workdir, stop)
+        result = run(config, workdir, stop, profile)
         code = 0
     except (ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)

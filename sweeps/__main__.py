@@ -166,7 +166,7 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
                 result["status"] = outcome.status
             return result
     workdir.mkdir(parents=True, exist_ok=True)
-    finished = runner.run_trials(sweep, workdir, trials, args.parallel, run_one)
+    finished = runner.run_trials(sweep, workdir, trials, args.parallel, run_one, args.progress_every)
     records = ResultsStore(workdir).load()
     ok = sum(1 for r in records.values() if r["status"] == "ok")
     report = write_report(workdir) if ok and not args.no_report else None
@@ -243,6 +243,8 @@ def _parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--dry-run", action="store_true", help="print the exact commands, run nothing")
     run_parser.add_argument("--parallel", type=int, default=1, help="trials at once (local launcher)")
     run_parser.add_argument("--no-report", action="store_true", help="skip the fits and plots at the end")
+    run_parser.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
+                            help="not on a terminal: a progress line per running trial this often (default 30)")
     tpu = run_parser.add_argument_group("TPU launchers (flags win over the spec's launcher block)")
     tpu.add_argument("--accelerator-type", help="e.g. v5litepod-16, v5p-32")
     tpu.add_argument("--zone")

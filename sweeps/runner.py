@@ -15,7 +15,9 @@ from typing import Any, Callable, Sequence
 from etils import epath
 
 from scaling.preemption import PARENT_ENV
+from scaling.progress import format_seconds
 from scaling.workdir import LOCK_NAME, WorkdirBusy, WorkdirLock
+from sweeps.monitor import SweepMonitor
 from sweeps.results import ResultsStore
 from sweeps.spec import Sweep, Trial
 
@@ -112,8 +114,10 @@ def run_local_trial(workdir: epath.Path, trial: Trial, env: dict[str, str] | Non
 
 
 def run_trials(sweep: Sweep, workdir: epath.Path, trials: Sequence[Trial], parallel: int,
-               run_one: Callable[[Trial], dict[str, Any]]) -> list[dict[str, Any]]:
-    """Run the trials that have no ok record yet, `parallel` at a time, recording each as it ends."""
+               run_one: Callable[[Trial], dict[str, Any]], progress_every: float = 30.0) -> list[dict[str, Any]]:
+    """Run the trials that have no ok record yet, `parallel` at a time, recording each as it ends;
+    their progress is shown as they run (sweeps/monitor.py; plain lines every progress_every
+    seconds when not on a terminal)."""
     store = ResultsStore(workdir)
     done = {tid for tid, record in store.load().items() if record["status"] == "ok"}
     todo = [t for t in trials if t.trial_id not in done]
@@ -121,6 +125,8 @@ def run_trials(sweep: Sweep, workdir: epath.Path, trials: Sequence[Trial], paral
     lock = threading.Lock()
     finished: list[dict[str, Any]] = []
     started = time.perf_counter()
+    monitor = SweepMonitor(sweep.name, len(trials), len(trials) - len(todo), lambda t: trial_dir(workdir, t),
+                           interval=progress_every)
 
     def one(trial: Trial) -> None:
         claim = WorkdirLock(trial_dir(workdir, trial), DRIVER_LOCK)  # two drivers never run one trial
@@ -128,12 +134,13 @@ def run_trials(sweep: Sweep, workdir: epath.Path, trials: Sequence[Trial], paral
             trial_dir(workdir, trial).mkdir(parents=True, exist_ok=True)
             claim.acquire()
         except WorkdirBusy as busy:
-            log(f"{trial.trial_id}: skipped, {busy} (another sweep driver)")
+            monitor.log(f"{trial.trial_id}: skipped, {busy} (another sweep driver)")
             return
         try:
             if store.load().get(trial.trial_id, {}).get("status") == "ok":
                 return  # finished by another driver meanwhile
             prepare_trial(workdir, trial)
+            monitor.started(trial)
             run_and_record(trial)
         finally:
             claim.release()
@@ -154,9 +161,10 @@ def run_trials(sweep: Sweep, workdir: epath.Path, trials: Sequence[Trial], paral
             shown = [f"{key} {record[key]:.4f}" for key in ("eval_loss", "hr@10") if record.get(key) is not None]
             summary = " ".join(shown) if record["status"] == "ok" else \
                 " ".join(filter(None, [record["status"], record.get("reason")]))
-            log(f"[{len(finished)}/{len(todo)}] {trial.trial_id} {labels}: {summary} "
-                f"({time.perf_counter() - trial_started:.0f}s, ETA {remaining:.0f}s)")
+            monitor.finished(trial, record["status"] == "ok",
+                             f"[{len(finished)}/{len(todo)}] {trial.trial_id} {labels}: {summary} "
+                             f"({time.perf_counter() - trial_started:.0f}s, ETA {format_seconds(remaining)})")
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(parallel, 1)) as pool:
+    with monitor, concurrent.futures.ThreadPoolExecutor(max_workers=max(parallel, 1)) as pool:
         list(pool.map(one, todo))
     return finished

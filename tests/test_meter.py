@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 
 import pytest
+from etils import epath
 
-from scaling.meter import StepMeter, format_record
+from scaling.meter import StepMeter
+from scaling.progress import TrialProgress, format_line
 
 
 def metrics(loss_sum: float, positions: float) -> dict:
@@ -31,6 +33,9 @@ def test_windows_totals_and_timing() -> None:
     assert last["learning/loss"] == pytest.approx(4.0 / 2.0) and meter.final_loss == last["learning/loss"]
     summary = meter.summary()
     assert summary["mfu"] == pytest.approx(4e5 / sum(meter.step_times) / 1e6)
-    assert "MFU" in format_record(last, 5)
+    shown = TrialProgress(epath.Path("/nonexistent"), 5, enabled=False)
+    shown.train(last)
+    assert "MFU" in format_line(shown.state) and shown.state["eta_seconds"] == 0.0
     first = StepMeter(2, 1, 3, 1e6)
-    assert format_record(first.record(1, metrics(1.0, 1.0), 1, 1), 3).endswith("(compiling)")
+    shown.train(first.record(1, metrics(1.0, 1.0), 1, 1))
+    assert format_line(shown.state).endswith("(compiling)") and shown.state["eta_seconds"] is None

@@ -15,6 +15,7 @@ from etils import epath
 
 from models.config import ModelConfig
 from scaling.config import ConfigError, DataConfig, TrainConfig, TrialConfig
+from scaling.tensorboard import read_scalars
 from sweeps import runner
 from sweeps.results import ResultsStore
 from sweeps.spec import Sweep, axis, grid, isoflop, ladder, load_spec, train_flops_per_step, zipped
@@ -131,6 +132,10 @@ def test_local_sweep_end_to_end(tmp_path: Path, lab_cache: Path, ml100k) -> None
     records = {r["data"]: r for r in map(json.loads, (tmp_path / "wd" / "results.jsonl").read_text().splitlines())}
     assert records["ml"]["status"] == "ok" and records["ml"]["steps"] == 4
     assert records["bad"]["status"].startswith("failed: exit 2: error: no-such-dataset: no such file")
+    assert first.stderr.strip().splitlines()[-1] == "sweep tiny_sweep: done 1/2, running 0, failed 1, pending 0"
+    assert "\x1b" not in first.stderr  # not a terminal: plain lines
+    events = list((tmp_path / "wd" / "trials" / records["ml"]["trial_id"] / "data=ml").glob("events.out.tfevents.*"))
+    assert events and "learning/loss" in read_scalars(events[0].parent)  # tensorboard shows it under its labels
     again = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert "1 already done, 1 to run" in again.stderr
     status = subprocess.run([sys.executable, "-m", "sweeps", "status", str(spec), "--workdir", str(tmp_path / "wd"),

@@ -15,6 +15,7 @@ import pytest
 from scaling import train as train_module
 from scaling.config import TrainConfig
 from scaling.presets import preset
+from scaling.tensorboard import read_scalars
 from scaling.trainer import Trainer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +35,7 @@ def finished_run(tmp_path_factory, lab_cache, ml100k):
     workdir = tmp_path_factory.mktemp("run")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SCALING_LAB_CACHE", str(lab_cache))
-        result = train_module.run(tiny(), workdir)
+        result = train_module.run(tiny(), workdir, profile=(5, 6))
     return workdir, result
 
 
@@ -55,6 +56,22 @@ def test_result_has_every_field_with_sane_values(finished_run) -> None:
     assert result["plateau_evals"] == 1 and result["plateau_hr@10"] == result["hr@10"]  # no periodic evals
     axes = json.loads((workdir / "param_axes.json").read_text())
     assert axes["item_embedding"] == ["table_rows", "embed"] and axes["block_0/uvqk"] == ["embed", "qkv"]
+    assert lines[-1]["progress/tokens"] == result["tokens"] and lines[-1]["progress/train_flops"] == result["train_flops"]
+
+
+def test_tensorboard_progress_file_and_profile_trace(finished_run) -> None:
+    """Every number of metrics.jsonl is a TensorBoard scalar at its step (@ becomes _ in a tag);
+    progress.json says done; steps 5..6 were traced."""
+    workdir, result = finished_run
+    scalars = read_scalars(workdir)
+    for line in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines()):
+        for key, value in line.items():
+            if key != "step" and isinstance(value, (int, float)):
+                assert (line["step"], pytest.approx(value, rel=1e-6)) in scalars[key.replace("@", "_")], key
+    assert {"learning/loss", "perf/mfu", "perf/tokens_per_second", "eval/valid_loss", "eval/test_hr_10"} <= set(scalars)
+    progress = json.loads((workdir / "progress.json").read_text())
+    assert progress["phase"] == "done" and progress["step"] == progress["total_steps"] == 12
+    assert list((workdir / "profile").glob("plugins/profile/*/*.xplane.pb"))
 
 
 def test_interrupted_run_resumes_bitwise(tmp_path, lab_cache, monkeypatch, finished_run) -> None:
@@ -85,7 +102,8 @@ def test_cli_rejects_bad_config_with_one_line(tmp_path) -> None:
     command = [sys.executable, "-m", "scaling.train", "--preset", "tiny", "--workdir", str(tmp_path)]
     for extra, message in ((["--set", "model.blockz=2"], "error: unknown config key model.blockz for model.family='hstu'; known: "),
                            (["--set", "train.batch_size=ten"], "error: train.batch_size='ten' is not an integer"),
-                           (["--mesh", "data=3"], "error: mesh spec 'data=3' needs 3 devices, but 1 are available")):
+                           (["--mesh", "data=3"], "error: mesh spec 'data=3' needs 3 devices, but 1 are available"),
+                           (["--profile", "3:1"], "error: --profile '3:1': expected START:STOP")):
         done = subprocess.run(command + extra, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 2, done.stderr
         assert done.stderr.strip().splitlines()[-1].startswith(message)
