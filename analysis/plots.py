@@ -252,6 +252,41 @@ def mfu_vs_size(params: np.ndarray, mfu: np.ndarray, stem: str | Path, groups: n
     return _save(figure, stem)
 
 
+def training_curves(x: np.ndarray, y: np.ndarray, trials: np.ndarray, sizes: np.ndarray, stem: str | Path,
+                    x_label: str, y_label: str, envelope: np.ndarray | None = None, fit: FitResult | None = None,
+                    final_fit: FitResult | None = None, log_y: bool = True) -> list[Path]:
+    """One line per trial through its evaluations, one colour per model size; optionally the lower
+    envelope of all evaluations with the law fitted to it (and its band), and the law of the
+    final-point frontier dashed beside it."""
+    figure, ax = plt.subplots(figsize=(7, 4.5))
+    distinct = sorted(set(sizes.tolist()))
+    colors = dict(zip(distinct, plt.cm.viridis(np.linspace(0, 0.9, len(distinct)))))
+    for trial in _unique(trials):
+        rows = trials == trial
+        order = np.argsort(x[rows])
+        ax.plot(x[rows][order], y[rows][order], "-o", ms=2.5, lw=1, alpha=0.85, color=colors[sizes[rows][0]])
+    for size in distinct:
+        ax.plot([], [], "-", color=colors[size], label=f"N = {size:.3g}")
+    if envelope is not None:
+        order = np.argsort(x[envelope])
+        ax.plot(x[envelope][order], y[envelope][order], "k.", ms=5, label="lower envelope of all evaluations")
+    grid = _grid(x, log=True, stretch=2.0)
+    if fit is not None:
+        _draw_law(ax, grid, fit, lambda p: power.predict(p, grid, "falling"),
+                  f"whole-curve frontier: E={fit.params['E']:.3g}, alpha={fit.params['alpha']:.3g}")
+    if final_fit is not None:
+        ax.plot(grid, power.predict(final_fit.params, grid, "falling"), "--", color="C1",
+                label=f"final-point frontier: E={final_fit.params['E']:.3g}, alpha={final_fit.params['alpha']:.3g}")
+    ax.set_xscale("log")
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(axis_label(x_label))
+    ax.set_ylabel(axis_label(y_label))
+    ax.set_title(f"{y_label} during training vs {x_label}")
+    ax.legend(fontsize=7)
+    return _save(figure, stem)
+
+
 def _unique(values: np.ndarray) -> Sequence:
     seen = []
     for value in values:

@@ -1,7 +1,9 @@
 """A sweep report: fits, tables and figures from a results file, as Markdown and HTML in one folder.
 
-Every section is attempted; one whose columns are missing or whose data cannot support the fit is
-listed under "Skipped" with the reason instead of failing the report.
+Every section is attempted; one whose columns are missing or whose data cannot support the fit
+says why where it stands, and is listed again under "Skipped", instead of failing the report. The
+HTML page opens from its folder (figures beside it, linked by relative paths); wide tables scroll
+inside the page.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from analysis import frontier, isoflop, loglinear, plots, records
+from analysis import curves, frontier, isoflop, loglinear, plots, records
 from analysis.errors import FitError
 from analysis.result import FitResult
 from analysis.run import Columns, FitOptions, fit_table
@@ -41,6 +43,11 @@ class Report:
 
     def table(self, header: list[str], rows: list[list[str]]) -> None:
         self.blocks.append(("table", header, rows))
+
+    def skip(self, what: str, reason: str) -> None:
+        """A part that could not be shown: why, where it stands, and again in the Skipped list."""
+        self.blocks.append(("p", f"Not shown: {what}: {reason}"))
+        self.skipped.append(f"{what}: {reason}")
 
     def figure(self, paths: list[Path], caption: str, out: Path) -> None:
         self.figures.extend(paths)
@@ -70,14 +77,14 @@ def _complete(table: pd.DataFrame, needed: list[str], what: str, report: Report)
     """Rows of `table` with a number in every `needed` column, or None (noted as skipped) if a column is missing."""
     missing = [name for name in needed if name not in table.columns]
     if missing:
-        report.skipped.append(f"{what}: column(s) {', '.join(map(repr, missing))} missing from the results")
+        report.skip(what, f"column(s) {', '.join(map(repr, missing))} missing from the results")
         return None
     values = table[needed].apply(pd.to_numeric, errors="coerce")
     keep = values.notna().all(axis=1).to_numpy()
     if not keep.all():
         report.text(f"{what}: {int((~keep).sum())} run(s) without a value in {', '.join(needed)} left out.")
     if not keep.any():
-        report.skipped.append(f"{what}: no run has a value in every one of {', '.join(needed)}")
+        report.skip(what, f"no run has a value in every one of {', '.join(needed)}")
         return None
     subset = table[keep].reset_index(drop=True)
     subset.attrs.update(table.attrs)
@@ -98,7 +105,7 @@ def _attempt(report: Report, what: str, step: Callable[[], None]) -> None:
     try:
         step()
     except FitError as error:
-        report.skipped.append(f"{what}: {error}")
+        report.skip(what, str(error))
 
 
 def build_report(results: str | Path, out: str | Path, options: ReportOptions = ReportOptions(),
@@ -129,14 +136,18 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
     try:
         loss_col = records.pick_column(table, cols.loss, records.LOSS_COLUMNS, "loss")
         compute_col = records.pick_column(table, cols.c, records.COMPUTE_COLUMNS, "compute")
+        no_columns = ""
     except FitError as error:
         loss_col = compute_col = None
-        report.skipped.append(f"loss vs compute, frontier, Chinchilla and IsoFLOP fits: {error}")
+        no_columns = str(error)
     size_col = next((c for c in ((cols.n,) if cols.n else records.PARAMS_COLUMNS) if c in table.columns), "params")
     seq_col = next((c for c in records.SEQ_LEN_COLUMNS if c in table.columns), "max_len")
 
+    laws: dict[str, FitResult] = {}  # fitted here, drawn again in later sections
     report.heading("Loss vs compute: frontier and its law")
-    if loss_col and (data := _complete(table, [compute_col, loss_col], "loss vs compute", report)) is not None:
+    if not loss_col:
+        report.skip("loss vs compute", no_columns)
+    elif (data := _complete(table, [compute_col, loss_col], "loss vs compute", report)) is not None:
         def frontier_section() -> None:
             say("report: frontier fit ...")
             c, loss = records.numeric(data, compute_col), records.numeric(data, loss_col)
@@ -148,11 +159,12 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
                                               holdout=options.holdout if on_front.sum() > 4 else 0))
                 fit = fitted.result
             except FitError as error:
-                report.skipped.append(f"frontier law fit: {error}")
+                report.skip("frontier law fit", str(error))
             report.figure(plots.loss_vs_compute(c, loss, on_front, fit, figures / "loss_vs_compute", compute_col, loss_col),
                           "Final loss of every run against training compute; the lower envelope and the power "
                           "law fitted to it, with its bootstrap band.", out)
             if fit is not None:
+                laws["frontier"] = fit
                 report.fits["frontier"] = fit.to_json()
                 fit_rows.extend(_fit_rows("frontier L(C)", fit, loss_col))
                 report.figure(plots.residuals(c[on_front], loss[on_front], plots.power.predict(fit.params, c[on_front]),
@@ -161,8 +173,17 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
                 _holdout_row(holdout_rows, "frontier L(C)", fit)
         _attempt(report, "frontier", frontier_section)
 
+    report.heading("Training curves")
+    if not loss_col:
+        report.skip("training curves", no_columns)
+    else:
+        _attempt(report, "training curves", lambda: _curves_section(
+            report, table, Path(results), size_col, laws.get("frontier"), fit_rows, options, figures, out, say))
+
     report.heading("Loss vs model size, per sequence length")
-    if loss_col and (data := _complete(table, [size_col, loss_col, seq_col], "loss vs size", report)) is not None:
+    if not loss_col:
+        report.skip("loss vs size", no_columns)
+    elif (data := _complete(table, [size_col, loss_col, seq_col], "loss vs size", report)) is not None:
         budget_col = "steps" if "steps" in data.columns else "tokens" if "tokens" in data.columns else None
         for seq_value in sorted(pd.unique(records.numeric(data, seq_col))):
             group = data[records.numeric(data, seq_col) == seq_value]
@@ -188,7 +209,9 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
             _attempt(report, label, size_section)
 
     report.heading("Joint law L(N, D) and compute-optimal allocation")
-    if loss_col:
+    if not loss_col:
+        report.skip("Chinchilla joint law", no_columns)
+    else:
         def chinchilla_section() -> None:
             say("report: Chinchilla joint law ...")
             from analysis.run import resolve_n_d_c
@@ -211,7 +234,9 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
         _attempt(report, "Chinchilla joint law", chinchilla_section)
 
     report.heading("IsoFLOP profiles (approach 2)")
-    if loss_col:
+    if not loss_col:
+        report.skip("IsoFLOP", no_columns)
+    else:
         def isoflop_section() -> None:
             say("report: IsoFLOP ...")
             fitted = fit_table(table, "isoflop", Columns(n=cols.n, d=cols.d, c=cols.c, loss=loss_col), fit_options)
@@ -235,7 +260,9 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
         _attempt(report, "IsoFLOP", isoflop_section)
 
     report.heading(f"{options.metric}: scaling with compute, size and sequence length")
-    if compute_col and (data := _complete(table, [compute_col, options.metric], f"{options.metric} law", report)) is not None:
+    if not compute_col:
+        report.skip(f"{options.metric} law", no_columns)
+    elif (data := _complete(table, [compute_col, options.metric], f"{options.metric} law", report)) is not None:
         def metric_law_section() -> None:
             fitted = fit_table(data, "loglinear", Columns(x=compute_col, y=options.metric),
                                FitOptions(bootstrap=options.bootstrap, seed=options.seed, holdout=options.holdout))
@@ -288,6 +315,47 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
     return report
 
 
+def _curves_section(report: Report, table: pd.DataFrame, results: Path, size_col: str, final_fit: FitResult | None,
+                    fit_rows: list[list[str]], options: ReportOptions, figures: Path, out: Path,
+                    say: Callable[[str], None]) -> None:
+    """Every trial's evaluations during training against tokens and FLOPs, one colour per size,
+    and the frontier of the whole curves (Chinchilla approach 1) beside the final-point one."""
+    say("report: training curves ...")
+    if "trial_id" not in table.columns:
+        raise FitError("the results have no trial_id column (not a sweep's results.jsonl)")
+    data = curves.load_curves(results, table["trial_id"].astype(str).tolist())
+    sizes_by_trial = dict(zip(table["trial_id"].astype(str), pd.to_numeric(table[size_col], errors="coerce")))
+    data["size"] = data["trial_id"].map(sizes_by_trial)
+    report.text(f"{len(data)} evaluations of {data['trial_id'].nunique()} runs (validation split), read from each "
+                f"run's metrics.jsonl; colour by {size_col}.")
+    for metric, log_y in (("eval_loss", True), ("hr@10", False)):
+        for x_col in ("tokens", "train_flops"):
+            rows = data[[x_col, metric, "size"]].notna().all(axis=1) & (data[x_col] > 0)
+            if not rows.any():
+                report.skip(f"{metric} vs {x_col} during training", f"no evaluation has both {metric} and {x_col}")
+                continue
+            part = data[rows]
+            x, y = part[x_col].to_numpy(float), part[metric].to_numpy(float)
+            envelope = fit = None
+            if metric == "eval_loss" and x_col == "train_flops":
+                envelope = frontier.lower_envelope(x, y)
+                try:
+                    fit = frontier.fit_frontier(x, y, bootstrap=options.bootstrap, seed=options.seed)
+                    report.fits["frontier_whole_curves"] = fit.to_json()
+                    fit_rows.extend(_fit_rows("frontier L(C), whole curves (approach 1)", fit, "eval_loss"))
+                except FitError as error:
+                    report.skip("whole-curve frontier law", str(error))
+            caption = (f"Validation {metric} at every evaluation during training against {x_col}, one line per run, "
+                       f"one colour per model size.")
+            if envelope is not None:
+                caption += (" Black: the lower envelope over all runs' evaluations; red: the power law fitted to it "
+                            "(Chinchilla approach 1); dashed: the law of the final-point frontier above.")
+            report.figure(plots.training_curves(x, y, part["trial_id"].to_numpy(), part["size"].to_numpy(float),
+                                                figures / f"curve_{metric.replace('@', '')}_vs_{x_col}", x_col,
+                                                metric, envelope, fit, final_fit if envelope is not None else None,
+                                                log_y), caption, out)
+
+
 def _holdout_row(rows: list[list[str]], name: str, fit: FitResult) -> None:
     forecast = fit.extra.get("holdout")
     if not forecast:
@@ -323,18 +391,20 @@ def render_html(report: Report, title: str = "Scaling report") -> str:
         if kind == "h2":
             body.append(f"<h2>{html.escape(block[1])}</h2>")
         elif kind == "p":
-            body.append(f"<p>{_inline_code(block[1])}</p>")
+            css = ' class="skipped"' if block[1].startswith("Not shown: ") else ""
+            body.append(f"<p{css}>{_inline_code(block[1])}</p>")
         elif kind == "table":
             header = "".join(f"<th>{html.escape(h)}</th>" for h in block[1])
             rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in block[2])
-            body.append(f"<table><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table>")
+            body.append(f'<div class="scroll"><table><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table></div>')
         elif kind == "img":
-            body.append(f'<figure><img src="{html.escape(block[2])}" alt="{html.escape(block[3])}">'
-                        f"<figcaption>{html.escape(block[3])}</figcaption></figure>")
+            body.append(f'<figure><a href="{html.escape(block[2])}"><img src="{html.escape(block[1])}" '
+                        f'alt="{html.escape(block[3])}"></a><figcaption>{html.escape(block[3])}</figcaption></figure>')
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;font-size:0.85em;margin:1em 0}"
-             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
-             "img{max-width:100%}figcaption{font-style:italic;font-size:0.9em}")
+             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right;white-space:nowrap}"
+             "img{max-width:100%}figcaption{font-style:italic;font-size:0.9em}"
+             ".scroll{overflow-x:auto;max-width:100%}.skipped{color:#8a4b00}")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
 

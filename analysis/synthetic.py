@@ -3,6 +3,9 @@ fitters (does a fit recover what was planted?) and for rendering a report withou
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 from analysis import chinchilla
@@ -71,3 +74,28 @@ def sweep_records(seed: int = 0) -> list[dict]:
                                 "mrr": float(max(hr, 1e-3)) * 0.4})
     records.append({"trial_id": "d512-l200-s3200", "status": "failed: out of memory", "model": "hstu"})
     return records
+
+
+def write_curves(records: list[dict], workdir: Path, points: int = 4, seed: int = 0) -> None:
+    """WORKDIR/trials/ID/metrics.jsonl for every ok record: `points` evaluations at equal steps
+    along its training, loss from the same joint law at the tokens seen by then (the training
+    curves of a sweep's report), the last one its final result."""
+    rng = np.random.default_rng(seed)
+    law = {"E": 4.0, "A": 60.0, "B": 900.0, "alpha": 0.3, "beta": 0.35}
+    for record in records:
+        if record.get("status") != "ok":
+            continue
+        lines = []
+        for k in range(1, points + 1):
+            step = record["steps"] * k // points
+            tokens = record["tokens"] * k / points
+            flops = record["train_flops"] * k / points
+            loss = record["eval_loss"] if k == points else float(
+                joint_law_runs(law, np.array([record["params_non_embedding"]]), np.array([tokens]), 0.005,
+                               int(rng.integers(1 << 30)))[0])
+            hr = record["hr@10"] if k == points else record["hr@10"] * (0.5 + 0.5 * k / points)
+            lines.append(json.dumps({"step": step, "progress/tokens": tokens, "progress/train_flops": flops,
+                                     "eval/valid_loss": loss, "eval/valid_hr@10": hr}))
+        folder = Path(workdir) / "trials" / record["trial_id"]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")

@@ -51,14 +51,17 @@ class Section:
 
     Trial ids hash `canonical()`: ID_FIELDS always (the fields the section had when ids were
     first taken, 2026-12-01), any other field only when it differs from its default, so adding a
-    field whose default keeps today's behaviour changes no id."""
+    field whose default keeps today's behaviour changes no id. OBSERVATION fields (when a run is
+    looked at, not what it trains) never enter it: changing them continues the same trial."""
 
     SECTION: ClassVar[str] = ""
     ID_FIELDS: ClassVar[tuple[str, ...]] = ()
+    OBSERVATION: ClassVar[tuple[str, ...]] = ()
 
     def canonical(self) -> dict[str, Any]:
         return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
-                if field.name in self.ID_FIELDS or getattr(self, field.name) != field.default}
+                if field.name not in self.OBSERVATION
+                and (field.name in self.ID_FIELDS or getattr(self, field.name) != field.default)}
 
     def check(self) -> None:
         """Cross-field rules of the section; raise ConfigError naming the keys."""

@@ -68,13 +68,16 @@ class TrainConfig(Section):
     "rowwise_adagrad" (only the rows a step touches; scaling/table_optimizers.py), at
     table_learning_rate (0 = learning_rate) on the same schedule. grad_accum: micro-batches per
     step; 0 = auto (scaling.trainer.auto_grad_accum). eval_every / checkpoint_every: steps between
-    them, 0 = only at the end."""
+    them, 0 = only at the end. eval_points: that many evaluations spread evenly over the run (the
+    last at the end), for training curves, beside eval_every; an observation, not part of the
+    trial id."""
 
     SECTION: ClassVar[str] = "train"
     ID_FIELDS: ClassVar[tuple[str, ...]] = (
         "batch_size", "steps", "epochs", "learning_rate", "beta1", "beta2", "eps", "weight_decay", "schedule",
         "warmup_steps", "grad_accum", "loss", "negatives", "temperature", "seed", "log_every", "eval_every",
         "eval_batch_size", "checkpoint_every", "keep_checkpoints")
+    OBSERVATION: ClassVar[tuple[str, ...]] = ("eval_points",)
 
     batch_size: int = positive(128)
     steps: int = non_negative(0, ">= 0 (0 = train by epochs)")
@@ -96,6 +99,7 @@ class TrainConfig(Section):
     seed: int = constrained(0, lambda v: 0 <= v < 2**32, "in [0, 2**32)")
     log_every: int = positive(10)
     eval_every: int = non_negative(0, ">= 0 (0 = only at the end)")
+    eval_points: int = non_negative(0, ">= 0 (0 = none beside eval_every)")
     eval_batch_size: int = positive(128)
     checkpoint_every: int = non_negative(0, ">= 0 (0 = only at the end)")
     keep_checkpoints: int = positive(2)

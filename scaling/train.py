@@ -202,6 +202,7 @@ def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = Non
                           flops=saved["train_flops"] if resumed_from is not None else 0.0)
         pending: list[tuple] = []  # the last dispatched step, read after the next one is dispatched
         display = TrialProgress(workdir, total_steps, enabled=first_process)
+        eval_steps = evaluation_steps(train_cfg, total_steps)
         profiler = StepProfiler(profile, workdir / "profile", enabled=first_process or jax.process_count() > 1)
 
         def drain() -> None:
@@ -240,7 +241,7 @@ def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = Non
                     drain()
                     checkpoint.save(checkpoints, step, state, resume_state())
                     events.flush()
-                if train_cfg.eval_every and step % train_cfg.eval_every == 0 and step < total_steps:
+                if step in eval_steps:
                     drain()
                     eval_started = time.perf_counter()
                     write_eval(evaluate(trainer, state["params"], split.valid),
@@ -309,6 +310,14 @@ def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = Non
         **plateau(workdir / "metrics.jsonl"),
     }
     return result
+
+
+def evaluation_steps(train: Any, total_steps: int) -> set[int]:
+    """Steps before the last with a periodic evaluation: every train.eval_every, and
+    train.eval_points spread evenly (the last of them is the final evaluation)."""
+    steps = set(range(train.eval_every, total_steps, train.eval_every)) if train.eval_every else set()
+    steps |= {round(k * total_steps / train.eval_points) for k in range(1, train.eval_points)}
+    return {step for step in steps if 0 < step < total_steps}
 
 
 STANDARD_METRICS = frozenset({"loss", *ranking_metrics(np.ones(1)).keys()})

@@ -100,7 +100,9 @@ def _results(path: Path, rows: list[dict]) -> Path:
 
 
 def test_report_from_a_synthetic_sweep(tmp_path, capsys):
-    results = _results(tmp_path / "results.jsonl", synthetic.sweep_records(seed=0))
+    runs = synthetic.sweep_records(seed=0)
+    results = _results(tmp_path / "results.jsonl", runs)
+    synthetic.write_curves(runs, tmp_path)
     out = tmp_path / "report"
     assert main(["report", str(results), "--out", str(out), "--bootstrap", "10", "--json"]) == 0
     captured = capsys.readouterr()
@@ -108,13 +110,18 @@ def test_report_from_a_synthetic_sweep(tmp_path, capsys):
     assert "skipped 1 record(s) whose status is not ok" in captured.err
     assert summary["skipped"] == []
     per_length = {f"L(N) at max_len={length}" for length in (50, 100, 200)}
-    assert set(summary["fits"]) == {"frontier", "chinchilla", "isoflop", "hr@10_loglinear"} | per_length
+    assert set(summary["fits"]) == {"frontier", "frontier_whole_curves", "chinchilla", "isoflop",
+                                    "hr@10_loglinear"} | per_length
+    # the envelope of every evaluation reaches lower losses than the final points alone at equal compute
+    assert summary["fits"]["frontier_whole_curves"]["n_points"] > summary["fits"]["frontier"]["n_points"]
     assert all(summary["fits"][name]["n_points"] == 4 for name in per_length)  # 4 sizes at the longest training
     alpha = summary["fits"]["L(N) at max_len=200"]["alpha"]
     assert 0.1 < alpha < 0.6  # the planted N exponent is 0.3 (the D term adds a constant at fixed D)
     names = {Path(p).name for p in summary["figures"]}
     for stem in ("loss_vs_compute", "residuals_frontier", "chinchilla_allocation", "isoflop", "metric_vs_compute",
-                 "metric_vs_params", "metric_vs_seq_len", "mfu_vs_size", "loss_vs_size_max_len200"):
+                 "metric_vs_params", "metric_vs_seq_len", "mfu_vs_size", "loss_vs_size_max_len200",
+                 "curve_eval_loss_vs_tokens", "curve_eval_loss_vs_train_flops", "curve_hr10_vs_tokens",
+                 "curve_hr10_vs_train_flops"):
         assert {f"{stem}.png", f"{stem}.svg"} <= names
     markdown = (out / "report.md").read_text()
     html = (out / "report.html").read_text()
@@ -123,6 +130,8 @@ def test_report_from_a_synthetic_sweep(tmp_path, capsys):
         assert relative in markdown  # every figure is linked from the page
         assert Path(path).is_file()
     assert "| frontier L(C) | eval_loss | alpha |" in markdown
+    assert "| frontier L(C), whole curves (approach 1) | eval_loss | alpha |" in markdown
+    assert "## Training curves" in markdown
     assert "Held-out extrapolation" in markdown and "<table>" in html and "<img src=\"figures/" in html
     runs_section = markdown.split("## Runs")[1].split("## ")[0]
     assert "d256-l200-s3200" in runs_section and "d512" not in runs_section  # the failed trial is not a run

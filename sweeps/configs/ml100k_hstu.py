@@ -13,7 +13,8 @@ from sweeps.spec import Sweep, axis, grid, ladder
 BASE = TrialConfig(
     data=DataConfig(name="ml-100k", max_len=50, packed=True),
     model=ModelConfig(family="hstu", max_positions=111, dropout=0.2, input_dropout=0.2),
-    train=TrainConfig(batch_size=64, steps=120, learning_rate=1e-3, negatives=64, log_every=20, eval_batch_size=128),
+    train=TrainConfig(batch_size=64, steps=120, learning_rate=1e-3, negatives=64, log_every=20, eval_batch_size=128,
+                      eval_points=6),  # training curves: 6 evaluations per run (not part of the trial ids)
 )
 
 SIZES = ladder("size", [
