@@ -109,5 +109,5 @@ def read_progress(workdir: epath.Path) -> dict[str, Any] | None:
     path = workdir / PROGRESS_FILE
     try:
         return json.loads(path.read_text()) if path.exists() else None
-    except (OSError, ValueError):
+    except Exception:  # a half-visible object-store file, a missing filesystem backend: shown as unknown
         return None
