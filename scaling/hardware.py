@@ -15,7 +15,10 @@ import jax.numpy as jnp
 
 from data.sources import cache_dir
 
-# Dense bf16 peak per JAX device, FLOP/s (../shared/specs/flops_mfu.md; vendor datasheets).
+# Dense bf16 peak per JAX device, FLOP/s (../shared/specs/flops_mfu.md; vendor datasheets: the TPU
+# pages of cloud.google.com/tpu/docs; NVIDIA's A100 and H100 datasheets (bf16 Tensor Core, dense:
+# the datasheets' figures "with sparsity" are twice these), H200 (the H100's compute, more HBM),
+# and the HGX / DGX B200 datasheet).
 PEAK_BF16 = {
     "TPU v4": 275e12,
     "TPU v5 lite": 197e12,  # v5e

@@ -70,7 +70,26 @@ def make_mesh(spec: str, devices: Sequence[jax.Device] | None = None) -> Mesh:
         device_grid = mesh_utils.create_device_mesh(shape, devices=devices)
     except (ValueError, AssertionError, NotImplementedError):
         device_grid = np.asarray(devices).reshape(shape)
+    check_tensor_within_processes(spec, device_grid)
     return Mesh(device_grid, MESH_AXES)
+
+
+def check_tensor_within_processes(spec: str, device_grid: np.ndarray) -> None:
+    """On GPU (and CPU) jobs of several processes, one per node, each `tensor` group must be the
+    devices of one process: tensor parallelism all-reduces every layer and needs NVLink, while
+    data and fsdp can cross nodes. (The grid's last axis is tensor, and devices are ordered by
+    process, so this holds whenever tensor divides the devices per process.) TPU slices keep
+    their interconnect across hosts and are not checked."""
+    groups = device_grid.reshape(-1, device_grid.shape[-1])
+    if groups.shape[1] == 1 or groups.flat[0].platform == "tpu":
+        return
+    for group in groups:
+        processes = {device.process_index for device in group}
+        if len(processes) > 1:
+            per_process = sum(1 for device in device_grid.flat if device.process_index == group[0].process_index)
+            raise ConfigError(f"mesh spec {spec!r}: a tensor group of {groups.shape[1]} devices spans processes "
+                              f"{sorted(processes)}; keep tensor within a node ({per_process} devices per process) "
+                              f"and put data / fsdp across nodes")
 
 
 def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh) -> PartitionSpec:

@@ -69,6 +69,12 @@ class StopRequest:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
 
+    def rearm(self) -> None:
+        """Take SIGTERM back after something else installed its own handler: joining a
+        multi-process job does (jax.distributed's preemption notifier catches SIGTERM itself)."""
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._handle)
+
     def _handle(self, signum, frame) -> None:
         self.signalled = True
 

@@ -415,6 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(args: argparse.Namespace, workdir: epath.Path, stop: StopRequest, lock: WorkdirLock) -> int:
     try:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
+        stop.rearm()  # jax.distributed installs a SIGTERM handler of its own
         config = config_from_args(args)
         profile = parse_range(args.profile)
         parse_mesh_spec(config.mesh.spec, jax.device_count())  # an impossible mesh: refused before anything is written

@@ -29,9 +29,10 @@ from sweeps import runner
 from sweeps.results import ResultsStore
 from sweeps.spec import Sweep, describe, format_number, load_spec
 
-LAUNCHERS = ("local", "tpu-vm", "queued-resources", "xpk")
+LAUNCHERS = ("local", "tpu-vm", "queued-resources", "xpk", "slurm")
 LAUNCHER_FLAGS = ("accelerator_type", "zone", "project", "runtime_version", "cluster", "num_slices", "tpu_name",
-                  "code_url", "code_ref")
+                  "code_url", "code_ref", "partition", "account", "nodes", "gpus_per_node", "time_limit",
+                  "container_image", "setup", "xla_flags", "code_dir")
 
 
 def _workdir(args: argparse.Namespace, sweep: Sweep) -> epath.Path:
@@ -147,8 +148,7 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
         if args.dry_run:
             for trial in trials:
                 print(f"# trial {trial.trial_id} " + " ".join(f"{k}={v}" for k, v in trial.labels.items()))
-                for argv in launcher.plan(trial.trial_id, runner.train_args(workdir, trial), str(workdir)):
-                    print(shlex.join(argv))
+                print(launcher.dry_run_text(trial.trial_id, runner.train_args(workdir, trial), str(workdir)), end="")
             return {"sweep": sweep.name, "dry_run": True, "trials": len(trials)}
         launcher.check_ready(str(workdir))  # once, before any trial is marked running
 
@@ -257,6 +257,16 @@ def _parser() -> argparse.ArgumentParser:
     tpu.add_argument("--code-ref", help="commit or branch the workers check out (default main)")
     tpu.add_argument("--spot", action="store_true")
     tpu.add_argument("--reserved", action="store_true")
+    slurm = run_parser.add_argument_group("SLURM launcher (flags win over the spec's launcher block)")
+    slurm.add_argument("--partition")
+    slurm.add_argument("--account")
+    slurm.add_argument("--nodes", type=int, help="nodes per trial (one task per node)")
+    slurm.add_argument("--gpus-per-node", type=int)
+    slurm.add_argument("--time-limit", help="sbatch --time, e.g. 24:00:00")
+    slurm.add_argument("--container-image", help="srun --container-image (pyxis)")
+    slurm.add_argument("--setup", help="shell commands run before training (environment, modules)")
+    slurm.add_argument("--xla-flags", help="XLA_FLAGS for the trials, written --xla-flags=\"--xla_gpu_enable_latency_hiding_scheduler=true\"")
+    slurm.add_argument("--code-dir", help="the repository checkout on the cluster (default: this one)")
     return parser
 
 

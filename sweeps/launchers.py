@@ -1,5 +1,5 @@
 """Launchers that run one sweep trial on TPU pods: an existing TPU VM, a queued resource, or an
-xpk workload on GKE. Each plans its exact argv lists first (what `--dry-run` prints) and then runs
+xpk workload on GKE (GPU clusters under SLURM: sweeps/slurm.py). Each plans its exact argv lists first (what `--dry-run` prints) and then runs
 them; whatever it creates is deleted whatever happens to the trial.
 
 Where each command's form comes from:
@@ -83,6 +83,16 @@ class LauncherSettings:
     install_attempts: int = 3  # a fresh VM may refuse ssh for a minute after ACTIVE
     preemption_retries: int = 5  # a preempted trial is launched again (resuming) this many times
     allow_local_workdir: bool = False  # only when the workers share this machine's disk (tests)
+    # SLURM (sweeps/slurm.py): one task per node; the workdir on a filesystem every node mounts
+    partition: str = "<PARTITION>"
+    account: str = ""
+    nodes: int = 1
+    gpus_per_node: int = 8
+    time_limit: str = "24:00:00"  # sbatch --time
+    container_image: str = ""  # srun --container-image (pyxis/enroot), if the cluster runs containers
+    setup: str = ""  # shell commands before training, e.g. "module load cuda; source ~/lab-venv/bin/activate"
+    xla_flags: str = ""  # exported as XLA_FLAGS, e.g. "--xla_gpu_enable_latency_hiding_scheduler=true"
+    code_dir: str = ""  # the checkout on the cluster (default: the driver's)
 
 
 def settings_from(flags: Mapping[str, Any], spec_launcher: Mapping[str, Any]) -> LauncherSettings:
@@ -170,6 +180,10 @@ class Launcher:
 
     def plan(self, trial_id: str, train_args: Sequence[str], workdir: str) -> list[list[str]]:
         raise NotImplementedError
+
+    def dry_run_text(self, trial_id: str, train_args: Sequence[str], workdir: str) -> str:
+        """What `--dry-run` prints for a trial: its commands, one per line."""
+        return "".join(shlex.join(argv) + "\n" for argv in self.plan(trial_id, train_args, workdir))
 
     def run(self, trial_id: str, train_args: Sequence[str], workdir: str) -> LaunchOutcome:
         self.check_ready(workdir)
@@ -382,9 +396,12 @@ LAUNCHERS: dict[str, type[Launcher]] = {"tpu-vm": TpuVmLauncher, "queued-resourc
 
 
 def make_launcher(name: str, settings: LauncherSettings, runner: Runner = subprocess_runner) -> Launcher:
-    if name not in LAUNCHERS:
-        raise ConfigError(f"unknown launcher {name!r}; known: local, {', '.join(LAUNCHERS)}")
-    return LAUNCHERS[name](settings, runner)
+    from sweeps.slurm import SlurmLauncher  # a module of its own; it builds on this one
+
+    known = {**LAUNCHERS, "slurm": SlurmLauncher}
+    if name not in known:
+        raise ConfigError(f"unknown launcher {name!r}; known: local, {', '.join(known)}")
+    return known[name](settings, runner)
 
 
 def _last_line(text: str) -> str:

@@ -41,20 +41,28 @@ def environment(devices: int, cache: Path) -> dict:
     return env
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("family", ["hstu", "encdec"])
-def test_two_processes_match_one(tmp_path: Path, lab_cache: Path, ml100k, family: str) -> None:
-    single = subprocess.run(command(tmp_path / "one", family=family), cwd=REPO_ROOT, env=environment(4, lab_cache),
-                            capture_output=True, text=True, timeout=300)
-    assert single.returncode == 0, single.stderr[-2000:]
-    port = free_port()
-    workers = [
-        subprocess.Popen(command(tmp_path / "two", "--coordinator", f"localhost:{port}", "--num-processes", "2",
-                                 "--process-id", str(index), family=family),
-                         cwd=REPO_ROOT, env=environment(2, lab_cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
-        for index in range(2)
-    ]
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory, lab_cache: Path, ml100k) -> dict:
+    """family -> result.json of the trial as 1 process x 4 devices (run once per family)."""
+    results = {}
+
+    def run(family: str) -> dict:
+        if family not in results:
+            workdir = tmp_path_factory.mktemp(f"one-{family}")
+            done = subprocess.run(command(workdir, family=family), cwd=REPO_ROOT, env=environment(4, lab_cache),
+                                  capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stderr[-2000:]
+            results[family] = json.loads((workdir / "result.json").read_text())
+        return results[family]
+    return run
+
+
+def run_two(workdir: Path, lab_cache: Path, family: str, flags: callable, env: callable = lambda index: {}) -> dict:
+    """result.json of the trial as 2 local processes x 2 devices; flags(i) / env(i): process i's."""
+    workers = [subprocess.Popen(command(workdir, *flags(index), family=family), cwd=REPO_ROOT,
+                                env={**environment(2, lab_cache), **env(index)}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+               for index in range(2)]
     try:
         outputs = [worker.communicate(timeout=300) for worker in workers]
     finally:
@@ -62,8 +70,41 @@ def test_two_processes_match_one(tmp_path: Path, lab_cache: Path, ml100k, family
             worker.kill()
     for worker, (_, stderr) in zip(workers, outputs):
         assert worker.returncode == 0, stderr[-2000:]
-    one = json.loads((tmp_path / "one" / "result.json").read_text())
-    two = json.loads((tmp_path / "two" / "result.json").read_text())
+    return json.loads((workdir / "result.json").read_text())
+
+
+def assert_same(one: dict, two: dict) -> None:
     assert (one["devices"], one["processes"], two["devices"], two["processes"]) == (4, 1, 4, 2)
     for key in COMPARED:
         assert two[key] == pytest.approx(one[key], rel=1e-5), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["hstu", "encdec"])
+def test_two_processes_match_one(tmp_path: Path, lab_cache: Path, single_process, family: str) -> None:
+    port = free_port()
+    flags = lambda index: ("--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(index))
+    assert_same(single_process(family), run_two(tmp_path / "two", lab_cache, family, flags))
+
+
+def slurm_job_id() -> int:
+    """A job id whose coordinator port (JAX's SlurmCluster: 61440 + id mod 4096) is free here."""
+    for port in range(61440 + os.getpid() % 4000, 65536):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("localhost", port))
+                return port - 61440
+            except OSError:
+                continue
+    raise RuntimeError("no free port in 61440..65535")
+
+
+@pytest.mark.slow
+def test_two_slurm_tasks_form_one_job_that_matches_one_process(tmp_path: Path, lab_cache: Path, single_process) -> None:
+    """--distributed with only SLURM's variables (as srun sets them for 2 tasks on one node):
+    jax.distributed finds coordinator, count and index there, and the job equals 1 process."""
+    job = str(slurm_job_id())
+    env = lambda index: {"SLURM_JOB_ID": job, "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2",
+                         "SLURM_PROCID": str(index), "SLURM_LOCALID": str(index), "SLURM_STEP_NUM_NODES": "1",
+                         "JAX_PLATFORMS": "cpu"}
+    assert_same(single_process("hstu"), run_two(tmp_path / "two", lab_cache, "hstu", lambda index: ("--distributed",), env))

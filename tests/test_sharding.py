@@ -214,3 +214,20 @@ def test_impossible_meshes_fail_clearly() -> None:
     config = dataclasses.replace(_config("hstu"), train=TrainConfig(batch_size=6, eval_batch_size=8))
     with pytest.raises(ConfigError, match="6 rows do not split over data x fsdp = 8"):
         build_trainer(config, NUM_ITEMS, make_mesh("data=8"), total_steps=1)
+
+
+def test_tensor_groups_stay_within_a_process_on_gpu_jobs() -> None:
+    """4 processes x 8 GPUs (ordered by process, as jax.devices() is): tensor=8 fits a node,
+    tensor=16 would all-reduce across nodes and is refused; data and fsdp may cross them."""
+    import types
+
+    from scaling.mesh import check_tensor_within_processes
+
+    devices = np.array([types.SimpleNamespace(id=i, process_index=i // 8, platform="gpu") for i in range(32)])
+    check_tensor_within_processes("data=2,fsdp=2,tensor=8", devices.reshape(2, 2, 8))
+    check_tensor_within_processes("data=32", devices.reshape(32, 1, 1))
+    with pytest.raises(ConfigError, match=r"a tensor group of 16 devices spans processes \[0, 1\]; keep tensor "
+                                          r"within a node \(8 devices per process\)"):
+        check_tensor_within_processes("data=2,tensor=16", devices.reshape(2, 1, 16))
+    tpu = np.array([types.SimpleNamespace(id=i, process_index=i // 4, platform="tpu") for i in range(16)])
+    check_tensor_within_processes("tensor=16", tpu.reshape(1, 1, 16))  # ICI spans hosts
