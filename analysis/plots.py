@@ -280,6 +280,7 @@ def training_curves(x: np.ndarray, y: np.ndarray, trials: np.ndarray, sizes: np.
     ax.set_xscale("log")
     if log_y:
         ax.set_yscale("log")
+        ax.set_ylim(np.min(y) / 1.15, np.max(y) * 1.15)  # the curves, not a bootstrap band's far tail
     ax.set_xlabel(axis_label(x_label))
     ax.set_ylabel(axis_label(y_label))
     ax.set_title(f"{y_label} during training vs {x_label}")

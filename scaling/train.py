@@ -220,13 +220,13 @@ def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = Non
             """What a resumed run needs besides the train state: data position, cumulative counts."""
             return {"iterator": iterator.get_state(), "tokens": meter.tokens, "train_flops": meter.flops}
 
-        def write_eval(valid: dict, test: dict) -> None:
+        def write_eval(valid: dict, test: dict, then: str) -> None:
             """An eval record, at the step's cumulative tokens and FLOPs (the training curves' x-axes)."""
             metrics_log.write({"step": step, "progress/tokens": meter.tokens, "progress/train_flops": meter.flops,
                                **{f"eval/valid_{k}": v for k, v in valid.items()},
                                **{f"eval/test_{k}": v for k, v in test.items()}})
             shown = lambda m: " ".join(f"{k} {m[k]:.4f}" for k in ("loss", "hr@10", "ndcg@10") if k in m)
-            display.phase("eval", f"eval step {step}: valid {shown(valid)}, test {shown(test)}")
+            display.phase(then, f"eval step {step}: valid {shown(valid)}, test {shown(test)}")
 
         try:
             while step < total_steps:
@@ -244,8 +244,9 @@ def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = Non
                 if step in eval_steps:
                     drain()
                     eval_started = time.perf_counter()
+                    display.phase("eval")
                     write_eval(evaluate(trainer, state["params"], split.valid),
-                               evaluate(trainer, state["params"], split.test))
+                               evaluate(trainer, state["params"], split.test), "train")
                     meter.exclude(time.perf_counter() - eval_started)
                 if stop.requested():
                     drain()
@@ -260,8 +261,7 @@ def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = Non
             # ---- Final evaluation -----------------------------------------------------------
             test = evaluate(trainer, state["params"], split.test)
             valid = evaluate(trainer, state["params"], split.valid)
-            write_eval(valid, test)
-            display.phase("done")
+            write_eval(valid, test, "done")
         finally:  # an interrupted run still completes the checkpoint it started
             checkpoints.wait_until_finished()
             checkpoints.close()
