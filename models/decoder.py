@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from data import pipeline
-from models import axes, family, tables
+from models import axes, family, parametrization, tables
 from models.attention import causal_query_blocks
 from models.family import TRAIN_MULTIPLIER, BatchField, FamilyConfig
 from models.fields import ConfigError, positive, fraction
@@ -79,7 +79,7 @@ class SequentialRecommender(nn.Module):
         real = (batch["segment_ids"] > 0)[..., None]
         if item_vectors is None:
             item_vectors = jnp.take(self.item_table, batch["items"], axis=0, mode="clip")
-        x = item_vectors * math.sqrt(cfg.d_model)
+        x = item_vectors * math.sqrt(parametrization.input_width(cfg))  # sqrt(D): the input scale
         x = x + jnp.take(self.position_table, batch["positions"], axis=0, mode="clip")
         rows = batch.get(family.ROW_IDS)  # training only: dropout masks are drawn per row
         x = self.input_dropout(x, rows, deterministic=deterministic)
@@ -162,6 +162,10 @@ class DecoderModel(family.Model):
         negatives, _, _ = self._negatives(batch, jax.random.split(rng)[1])
         ids = (batch["items"], batch["targets"], negatives)
         return {"item_embedding": jnp.concatenate([x.reshape(-1) for x in ids])}
+
+    def coordinates(self, params: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        """Every block's output (B, L, D) on the batch (deterministic)."""
+        return family.block_outputs(self.module, params, {k: batch[k] for k in MODEL_INPUTS}, True)
 
     def _query(self, params: Any, batch: Mapping[str, jax.Array]) -> jax.Array:
         """(B, D) the output at each row's eval_position."""

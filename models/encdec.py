@@ -36,7 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from data import pipeline
-from models import axes, family
+from models import axes, family, parametrization
+from models.family import block_outputs
 from models.beam_search import beam_search
 from models.encdec_layers import DecoderBlock, EncoderBlock, Norm, relative_buckets
 from models.family import TRAIN_MULTIPLIER, BatchField, FamilyConfig
@@ -131,6 +132,11 @@ class EncDecConfig(FamilyConfig):
             raise ConfigError("model.relative_buckets must be >= 4 and relative_max_distance > relative_buckets / 4")
 
 
+def _readout_scale(cfg: "EncDecConfig") -> float:
+    """T5's D^-1/2 on the tied logits; µP's 1 / m on top (models/parametrization.py)."""
+    return parametrization.readout_factor(cfg) / math.sqrt(cfg.d_model)
+
+
 class EncDecNetwork(nn.Module):
     """Token table, encoder stack, decoder stack. Inputs are vocabulary ids."""
 
@@ -205,7 +211,7 @@ class EncDecNetwork(nn.Module):
         cfg = self.config
         k = cfg.ids_codebook
         levels = self.table[SPECIALS : SPECIALS + cfg.id_length * k].reshape(cfg.id_length, k, cfg.d_model)
-        return jnp.einsum("...td,tkd->...tk", outputs.astype(jnp.float32), levels) / math.sqrt(cfg.d_model)
+        return jnp.einsum("...td,tkd->...tk", outputs.astype(jnp.float32), levels) * _readout_scale(cfg)
 
     def memory_keys_values(self, memory: jax.Array) -> tuple[tuple[jax.Array, jax.Array], ...]:
         """Every decoder block's cross-attention keys and values of (B, S, D) memory."""
@@ -233,7 +239,7 @@ class EncDecNetwork(nn.Module):
         outputs = self.decoder_norm(x)[:, :, 0]  # (B, C, D)
         k = cfg.ids_codebook
         level = jax.lax.dynamic_slice_in_dim(self.table, SPECIALS + position * k, k, axis=0)  # (K, D)
-        logits = jnp.einsum("bcd,kd->bck", outputs.astype(jnp.float32), level) / math.sqrt(cfg.d_model)
+        logits = jnp.einsum("bcd,kd->bck", outputs.astype(jnp.float32), level) * _readout_scale(cfg)
         return logits, tuple(updated)
 
     def __call__(self, encoder_tokens: jax.Array, decoder_tokens: jax.Array, deterministic: bool = True,
@@ -325,26 +331,38 @@ class EncDecModel(family.Model):
         _, positions = jax.lax.top_k(jnp.where(has_target, noise, -1.0), per_row)
         return positions, jnp.take_along_axis(has_target, positions, axis=1).astype(jnp.float32)
 
-    def loss_sums(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, jax.Array, dict]:
+    def _example_tokens(self, batch: Mapping[str, jax.Array], pick_rng: jax.Array) -> dict[str, jax.Array]:
+        """The step's (history, next item) examples as encoder and decoder token rows (one per
+        example), with each example's id, weight and decoder target codes, and the group size."""
         cfg = self.config
-        pick_rng, dropout_rng = jax.random.split(rng)
         positions, weight = self._examples(batch, pick_rng)
         history = history_windows(batch["items"], batch["segment_ids"], positions, cfg.history_items)
         user = jnp.take_along_axis(batch["user_tokens"], positions, axis=1)
         target = jnp.take_along_axis(batch["targets"], positions, axis=1)
         rows = positions.shape[0] * positions.shape[1]
-        example_ids = (family.row_ids(batch)[:, None] * positions.shape[1] + jnp.arange(positions.shape[1])).reshape(rows)
-        encoder_tokens = self.encoder_tokens(history, user).reshape(rows, -1)
         decoder_tokens, local = self.decoder_inputs(target.reshape(rows))
+        return {"encoder": self.encoder_tokens(history, user).reshape(rows, -1), "decoder": decoder_tokens,
+                "local": local, "weight": weight.reshape(rows), "group": positions.shape[1],
+                "ids": (family.row_ids(batch)[:, None] * positions.shape[1] + jnp.arange(positions.shape[1])).reshape(rows)}
+
+    def loss_sums(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, jax.Array, dict]:
+        cfg = self.config
+        pick_rng, dropout_rng = jax.random.split(rng)
+        examples = self._example_tokens(batch, pick_rng)
+        local, weight = examples["local"], examples["weight"]
         # a training row's examples are one routing group of a mixture of experts
-        logits, state = self.network.apply({"params": params}, encoder_tokens, decoder_tokens, deterministic=False,
-                                           group=positions.shape[1], rows=example_ids, rngs={"dropout": dropout_rng},
-                                           mutable=["intermediates"])
+        logits, state = self.network.apply({"params": params}, examples["encoder"], examples["decoder"],
+                                           deterministic=False, group=examples["group"], rows=examples["ids"],
+                                           rngs={"dropout": dropout_rng}, mutable=["intermediates"])
         log_probs = jax.nn.log_softmax(logits, axis=-1)
         nll = -jnp.take_along_axis(log_probs, local[..., None], axis=-1)[..., 0]  # (rows, L + 1)
-        weight = weight.reshape(rows)
         loss_sum = jnp.sum(jnp.where(weight[:, None] > 0, nll, 0.0) * weight[:, None])
         return loss_sum, jnp.sum(weight) * cfg.id_length, moe_aux(state.get("intermediates", {}), cfg)
+
+    def coordinates(self, params: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        """Every encoder and decoder block's output on the batch's examples (deterministic)."""
+        examples = self._example_tokens(batch, jax.random.key(0))
+        return block_outputs(self.network, params, examples["encoder"], examples["decoder"], True, examples["group"])
 
     def item_log_likelihoods(self, params: Any, memory: jax.Array, memory_real: jax.Array) -> jax.Array:
         """(B, num_items) teacher-forced log p(full ID of item i) for every user row, items 1..n,

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models import axes
+from models import axes, parametrization
 from models.layers import RowDropout, logical_param
 from models.moe import MoEFeedForward
 
@@ -92,6 +92,7 @@ class Attention(nn.Module):
     d_model: int
     heads: int
     head_dim: int
+    logit_factor: float = 1.0  # on top of 1 / sqrt(head_dim): µP's base_d / d (models/parametrization.py)
 
     def setup(self) -> None:
         d, width = self.d_model, self.heads * self.head_dim
@@ -117,7 +118,7 @@ class Attention(nn.Module):
         dtype = q.dtype
         shared = k.ndim < q.ndim  # (B, C, H, T, E) queries against (B, H, S, E) memory
         scores = jnp.einsum("bchte,bhse->bchts" if shared else "...hte,...hse->...hts", q, k)
-        scores = scores.astype(jnp.float32) / math.sqrt(self.head_dim)
+        scores = scores.astype(jnp.float32) * (self.logit_factor / math.sqrt(self.head_dim))
         if bias is not None:
             scores = scores + bias
         scores = jnp.where(mask, scores, _NEG_INF)
@@ -133,6 +134,10 @@ class Attention(nn.Module):
         return self.attend(self.query(x), k, v, mask, bias)
 
 
+def _logit_factor(cfg: Any) -> float:
+    return parametrization.attention_factor(cfg, not cfg.head_dim)
+
+
 class EncoderBlock(nn.Module):
     config: Any  # EncDecConfig
 
@@ -141,7 +146,7 @@ class EncoderBlock(nn.Module):
                  rows: jax.Array | None = None) -> jax.Array:
         cfg = self.config
         drop = RowDropout(cfg.dropout)
-        attended = Attention(cfg.d_model, cfg.heads, cfg.attention_head_dim, name="self_attention")(
+        attended = Attention(cfg.d_model, cfg.heads, cfg.attention_head_dim, _logit_factor(cfg), name="self_attention")(
             Norm(cfg.norm, name="norm_attention")(x), None, mask, bias, deterministic)
         x = x + drop(attended, rows, deterministic=deterministic)
         ffn = FeedForward(cfg.d_ff, cfg.activation, name="ffn")(Norm(cfg.norm, name="norm_ffn")(x))
@@ -159,9 +164,9 @@ class DecoderBlock(nn.Module):
         cfg = self.config
         self.drop = RowDropout(cfg.dropout)
         self.norm_self = Norm(cfg.norm)
-        self.self_attention = Attention(cfg.d_model, cfg.heads, cfg.attention_head_dim)
+        self.self_attention = Attention(cfg.d_model, cfg.heads, cfg.attention_head_dim, _logit_factor(cfg))
         self.norm_cross = Norm(cfg.norm)
-        self.cross_attention = Attention(cfg.d_model, cfg.heads, cfg.attention_head_dim)
+        self.cross_attention = Attention(cfg.d_model, cfg.heads, cfg.attention_head_dim, _logit_factor(cfg))
         self.norm_ffn = Norm(cfg.norm)
         if cfg.experts:
             self.ffn = MoEFeedForward(cfg.expert_d_ff or cfg.d_ff, cfg.activation, cfg.experts, cfg.top_k,

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal, Mapping
 import numpy as np
 
 from models import axes
-from models.fields import ConfigError, Section, build_section, check_value, coerce
+from models.fields import ConfigError, Section, build_section, check_value, coerce, positive
 
 BUILTIN_MODULES = {"hstu": "models.hstu", "sasrec": "models.sasrec", "encdec": "models.encdec"}
 PLUGINS_ENV = "SCALING_LAB_FAMILIES"
@@ -31,6 +31,18 @@ Batch = Mapping[str, Any]
 TRAIN_MULTIPLIER = 3  # FLOP convention: backward = 2 x forward for every matmul
 ROW_IDS = "row_ids"  # (B,) int32 in a training batch: each row's index in the step's whole batch
 STEP_INPUTS = "step_inputs"  # in a training (micro-)batch: Model.step_inputs of the step's whole batch
+
+
+def block_outputs(module: Any, params: Any, *args: Any) -> dict[str, Any]:
+    """{name: output} of the submodules of a flax `module` named block_i, encoder_i or decoder_i,
+    from one apply(params, *args) with flax's captured intermediates (Model.coordinates)."""
+    def is_block(name: str | None) -> bool:
+        kind, _, index = (name or "").rpartition("_")
+        return kind in ("block", "encoder", "decoder") and index.isdigit()
+
+    _, state = module.apply({"params": params}, *args, mutable=["intermediates"],
+                            capture_intermediates=lambda mdl, method: method == "__call__" and is_block(mdl.name))
+    return {name: value["__call__"][0] for name, value in state["intermediates"].items() if "__call__" in value}
 
 
 def row_ids(batch: Batch) -> Any:
@@ -69,6 +81,8 @@ class FamilyConfig(Section):
 
     family: str = ""
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    parametrization: Literal["standard", "mup"] = "standard"  # models/parametrization.py
+    base_width: int = positive(64)  # the d_model at which µP equals the standard model
     legacy_values: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
@@ -77,6 +91,8 @@ class FamilyConfig(Section):
             raise ConfigError(f"model.family={self.family!r} in a {type(self).__name__}; "
                               f"build the section with ModelConfig(family=...)")
         super().__post_init__()
+        if self.parametrization == "mup" and not hasattr(self, "d_model"):
+            raise ConfigError(f"model.parametrization='mup': model.family={self.family!r} has no d_model to scale")
         for key, value in self.legacy_values:  # by the rules of the family whose field it is
             owner = _owner_of(key)
             field = next(f for f in dataclasses.fields(owner) if f.name == key)
@@ -132,6 +148,11 @@ class Model(abc.ABC):
     @abc.abstractmethod
     def step_counts(self, batch: Batch) -> dict[str, Any]:
         """Scalars the train step returns for FLOP and data accounting; "tokens" is required."""
+
+    def coordinates(self, params: Any, batch: Batch) -> dict[str, Any]:
+        """{layer name: (..., width) activations} of the layers a µP coordinate check follows
+        (scaling/coord_check.py), in evaluation mode on a training batch."""
+        raise NotImplementedError(f"{type(self).__name__} does not report its activations")
 
     def top_items(self, params: Any, batch: Batch, k: int) -> dict[str, Any]:
         """Serving: per eval-batch row, "items" (B, k) the k best dense item ids, best first, none

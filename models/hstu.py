@@ -13,6 +13,7 @@ computes A V, dense or blockwise (model.attention).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, ClassVar, Literal, Mapping
 
 import einops
@@ -20,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models import attention, axes, family
+from models import attention, axes, family, parametrization
 from models.decoder import DecoderConfig, DecoderFamily
 from models.fields import ConfigError, non_negative, positive
 from models.layers import (RowDropout, add_bias, attention_mask, hand_written_kernels, layer_norm, logical_param,
@@ -106,11 +107,12 @@ class HSTUBlock(nn.Module):
         cfg = self.config
         heads, dqk, dv, d = cfg.heads, cfg.head_dim_qk, cfg.head_dim_v, cfg.d_model
         dtype = x.dtype
-        w_uvqk = logical_param(self, "uvqk", nn.initializers.normal(0.02), (d, 2 * heads * dv + 2 * heads * dqk),
-                               (axes.EMBED, axes.QKV))
+        w_uvqk = logical_param(self, "uvqk", nn.initializers.normal(parametrization.hidden_init_std(cfg, 0.02)),
+                               (d, 2 * heads * dv + 2 * heads * dqk), (axes.EMBED, axes.QKV))
         w_out = logical_param(self, "out_kernel", nn.initializers.xavier_uniform(), (heads * dv, d),
                               (axes.HEADS_DIM, axes.EMBED))
-        b_out = logical_param(self, "out_bias", torch_linear_bias_init(heads * dv), (d,), (axes.EMBED,))
+        b_out = logical_param(self, "out_bias", torch_linear_bias_init(heads * dv / parametrization.width_multiplier(cfg)),
+                              (d,), (axes.EMBED,))
         positions_count = cfg.max_positions
         w_pos = logical_param(self, "rel_pos_bias", nn.initializers.normal(0.02), (2 * positions_count - 1,),
                               (axes.RELATIVE,))
@@ -120,7 +122,7 @@ class HSTUBlock(nn.Module):
         uvqk = silu_projection(layer_norm(x), w_uvqk.astype(dtype))
         u, v, q, k = jnp.split(uvqk, [heads * dv, 2 * heads * dv, 2 * heads * dv + heads * dqk], axis=-1)
         v = einops.rearrange(v, "b l (h d) -> b l h d", h=heads)
-        q = einops.rearrange(q, "b l (h d) -> b l h d", h=heads)
+        q = einops.rearrange(q, "b l (h d) -> b l h d", h=heads) * parametrization.attention_factor(cfg, not cfg.dqk)
         k = einops.rearrange(k, "b l (h d) -> b l h d", h=heads)
 
         if cfg.attention == "blockwise":
@@ -143,8 +145,11 @@ class HSTU(DecoderFamily):
 
     def position_init(self, config: HSTUConfig):
         # The reference HSTU re-initialises its positional table Xavier-normal (HSTU.reset_params
-        # skips only the blocks and the item table).
-        return nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
+        # skips only the blocks and the item table); under µP with the base width's spread.
+        if not parametrization.is_mup(config):
+            return nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
+        std = math.sqrt(2.0 / (config.max_positions + parametrization.input_width(config)))
+        return lambda key, shape, dtype=jnp.float32: std * jax.random.normal(key, shape, dtype)
 
     def block_context(self, config: HSTUConfig, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
         context = {"positions": batch["positions"]}

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models import axes, family
+from models import axes, family, parametrization
 from models.attention import causal_query_blocks
 from models.decoder import DecoderConfig, DecoderFamily
 from models.fields import ConfigError, non_negative
@@ -73,9 +73,10 @@ class SASRecBlock(nn.Module):
         w_out = logical_param(self, "out_kernel", _XAVIER_NORMAL, (d, d), (axes.HEADS_DIM, axes.EMBED))
         b_out = logical_param(self, "out_bias", nn.initializers.zeros, (d,), (axes.EMBED,))
         w_in = logical_param(self, "ffn_in_kernel", _XAVIER_NORMAL, (d, ffn), (axes.EMBED, axes.MLP))
-        b_in = logical_param(self, "ffn_in_bias", torch_linear_bias_init(d), (ffn,), (axes.MLP,))
+        m = parametrization.width_multiplier(cfg)  # µP: biases keep the base width's spread
+        b_in = logical_param(self, "ffn_in_bias", torch_linear_bias_init(d / m), (ffn,), (axes.MLP,))
         w_ffn_out = logical_param(self, "ffn_out_kernel", _XAVIER_NORMAL, (ffn, d), (axes.MLP, axes.EMBED))
-        b_ffn_out = logical_param(self, "ffn_out_bias", torch_linear_bias_init(ffn), (d,), (axes.EMBED,))
+        b_ffn_out = logical_param(self, "ffn_out_bias", torch_linear_bias_init(ffn / m), (d,), (axes.EMBED,))
         dropout = functools.partial(RowDropout(cfg.dropout), rows=context["rows"])
 
         query_in = layer_norm(x, eps=1e-8)
@@ -88,7 +89,8 @@ class SASRecBlock(nn.Module):
         blocks = []
         for start, end in causal_query_blocks(x.shape[1], cfg.causal_splits):
             q_block, k_block, v_block = (jnp.swapaxes(t, 1, 2) for t in (q[:, start:end], k[:, :end], v[:, :end]))
-            scores = jnp.einsum("bhid,bhjd->bhij", q_block, k_block) / math.sqrt(d // heads)
+            scores = jnp.einsum("bhid,bhjd->bhij", q_block, k_block) * (
+                parametrization.attention_factor(cfg, True) / math.sqrt(d // heads))
             mask = context["mask"][:, None, start:end, :end]
             scores = jnp.where(mask, scores.astype(jnp.float32), _NEG_INF)
             weights = jnp.where(mask, jax.nn.softmax(scores, axis=-1), 0.0).astype(dtype)
@@ -109,7 +111,7 @@ class SASRec(DecoderFamily):
     block = SASRecBlock
 
     def position_init(self, config: SASRecConfig):
-        return truncated_normal(math.sqrt(1.0 / config.d_model))  # the reference's truncated N(0, 1/D)
+        return truncated_normal(math.sqrt(1.0 / parametrization.input_width(config)))  # the reference's N(0, 1/D)
 
     def block_context(self, config: SASRecConfig, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
         return {"positions": batch["positions"], "mask": attention_mask(batch["segment_ids"])}

@@ -25,7 +25,7 @@ import optax
 
 from models import tables as catalogue
 from models.family import ROW_IDS, STEP_INPUTS, Model
-from scaling import table_optimizers
+from scaling import mup, table_optimizers
 from scaling.config import TrainConfig
 
 TrainState = dict[str, Any]
@@ -42,10 +42,12 @@ def learning_rate(train: TrainConfig, total_steps: int, peak: float) -> optax.Sc
     return peak
 
 
-def make_optimizer(train: TrainConfig, total_steps: int) -> optax.GradientTransformation:
-    """AdamW with a constant rate, or linear warm-up then cosine decay to 0."""
+def make_optimizer(train: TrainConfig, total_steps: int, multipliers: Any = None) -> optax.GradientTransformation:
+    """AdamW with a constant rate, or linear warm-up then cosine decay to 0; with `multipliers`
+    (a tree like the parameters, scaling/mup.py), each parameter's update scaled by its own."""
     rate = learning_rate(train, total_steps, train.learning_rate)
-    return optax.adamw(rate, b1=train.beta1, b2=train.beta2, eps=train.eps, weight_decay=train.weight_decay)
+    adamw = optax.adamw(rate, b1=train.beta1, b2=train.beta2, eps=train.eps, weight_decay=train.weight_decay)
+    return adamw if multipliers is None else optax.chain(adamw, mup.scale_updates(multipliers))
 
 
 def boxed_params(model: Model, rng: jax.Array, example: Batch) -> Any:

@@ -11,10 +11,11 @@ import flax.linen as nn
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from models import axes, family as families
+from models import axes, family as families, parametrization
 from models.family import BatchField, Family
 from scaling.batches import to_global
 from scaling.config import ConfigError, TrialConfig
+from scaling import mup
 from scaling.mesh import LOGICAL_AXIS_RULES, batch_sharding
 from scaling.shardings import state_shardings
 from scaling.steps import StepFunctions, boxed_params, make_optimizer
@@ -142,12 +143,17 @@ def build_trainer(config: TrialConfig, num_items: int, mesh: Mesh, total_steps: 
     family = families.of(config.model)
     family.check_data(config.model, config.train, num_items)
     model = family.build_for(config.model, config.train, num_items, prepared, log)
-    optimizer = make_optimizer(config.train, total_steps)
     example = family.example_batch(config.model, 1, config.data.row_len)
     replicated = NamedSharding(mesh, PartitionSpec())
     with _Context(mesh):
         boxed = jax.eval_shape(functools.partial(boxed_params, model), jax.random.key(0), example)
-    functions = StepFunctions(model, optimizer, config.train, sparse_tables(config, boxed, model), total_steps)
+    tables = sparse_tables(config, boxed, model)
+    multipliers = None
+    if parametrization.is_mup(config.model):  # µP: per-kind learning rates of the densely updated parameters
+        dense = {name: value for name, value in boxed.items() if name not in tables}
+        multipliers = mup.learning_rate_multipliers(dense, parametrization.width_multiplier(config.model))
+    optimizer = make_optimizer(config.train, total_steps, multipliers)
+    functions = StepFunctions(model, optimizer, config.train, tables, total_steps)
     with _Context(mesh):
         abstract_state = jax.eval_shape(functions.init_state, jax.random.key(0), example)
     shardings = state_shardings(abstract_state, boxed, mesh)
