@@ -146,7 +146,7 @@ def test_toy_family_trains_through_scaling_train(tmp_path: Path, use_lab_cache: 
     assert json.loads((workdir / "param_axes.json").read_text())["w_in"] == ["embed", "mlp"]
     config = json.loads((workdir / "config.json").read_text())["model"]
     assert config == {"family": "mean_mlp", "d_model": 16, "hidden": 32, "dropout": 0.0, "norm_penalty": 1e-3,
-                      "compute_dtype": "float32"}
+                      "compute_dtype": "float32", "parametrization": "standard", "base_width": 64}
 
 
 def test_aux_loss_terms_enter_the_gradient(use_lab_cache: Path) -> None:
