@@ -288,6 +288,29 @@ def training_curves(x: np.ndarray, y: np.ndarray, trials: np.ndarray, sizes: np.
     return _save(figure, stem)
 
 
+def loss_vs_learning_rate(lr: np.ndarray, loss: np.ndarray, sizes: np.ndarray, params: np.ndarray, stem: str | Path,
+                          title: str, loss_label: str = "eval_loss") -> list[Path]:
+    """Loss against the learning rate, one line per size (coloured by parameters, smallest
+    first), each size's best learning rate starred."""
+    figure, ax = plt.subplots(figsize=(7, 4.5))
+    order = sorted(_unique(sizes), key=lambda size: float(np.max(params[sizes == size])))
+    colors = plt.cm.viridis(np.linspace(0, 0.9, len(order)))
+    for color, size in zip(colors, order):
+        rows = sizes == size
+        xs = np.unique(lr[rows])
+        best_per_lr = np.array([np.min(loss[rows][lr[rows] == x]) for x in xs])
+        ax.plot(xs, best_per_lr, "o-", color=color, ms=4, label=f"{size} (N = {np.max(params[rows]):.3g})")
+        star = int(np.argmin(best_per_lr))
+        ax.plot(xs[star], best_per_lr[star], "*", color=color, ms=15, markeredgecolor="k")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel(axis_label(loss_label))
+    ax.set_title(f"{loss_label} vs learning rate: {title} (star: each size's optimum)")
+    ax.legend(fontsize=7)
+    return _save(figure, stem)
+
+
 def _unique(values: np.ndarray) -> Sequence:
     seen = []
     for value in values:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import curves, frontier, isoflop, loglinear, plots, records
+from analysis import tuning as tuning_module
 from analysis.errors import FitError
 from analysis.result import FitResult
 from analysis.run import Columns, FitOptions, fit_table
@@ -129,8 +130,14 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
     for note in notes:
         report.text(note)
 
+    tuned = _tuning(table, cols)
+    if tuned is not None:  # the envelope stands for each point from here on; the grid has its own section
+        table = tuned.envelope
+        report.text(f"Tuned sweep: {len(tuned.runs)} runs over a grid of {', '.join(tuned.tuning)} per point; each "
+                    f"point's result is its run of lowest validation loss ({len(table)} points; see Tuning).")
+
     report.heading("Runs")
-    shown = [c for c in RUN_COLUMNS if c in table.columns]
+    shown = [c for c in RUN_COLUMNS + tuple(tuned.tuning if tuned else ()) if c in table.columns]
     report.table(shown, [[_fmt(v) for v in row] for row in table[shown].itertuples(index=False)])
 
     try:
@@ -163,6 +170,14 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
             report.figure(plots.loss_vs_compute(c, loss, on_front, fit, figures / "loss_vs_compute", compute_col, loss_col),
                           "Final loss of every run against training compute; the lower envelope and the power "
                           "law fitted to it, with its bootstrap band.", out)
+            if tuned is not None:  # the same law on the runs at the base config's values
+                try:
+                    untuned = fit_table(tuned.untuned, "frontier", Columns(c=compute_col, loss=loss_col, n=cols.n),
+                                        FitOptions(bootstrap=options.bootstrap, seed=options.seed)).result
+                    report.fits["frontier_untuned"] = untuned.to_json()
+                    fit_rows.extend(_fit_rows("frontier L(C), untuned (base learning rate)", untuned, loss_col))
+                except FitError as error:
+                    report.skip("untuned frontier law", str(error))
             if fit is not None:
                 laws["frontier"] = fit
                 report.fits["frontier"] = fit.to_json()
@@ -291,6 +306,10 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
                                         figures / "mfu_vs_size", groups, "device", size_col),
                       "Model FLOPs utilisation against model size.", out)
 
+    if tuned is not None:
+        report.heading("Tuning")
+        _attempt(report, "tuning", lambda: _tuning_section(report, tuned, figures, out))
+
     report.heading("Fitted laws")
     if fit_rows:
         report.table(["law", "target", "parameter", "estimate", "95% CI", "points", "R²", "RMSE (log)"], fit_rows)
@@ -313,6 +332,36 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
     (out / "report.md").write_text(render_markdown(report))
     (out / "report.html").write_text(render_html(report, title=f"Scaling report: {Path(results).name}"))
     return report
+
+
+def _tuning(table: pd.DataFrame, cols: Columns) -> "tuning_module.Tuning | None":
+    """The tuned envelope of a sweep that tuned hyper-parameters per point, by validation loss."""
+    loss = "eval_loss" if "eval_loss" in table.columns else records.pick_column(table, cols.loss, records.LOSS_COLUMNS,
+                                                                                "loss")
+    return tuning_module.split(table, loss)
+
+
+def _tuning_section(report: Report, tuned: "tuning_module.Tuning", figures: Path, out: Path) -> None:
+    """Per group of sizes: validation loss over the tuning grid, each size's optimum, and how far
+    the optimum moves across sizes in grid steps."""
+    loss = "eval_loss" if "eval_loss" in tuned.runs.columns else "final_train_loss"
+    report.text(f"Validation loss ({loss}) of every run of the grid; * marks each size's best setting, which is "
+                f"the point's result elsewhere in this report.")
+    optima_by_group = {}
+    for title, runs in tuning_module.groups(tuned):
+        header, rows, optima = tuning_module.grid_table(runs, tuned.tuning, tuning_module.SIZE_LABEL, loss)
+        steps = [index for _, index in optima.values()]
+        report.text(f"{title}: the optimum moves {max(steps) - min(steps)} grid step(s) across {len(optima)} size(s).")
+        report.table(header, rows)
+        optima_by_group[title] = {str(size): {"best": best, "grid_index": index} for size, (best, index) in optima.items()}
+        if "lr" in runs.columns and tuning_module.SIZE_LABEL in runs.columns:
+            params = pd.to_numeric(runs.get("params_non_embedding", runs.get("params")), errors="coerce").to_numpy(float)
+            report.figure(plots.loss_vs_learning_rate(
+                pd.to_numeric(runs["lr"]).to_numpy(float), pd.to_numeric(runs[loss]).to_numpy(float),
+                runs[tuning_module.SIZE_LABEL].astype(str).to_numpy(), params,
+                figures / f"loss_vs_lr_{len(optima_by_group)}", title, loss),
+                f"{loss} against the learning rate ({title}), one line per size; stars: each size's optimum.", out)
+    report.fits["tuning"] = optima_by_group
 
 
 def _curves_section(report: Report, table: pd.DataFrame, results: Path, size_col: str, final_fit: FitResult | None,

@@ -55,11 +55,14 @@ def select(trials: Sequence[Trial], pattern: str | None) -> list[Trial]:
 
 
 def make_record(sweep: Sweep, trial: Trial, result: dict[str, Any]) -> dict[str, Any]:
-    """result.json's fields, the trial id and status, and the trial's axis values."""
-    record = {**result, "trial_id": trial.trial_id, "sweep": sweep.name}
+    """result.json's fields, the trial id and status, the trial's axis values (and, in "labels",
+    their names)."""
+    record = {**result, "trial_id": trial.trial_id, "sweep": sweep.name, "labels": ",".join(trial.labels)}
     record.setdefault("status", "failed: no result")
     for key, value in trial.labels.items():
         record[key] = value
+    if trial.tuning:  # tuned(): which labels tune, and whether this is the point's untuned run
+        record.update(tuned=",".join(trial.tuning), tuning_default=trial.tuning_default)
     return record
 
 

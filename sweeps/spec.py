@@ -3,7 +3,8 @@
 A spec is a Python file (sweeps/configs/*.py) that defines `SWEEP = Sweep(...)`. Axes are lists
 of Points; each Point carries config overrides ("model.blocks": 4) and the labels that name it in
 results ("size": "d64x4"). grid() takes products, zipped() pairs axes element by element,
-ladder() scales several keys together, isoflop() gives each size the steps that spend a budget.
+ladder() scales several keys together, isoflop() gives each size the steps that spend a budget,
+tuned() gives each point a small grid of learning rates (warm-ups, batch sizes).
 """
 
 from __future__ import annotations
@@ -21,16 +22,19 @@ from scaling.config import ConfigError, TrialConfig, with_overrides
 
 @dataclasses.dataclass(frozen=True)
 class Point:
-    """One value of one or more axes: config overrides and the labels recorded with results."""
+    """One value of one or more axes: config overrides and the labels recorded with results.
+    tuning: the labels whose values tune hyper-parameters (tuned()), not what the point is."""
 
     overrides: Mapping[str, Any]
     labels: Mapping[str, Any]
+    tuning: tuple[str, ...] = ()
 
     def merge(self, other: "Point") -> "Point":
         clash = set(self.overrides) & set(other.overrides)
         if clash:
             raise ConfigError(f"two axes both set {sorted(clash)[0]}")
-        return Point({**self.overrides, **other.overrides}, {**self.labels, **other.labels})
+        return Point({**self.overrides, **other.overrides}, {**self.labels, **other.labels},
+                     self.tuning + other.tuning)
 
 
 def axis(name: str, key: str, values: Sequence[Any], labels: Sequence[Any] | None = None) -> list[Point]:
@@ -77,6 +81,25 @@ def zipped(*axes: Sequence[Point]) -> list[Point]:
     return points
 
 
+TUNED_KEYS = {"lr": "train.learning_rate", "warmup": "train.warmup_steps", "batch": "train.batch_size"}
+
+
+def tuned(points: Sequence[Point], learning_rates: Sequence[float], warmup_steps: Sequence[int] | None = None,
+          batch_sizes: Sequence[int] | None = None) -> list[Point]:
+    """Every point at every combination of a small grid of learning rates (and warm-up lengths,
+    batch sizes): labels lr (warmup, batch). The report keeps, per point, the run of lowest
+    validation loss (the tuned envelope) and fits its laws on those, beside the laws of the runs
+    at the base config's values (untuned); `python -m analysis report` shows the loss against
+    the learning rate per size with each optimum."""
+    grids = [("lr", learning_rates), ("warmup", warmup_steps), ("batch", batch_sizes)]
+    axes_ = [[Point({TUNED_KEYS[name]: value}, {name: value}, (name,)) for value in values]
+             for name, values in grids if values is not None]
+    for name, values in grids:
+        if values is not None and not len(values):
+            raise ConfigError(f"tuned: no {name} values")
+    return grid(points, *axes_)
+
+
 def _configure(base: TrialConfig, point: Point, sweep_name: str) -> TrialConfig:
     """base with the point's overrides; a bad key or value names the sweep and the trial."""
     try:
@@ -108,8 +131,13 @@ def isoflop(budgets: Sequence[float], sizes: Sequence[Point], base: TrialConfig,
 
 @dataclasses.dataclass(frozen=True)
 class Trial:
+    """tuning: its labels that tune hyper-parameters (tuned()); tuning_default: whether their
+    values are the base config's (the untuned run of its point)."""
+
     config: TrialConfig
     labels: Mapping[str, Any]
+    tuning: tuple[str, ...] = ()
+    tuning_default: bool = False
 
     @property
     def trial_id(self) -> str:
@@ -138,8 +166,14 @@ class Sweep:
             if config.trial_id in seen:
                 raise ConfigError(f"sweep {self.name}: two points give the same trial ({dict(point.labels)})")
             seen.add(config.trial_id)
-            trials.append(Trial(config, dict(point.labels)))
+            default = all(_value(config, TUNED_KEYS[name]) == _value(self.base, TUNED_KEYS[name]) for name in point.tuning)
+            trials.append(Trial(config, dict(point.labels), point.tuning, default and bool(point.tuning)))
         return trials
+
+
+def _value(config: TrialConfig, key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(config, section), name)
 
 
 def load_spec(path: str | Path) -> Sweep:
