@@ -306,7 +306,7 @@ def loss_vs_learning_rate(lr: np.ndarray, loss: np.ndarray, sizes: np.ndarray, p
     ax.set_yscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel(axis_label(loss_label))
-    ax.set_title(f"{loss_label} vs learning rate: {title} (star: each size's optimum)")
+    ax.set_title(f"{loss_label} vs learning rate: {title}", fontsize=10)
     ax.legend(fontsize=7)
     return _save(figure, stem)
 
