@@ -140,7 +140,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     import jax
 
     from models import family as families
-    from scaling.config import with_overrides
     from scaling.presets import preset
 
     rows = [evaluate_beams(workdir, beams) for workdir in args.workdir]

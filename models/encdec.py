@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, ClassVar, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import flax.linen as nn
 import jax

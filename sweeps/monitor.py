@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from typing import Any, Callable, TextIO
 
 from etils import epath

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import numpy as np
 import pytest
 
 from models.config import ModelConfig

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import textwrap
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Mapping
+from typing import Any, Literal, Mapping
 
 import flax.linen as nn
 import jax

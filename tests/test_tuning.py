@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 
-import pytest
 
 from analysis.__main__ import main
 from models.config import ModelConfig
