@@ -128,8 +128,8 @@ def test_run_refuses_placeholders_and_a_local_workdir() -> None:
         make_launcher("queued-resources", unset_project).run(TRIAL, ARGS, "gs://b/s")
     with pytest.raises(ConfigError, match="workdir /tmp/w is on this machine"):
         make_launcher("queued-resources", V5E, runner=lambda argv: pytest.fail("ran")).run(TRIAL, ARGS, "/tmp/w")
-    with pytest.raises(ConfigError, match="unknown launcher 'slurm'"):
-        make_launcher("slurm", V5E)
+    with pytest.raises(ConfigError, match="unknown launcher 'pbs'; known: local, "):
+        make_launcher("pbs", V5E)
 
 
 @pytest.fixture
