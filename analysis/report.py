@@ -335,9 +335,15 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
 
 
 def _tuning(table: pd.DataFrame, cols: Columns) -> "tuning_module.Tuning | None":
-    """The tuned envelope of a sweep that tuned hyper-parameters per point, by validation loss."""
-    loss = "eval_loss" if "eval_loss" in table.columns else records.pick_column(table, cols.loss, records.LOSS_COLUMNS,
-                                                                                "loss")
+    """The tuned envelope of a sweep that tuned hyper-parameters per point, by validation loss;
+    None when it tuned nothing (or has no loss to choose by: the sections that need one say so)."""
+    if "tuned" not in table.columns:
+        return None
+    try:
+        loss = "eval_loss" if "eval_loss" in table.columns else records.pick_column(
+            table, cols.loss, records.LOSS_COLUMNS, "loss")
+    except FitError:
+        return None
     return tuning_module.split(table, loss)
 
 

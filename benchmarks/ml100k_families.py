@@ -68,10 +68,10 @@ def _log(message: str) -> None:
 
 
 def run_trial(row: Row, seed: int, runs: Path) -> dict:
-    """result.json of DIR/ROW-sSEED, training it first when it is missing."""
+    """result.json of DIR/ROW-sSEED, training it first (or resuming it) unless it finished ok."""
     workdir = runs / f"{row.name}-s{seed}"
     result_path = workdir / "result.json"
-    if not result_path.exists():
+    if not result_path.exists() or json.loads(result_path.read_text()).get("status") != "ok":
         command = [sys.executable, "-m", "scaling.train", "--preset", row.preset, "--seed", str(seed),
                    "--workdir", str(workdir), "--json"]
         for override in row.sets(seed, runs):

@@ -24,6 +24,7 @@ import resource
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
 import jax
@@ -228,6 +229,15 @@ def config_from(args: argparse.Namespace) -> TrialConfig:
 DEFAULT_NUM_ITEMS = 3706  # ML-1M's catalogue
 
 
+def _config_mesh(path: str | None) -> str:
+    """The mesh spec a --config file asks for, to simulate its devices ("auto" when it cannot be
+    read: config_from then names the problem)."""
+    try:
+        return str(json.loads(Path(path).read_text())["mesh"]["spec"]) if path else "auto"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "auto"
+
+
 def compile_only(args: argparse.Namespace) -> int:
     """--compile-only: scaling.aot.compile_only of the configured step on the mesh."""
     try:
@@ -246,7 +256,11 @@ def compile_only(args: argparse.Namespace) -> int:
         return 2
     print(f"compiling the train and eval steps of {config.model.family} for mesh {dict(mesh.shape)}, "
           f"{num_items} items", file=sys.stderr)
-    result = aot.compile_only(config, num_items, mesh)
+    try:
+        result = aot.compile_only(config, num_items, mesh)
+    except ConfigError as error:  # e.g. a batch the mesh cannot split
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:
@@ -295,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweep.add_argument("--out", help="append one JSON line per point to this file")
     args = parser.parse_args(argv)
     host.keep_freed_memory_mapped()
-    host.simulate_cpu_devices(args.mesh or "auto")
+    host.simulate_cpu_devices(args.mesh or _config_mesh(args.config))
     if args.compile_only:
         return compile_only(args)
     if args.sweep:
@@ -319,7 +333,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     size = " ".join(f"{k}={v}" for k, v in families.of(config.model).summary(config.model).items())
     print(f"timing {count} steps of {config.model.family} {size} batch {config.train.batch_size}", file=sys.stderr)
-    result = measure(config, batches, num_items, args.warmup)
+    try:
+        result = measure(config, batches, num_items, args.warmup)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:

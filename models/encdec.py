@@ -133,8 +133,8 @@ class EncDecConfig(FamilyConfig):
 
 
 def _readout_scale(cfg: "EncDecConfig") -> float:
-    """T5's D^-1/2 on the tied logits; µP's 1 / m on top (models/parametrization.py)."""
-    return parametrization.readout_factor(cfg) / math.sqrt(cfg.d_model)
+    """T5's D^-1/2 on the tied logits; under µP 1 / m on base_width^-1/2 (models/parametrization.py)."""
+    return parametrization.readout_factor(cfg) / math.sqrt(parametrization.input_width(cfg))
 
 
 class EncDecNetwork(nn.Module):

@@ -92,7 +92,7 @@ class Attention(nn.Module):
     d_model: int
     heads: int
     head_dim: int
-    logit_factor: float = 1.0  # on top of 1 / sqrt(head_dim): µP's base_d / d (models/parametrization.py)
+    logit_factor: float = 1.0  # on top of 1 / sqrt(head_dim): µP's sqrt(base_d / d) (models/parametrization.py)
 
     def setup(self) -> None:
         d, width = self.d_model, self.heads * self.head_dim
@@ -135,7 +135,7 @@ class Attention(nn.Module):
 
 
 def _logit_factor(cfg: Any) -> float:
-    return parametrization.attention_factor(cfg, not cfg.head_dim)
+    return parametrization.attention_factor(cfg, not cfg.head_dim, over_sqrt_d=True)
 
 
 class EncoderBlock(nn.Module):

@@ -122,7 +122,7 @@ class HSTUBlock(nn.Module):
         uvqk = silu_projection(layer_norm(x), w_uvqk.astype(dtype))
         u, v, q, k = jnp.split(uvqk, [heads * dv, 2 * heads * dv, 2 * heads * dv + heads * dqk], axis=-1)
         v = einops.rearrange(v, "b l (h d) -> b l h d", h=heads)
-        q = einops.rearrange(q, "b l (h d) -> b l h d", h=heads) * parametrization.attention_factor(cfg, not cfg.dqk)
+        q = einops.rearrange(q, "b l (h d) -> b l h d", h=heads) * parametrization.attention_factor(cfg, not cfg.dqk, over_sqrt_d=False)
         k = einops.rearrange(k, "b l (h d) -> b l h d", h=heads)
 
         if cfg.attention == "blockwise":

@@ -9,10 +9,11 @@ logical axes:
 - hidden weights (both dimensions grow with width): init variance 1/fan_in, learning rate / m;
 - output weights (width -> a fixed number): learning rate / m.
 In the forward pass, which each family applies through the helpers here:
-- attention logits scale as 1/d instead of 1/sqrt(d), written base_d / d x the standard scale so
-  that it is unchanged at the base width (d: the head width, which grows with d_model at a fixed
-  number of heads; a µP sweep keeps `heads` fixed);
-- a dot-product readout (the encoder-decoder's tied code logits) is multiplied by 1/m;
+- attention logits scale as 1/d instead of 1/sqrt(d), written sqrt(base_d) / d, that is
+  sqrt(base_d / d) x the standard 1/sqrt(d), so that it is unchanged at the base width (d: the
+  head width, which grows with d_model at a fixed number of heads; a µP sweep keeps `heads` fixed);
+- a dot-product readout (the encoder-decoder's tied code logits) scales as 1/d: the output
+  weights' 1/m, on the base width's 1/sqrt(base_width) where T5 has 1/sqrt(d_model);
 - input embeddings stay the size they have at the base width (a sqrt(d_model) input multiplier is
   frozen at sqrt(base_width); a positional table initialised with a width-dependent spread keeps
   the base width's).
@@ -39,11 +40,15 @@ def width_multiplier(config: Any) -> float:
     return config.d_model / config.base_width if is_mup(config) else 1.0
 
 
-def attention_factor(config: Any, head_dim_scales: bool) -> float:
-    """Multiplier of q.k on top of the standard model's scaling: base_d / d under µP when the head
-    width grows with d_model (heads fixed: the base head width is this one / m); 1 when it is set
-    to a fixed number."""
-    return 1.0 / width_multiplier(config) if is_mup(config) and head_dim_scales else 1.0
+def attention_factor(config: Any, head_dim_scales: bool, over_sqrt_d: bool) -> float:
+    """Multiplier of q.k on top of the standard model's scaling, so that under µP the logits go as
+    1/d and equal the standard model's at the base width: sqrt(base_d / d) on a softmax's
+    1/sqrt(d) (over_sqrt_d), base_d / d on a q.k that has no scale (HSTU). base_d / d = 1 / m when
+    the head width grows with d_model (heads fixed); 1 when it is set to a fixed number."""
+    if not (is_mup(config) and head_dim_scales):
+        return 1.0
+    m = width_multiplier(config)
+    return 1.0 / math.sqrt(m) if over_sqrt_d else 1.0 / m
 
 
 def input_width(config: Any) -> int:
@@ -52,7 +57,7 @@ def input_width(config: Any) -> int:
 
 
 def readout_factor(config: Any) -> float:
-    """Multiplier of dot-product readout logits: 1 / m under µP."""
+    """The output weights' multiplier of dot-product readout logits: 1 / m under µP."""
     return 1.0 / width_multiplier(config)
 
 

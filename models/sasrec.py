@@ -90,7 +90,7 @@ class SASRecBlock(nn.Module):
         for start, end in causal_query_blocks(x.shape[1], cfg.causal_splits):
             q_block, k_block, v_block = (jnp.swapaxes(t, 1, 2) for t in (q[:, start:end], k[:, :end], v[:, :end]))
             scores = jnp.einsum("bhid,bhjd->bhij", q_block, k_block) * (
-                parametrization.attention_factor(cfg, True) / math.sqrt(d // heads))
+                parametrization.attention_factor(cfg, True, over_sqrt_d=True) / math.sqrt(d // heads))
             mask = context["mask"][:, None, start:end, :end]
             scores = jnp.where(mask, scores.astype(jnp.float32), _NEG_INF)
             weights = jnp.where(mask, jax.nn.softmax(scores, axis=-1), 0.0).astype(dtype)

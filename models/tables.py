@@ -74,13 +74,18 @@ def gather_rows(table: jax.Array, ids: jax.Array) -> RowSubset:
     rows; on a table split by rows each device reads only its own rows. Distinct ids by a sort
     of the ids, or, when the table has no more rows than there are ids, by marking the rows."""
     rows, ids = table.shape[0], ids.reshape(-1)
+    mesh, split, _ = _layout(table)
+    # whole on every device: XLA splits the sort's and the cumulative sum's inputs over the mesh
+    # as a reduce-window as long as the input, quadratic in the touched rows
+    whole = (lambda x: x) if mesh.empty else (
+        lambda x: jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, PartitionSpec())))
+    ids = whole(ids)
     if rows <= ids.size:
-        seen = jnp.zeros((rows,), bool).at[ids].set(True, mode="drop")
+        seen = whole(jnp.zeros((rows,), bool).at[ids].set(True, mode="drop"))
         unique = jnp.nonzero(seen, size=rows, fill_value=rows)[0].astype(ids.dtype)
     else:
         unique = jnp.unique(ids, size=ids.size, fill_value=rows)
-    gathered = jnp.take(table, unique, axis=0, mode="fill", fill_value=0)
-    mesh, split, _ = _layout(table)
+    gathered = jnp.take(table, whole(unique), axis=0, mode="fill", fill_value=0)
     if split and gathered.shape[0] % math.prod(mesh.shape[name] for name in split) == 0:
         gathered = jax.lax.with_sharding_constraint(gathered, jax.sharding.NamedSharding(mesh, PartitionSpec(split, None)))
     return RowSubset(unique, gathered, rows)

@@ -18,6 +18,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -110,6 +111,9 @@ def compile_in_subprocess(configs: Sequence[TrialConfig], num_items: int, device
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env=env, cwd=root)
+    chunks: list[str] = []
+    reader = threading.Thread(target=lambda: chunks.append(process.stdout.read()), daemon=True)
+    reader.start()  # read both pipes at once: a child blocked on a full stdout would never close stderr
     process.stdin.write(payload)
     process.stdin.close()
     last = "no output"
@@ -118,7 +122,8 @@ def compile_in_subprocess(configs: Sequence[TrialConfig], num_items: int, device
             last = line.strip()
         if line.startswith(("[", "error:")):
             print(line.rstrip(), file=sys.stderr, flush=True)
-    output = process.stdout.read()
+    reader.join()
+    output = "".join(chunks)
     if process.wait() != 0:
         raise ConfigError(f"compiling on {devices} simulated devices failed: {last.removeprefix('error: ')}")
     return json.loads(output.strip().splitlines()[-1])["results"]

@@ -48,7 +48,9 @@ class EventLog:
         self.target = run_folder(workdir)
         self.local = Path(str(self.target)) if is_local(self.target) else Path(tempfile.mkdtemp(prefix="events-"))
         self.local.mkdir(parents=True, exist_ok=True)
-        purge = resumed_from + 1 if resumed_from is not None else None
+        # TensorBoard drops the events at and after purge_step that earlier files hold: a run killed
+        # after its last checkpoint (or before its first, restarting from nothing) logged steps again
+        purge = resumed_from + 1 if resumed_from is not None else 0
         self.writer = SummaryWriter(str(self.local), purge_step=purge, flush_secs=30)
 
     def write(self, record: Mapping[str, Any]) -> None:

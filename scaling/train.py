@@ -203,7 +203,7 @@ def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = Non
         pending: list[tuple] = []  # the last dispatched step, read after the next one is dispatched
         display = TrialProgress(workdir, total_steps, enabled=first_process)
         eval_steps = evaluation_steps(train_cfg, total_steps)
-        profiler = StepProfiler(profile, workdir / "profile", enabled=first_process or jax.process_count() > 1)
+        profiler = StepProfiler(profile, workdir / "profile")  # every process traces its own devices, a file per host
 
         def drain() -> None:
             while pending:

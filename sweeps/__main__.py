@@ -241,7 +241,8 @@ def _parser() -> argparse.ArgumentParser:
     run_parser = commands.choices["run"]
     run_parser.add_argument("--launcher", choices=LAUNCHERS, default="local")
     run_parser.add_argument("--dry-run", action="store_true", help="print the exact commands, run nothing")
-    run_parser.add_argument("--parallel", type=int, default=1, help="trials at once (local launcher)")
+    run_parser.add_argument("--parallel", type=int, default=1, help="trials at once: processes on this machine (local launcher), or "
+                            "jobs / slices submitted and followed at once (cluster launchers)")
     run_parser.add_argument("--no-report", action="store_true", help="skip the fits and plots at the end")
     run_parser.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
                             help="not on a terminal: a progress line per running trial this often (default 30)")

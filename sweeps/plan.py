@@ -20,9 +20,17 @@ from scaling.config import ConfigError
 from sweeps.spec import Trial, train_flops_per_step
 
 
+# train fields that change numbers in the compiled step, never its shapes or memory
+NOT_SHAPING = ("steps", "epochs", "learning_rate", "table_learning_rate", "beta1", "beta2", "eps", "weight_decay",
+               "schedule", "warmup_steps", "temperature", "seed", "log_every", "eval_every", "eval_points",
+               "checkpoint_every", "keep_checkpoints")
+
+
 def _step_shape(trial: Trial) -> str:
-    """The trial's config with its step count set aside: what its compiled step depends on."""
-    train = dataclasses.replace(trial.config.train, steps=1, epochs=1.0)
+    """The trial's config with what its compiled step's memory does not depend on set aside (a
+    tuned grid's learning rates compile once)."""
+    defaults = type(trial.config.train)()
+    train = dataclasses.replace(trial.config.train, **{name: getattr(defaults, name) for name in NOT_SHAPING})
     return json.dumps(dataclasses.replace(trial.config, train=train).to_dict(), sort_keys=True)
 
 

@@ -1,8 +1,11 @@
 """The SLURM launcher: one batch job per trial on a GPU cluster, multi-node when the spec asks.
 
 Each trial gets WORKDIR/trials/ID/slurm.sbatch (what `--dry-run` prints): `nodes` nodes, one task
-per node with `gpus_per_node` GPUs, the environment `setup` lines, XLA_FLAGS when `xla_flags` is
-set, and `srun python -m scaling.train ... --distributed`, where `jax.distributed.initialize()`
+per node with `gpus_per_node` GPUs, the environment `setup` lines (run by the batch script on the
+first node, outside any container), XLA_FLAGS when `xla_flags` is set, and `srun python -m
+scaling.train ... --distributed` (in `container_image` when set, through pyxis's --container-*
+options, with the workdir and the code directory mounted and the code directory as working
+directory), where `jax.distributed.initialize()`
 finds the job's shape in the SLURM environment of each task (JAX's SlurmCluster): SLURM_JOB_ID
 (the coordinator port is 61440 + job id mod 4096), SLURM_STEP_NODELIST (its first host is the
 coordinator), SLURM_NTASKS (the process count), SLURM_PROCID (this process's index) and
@@ -30,7 +33,8 @@ from scaling.config import ConfigError
 from sweeps.launchers import PLACEHOLDER, Launcher, _last_line, resource_name
 
 ENDED_PREEMPTED = ("PREEMPTED", "TIMEOUT", "NODE_FAIL", "BOOT_FAIL", "DEADLINE")
-ENDED = ("COMPLETED", "FAILED", "CANCELLED", "OUT_OF_MEMORY", "TIMEOUT", "NODE_FAIL", "BOOT_FAIL", "DEADLINE")
+ENDED = ("COMPLETED", "FAILED", "CANCELLED", "OUT_OF_MEMORY", *ENDED_PREEMPTED)
+SACCT_LAG_SECONDS = 300.0  # how long sacct may lag a job that left the queue before the trial fails
 EXIT_PREEMPTED = "143"  # scaling.train after SIGTERM: checkpoint committed, resumable
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,13 +58,15 @@ class SlurmLauncher(Launcher):
         if settings.account:
             directives.append(f"--account={settings.account}")
         srun = ["srun", "--kill-on-bad-exit=1"]
-        if settings.container_image:
-            srun += [f"--container-image={settings.container_image}", f"--container-mounts={folder.parent.parent}"]
+        code_dir = settings.code_dir or str(REPO_ROOT)
+        if settings.container_image:  # pyxis: the tasks run in the image, with the workdir and the code mounted
+            srun += [f"--container-image={settings.container_image}",
+                     f"--container-mounts={folder.parent.parent},{code_dir}", f"--container-workdir={code_dir}"]
         lines = ["#!/bin/bash", *(f"#SBATCH {d}" for d in directives), "set -euo pipefail"]
         lines += [settings.setup] if settings.setup else []
         if settings.xla_flags:
             lines.append(f"export XLA_FLAGS={shlex.quote(settings.xla_flags)}")
-        lines.append(f"cd {shlex.quote(settings.code_dir or str(REPO_ROOT))}")
+        lines.append(f"cd {shlex.quote(code_dir)}")
         lines.append(f"{shlex.join(srun)} python -m scaling.train {shlex.join(train_args)} --distributed")
         return "\n".join(lines) + "\n"
 
@@ -111,22 +117,40 @@ class SlurmLauncher(Launcher):
                 self._call(["scancel", job], log)
 
     def _follow(self, job: str, log: list) -> str:
-        deadline = time.monotonic() + self.settings.timeout_seconds
-        while time.monotonic() < deadline:
-            code, out, _ = self._call(["squeue", "--noheader", "--format=%T", f"--jobs={job}"], log)
+        """The job's end. No deadline while SLURM holds the job (its time limit ends it); squeue not
+        answering for timeout_seconds in a row is an error, and so is sacct having no end of a job
+        that left the queue SACCT_LAG_SECONDS ago."""
+        silent_since = gone_since = None
+        while True:
+            code, out, err = self._call(["squeue", "--noheader", "--format=%T", f"--jobs={job}"], log)
             state = out.strip().split()[0].upper() if code == 0 and out.strip() else ""
-            if not state or state in ENDED:  # SLURM no longer runs it (requeued jobs show PENDING again)
-                return self._final(job, log)
+            if state and state not in ENDED:  # queued, running, or requeued (PENDING again)
+                silent_since = gone_since = None
+            elif code == 0 or "invalid job id" in (err or "").lower():  # SLURM no longer holds it
+                final = self._final(job, log)
+                if final is not None:
+                    return final
+                gone_since = gone_since or time.monotonic()
+                if time.monotonic() - gone_since > SACCT_LAG_SECONDS:
+                    return f"failed: job {job} left the queue and sacct has no end of it after {SACCT_LAG_SECONDS:g}s"
+            else:  # the controller did not answer (e.g. a socket timeout): ask again
+                silent_since = silent_since or time.monotonic()
+                if time.monotonic() - silent_since > self.settings.timeout_seconds:
+                    raise TimeoutError(f"job {job}: squeue has not answered for {self.settings.timeout_seconds:g}s: "
+                                       f"{_last_line(err or out)}")
             self._wait()
-        raise TimeoutError(f"job {job} not finished after {self.settings.timeout_seconds:g}s")
 
-    def _final(self, job: str, log: list) -> str:
-        code, out, err = self._call(["sacct", "--noheader", "--parsable2", "--allocations", "--format=State,ExitCode",
-                                     f"--jobs={job}"], log)
+    def _final(self, job: str, log: list) -> str | None:
+        """The status of a job that left the queue; None while sacct has no ended record of it yet
+        (the accounting lags the controller, or the controller did not answer)."""
+        code, out, _ = self._call(["sacct", "--noheader", "--parsable2", "--allocations", "--format=State,ExitCode",
+                                   f"--jobs={job}"], log)
         rows = [line.split("|") for line in out.strip().splitlines() if "|" in line]
         if code != 0 or not rows:
-            return f"failed: sacct has no record of job {job}: {_last_line(err or out)}"
+            return None
         state, exit_code = rows[-1][0].split()[0].upper(), rows[-1][1] if len(rows[-1]) > 1 else ""
+        if state not in ENDED:
+            return None
         if state == "COMPLETED":
             return "ok"
         if state in ENDED_PREEMPTED or exit_code.split(":")[0] == EXIT_PREEMPTED:

@@ -153,6 +153,16 @@ def test_report_degrades_when_columns_are_missing(tmp_path, capsys):
     assert "MFU vs size" in (out / "report.md").read_text()  # the page says what was skipped and why
 
 
+def test_report_without_a_loss_column_still_renders(tmp_path, capsys):
+    keep = ("trial_id", "status", "params", "train_flops", "hr@10")
+    rows = [{k: v for k, v in row.items() if k in keep} for row in synthetic.sweep_records(seed=1)]
+    out = tmp_path / "report"
+    assert main(["report", str(_results(tmp_path / "results.jsonl", rows)), "--out", str(out),
+                 "--bootstrap", "0", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert any("loss" in line for line in summary["skipped"]) and (out / "report.html").is_file()
+
+
 def test_report_declines_a_joint_law_when_data_never_varies(tmp_path, capsys):
     rows = [r for r in synthetic.sweep_records(seed=2)  # 4 sizes x 2 lengths at one step count: 2 distinct D
             if r.get("steps") == 3200 and r.get("max_len") in (50, 100)]

@@ -57,6 +57,10 @@ def test_the_batch_script_has_the_shape_the_settings_say(tmp_path) -> None:
         assert line in lines, line
     assert lines[-1].startswith("srun --kill-on-bad-exit=1 python -m scaling.train --config ")
     assert lines[-1].endswith(" --json --distributed")
+    contained = launcher(container_image="nvcr.io/nvidia/jax:25.04", code_dir="/lab").script("abc123", trial_args(tmp_path))
+    assert contained.splitlines()[-1].startswith(
+        f"srun --kill-on-bad-exit=1 --container-image=nvcr.io/nvidia/jax:25.04 --container-mounts={tmp_path / 'wd'},/lab "
+        "--container-workdir=/lab python -m scaling.train ")
 
 
 @pytest.mark.parametrize("scenario, status", [("ok", "ok"), ("fail", "failed: job 1000 FAILED (exit 1:0)"),
@@ -72,6 +76,13 @@ def test_a_job_is_submitted_followed_and_its_end_read(tmp_path, cluster, monkeyp
     if scenario == "timeout":  # the driver runs it again (preemption_retries): a second job, which completes
         assert launcher().run("abc123", args, str(tmp_path / "wd")).status == "ok"
         assert [call[0] for call in calls(cluster)].count("sbatch") == 2
+
+
+def test_a_controller_that_times_out_and_an_accounting_that_lags_are_waited_for(tmp_path, cluster, monkeypatch) -> None:
+    monkeypatch.setenv("FAKE_SLURM_FLAKY", "1")
+    assert launcher().run("abc123", trial_args(tmp_path), str(tmp_path / "wd")).status == "ok"
+    tools = [call[0] for call in calls(cluster)]
+    assert tools.count("sacct") == 2 and "scancel" not in tools
 
 
 def test_a_job_an_earlier_driver_left_is_followed_not_submitted_again(tmp_path, cluster, monkeypatch) -> None:

@@ -26,6 +26,15 @@ BASE = TrialConfig(data=DataConfig(max_len=20), model=ModelConfig(d_model=16, bl
 SIZES = ladder("size", [{"model.d_model": 16, "model.blocks": 1}, {"model.d_model": 32, "model.blocks": 2}], ["s", "m"])
 
 
+def test_a_tuned_grid_compiles_once_per_model_and_shape() -> None:
+    from sweeps.plan import _step_shape
+
+    trials = load_spec(REPO_ROOT / "sweeps" / "configs" / "ml100k_lr_transfer.py").trials()
+    shapes = {_step_shape(trial) for trial in trials}
+    models = {(t.config.model.d_model, t.config.model.parametrization) for t in trials}
+    assert len(trials) == 40 and len(shapes) == len(models) == 8
+
+
 def test_grid_zip_ladder_expand_to_distinct_trials() -> None:
     points = grid(SIZES, axis("seq_len", "data.max_len", [20, 40]))
     trials = Sweep("t", BASE, points).trials()

@@ -6,6 +6,7 @@ FAKE_SLURM_SCENARIO: ok | fail (the training task exits 1) | timeout (the first 
   ends TIMEOUT after its tasks got SIGTERM; later ones run) | requeue (the first run of a job is
   preempted at step $FAKE_SLURM_PREEMPT_AT_STEP: its tasks get SIGTERM, the job shows REQUEUED,
   then runs its script again under the same job id, as `#SBATCH --requeue` makes SLURM do).
+FAKE_SLURM_FLAKY=1: squeue times out twice and sacct lags once (see _flaky).
 sbatch starts the batch script in the background (a detached job process, setting SLURM_JOB_ID,
 SLURM_JOB_NODELIST=localhost, SLURM_NNODES from #SBATCH --nodes); srun runs its command once
 per node as local processes with SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS, SLURM_STEP_NODELIST
@@ -104,10 +105,24 @@ def run_job(job: str) -> int:
     return 0
 
 
+def _flaky(tool: str) -> bool:
+    """With FAKE_SLURM_FLAKY=1, the first two `squeue --jobs` calls and the first sacct call of a
+    run misbehave: the controller times out, the accounting lags."""
+    if os.environ.get("FAKE_SLURM_FLAKY") != "1":
+        return False
+    counter = root() / f"{tool}.calls"
+    calls = int(counter.read_text()) + 1 if counter.exists() else 1
+    counter.write_text(str(calls))
+    return calls <= (2 if tool == "squeue" else 1)
+
+
 def squeue(argv: list[str]) -> int:
     args = dict(arg.split("=", 1) for arg in argv if "=" in arg)
     if "--jobs" in args:
         job = args["--jobs"]
+        if _flaky("squeue"):
+            print("slurm_load_jobs error: Socket timed out on send/recv operation", file=sys.stderr)
+            return 1
         if job_file(job).exists() and load(job)["state"] in ACTIVE:
             print(load(job)["state"])
         return 0
@@ -124,6 +139,9 @@ def sacct(argv: list[str]) -> int:
         print(f"sacct: error: job {job} not found", file=sys.stderr)
         return 1
     record = load(job)
+    if _flaky("sacct"):
+        print("RUNNING|0:0")
+        return 0
     print(f"{record['state']}|{record['exit'] or '0:0'}")
     return 0
 
