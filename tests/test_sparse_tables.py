@@ -6,6 +6,7 @@ gradients; untouched rows never written."""
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -157,3 +158,18 @@ def test_a_family_without_a_catalogue_table_refuses_sparse_updates() -> None:
     with pytest.raises(ConfigError, match="train.table_optimizer='lazy_adam': model.family='encdec' has no catalogue "
                                           "table to update sparsely"):
         build_trainer(config, NUM_ITEMS, make_mesh("data=1", jax.devices()[:1]), total_steps=1)
+
+
+def test_touched_rows_are_found_without_a_scan_as_long_as_the_ids(host_batches, monkeypatch) -> None:
+    """XLA splits a sort's cumulative sum over the mesh as a reduce-window as long as its input
+    (quadratic in the touched rows: minutes per step at a million items); the ids are deduplicated
+    whole on every device instead."""
+    monkeypatch.setattr(tables, "ROW_SHARDING_MIN_ROWS", 16)
+    trainer = trainer_for("data=8", table_optimizer="lazy_adam")
+    with trainer.context():
+        text = trainer.train_step.lower(trainer.abstract_state, trainer.train_batch(host_batches[0]),
+                                        STEP_KEY).compile().as_text()
+    sliding = [int(np.prod([int(n) for n in size.split("x")]))  # strided windows are tiled reductions: linear
+               for size, rest in re.findall(r"reduce-window\(.*?window=\{size=([0-9x]+)([^}]*)\}", text)
+               if "stride" not in rest]
+    assert sliding and max(sliding) <= 64, sorted(sliding)[-5:]
