@@ -88,7 +88,8 @@ def tuned(points: Sequence[Point], learning_rates: Sequence[float], warmup_steps
           batch_sizes: Sequence[int] | None = None) -> list[Point]:
     """Every point at every combination of a small grid of learning rates (and warm-up lengths,
     batch sizes): labels lr (warmup, batch). The report keeps, per point, the run of lowest
-    validation loss (the tuned envelope) and fits its laws on those, beside the laws of the runs
+    validation loss (the tuned envelope; the sweep must hold the validation target out of
+    training, data.split=holdout) and fits its laws on those, beside the laws of the runs
     at the base config's values (untuned); `python -m analysis report` shows the loss against
     the learning rate per size with each optimum."""
     grids = [("lr", learning_rates), ("warmup", warmup_steps), ("batch", batch_sizes)]
@@ -166,6 +167,11 @@ class Sweep:
             if config.trial_id in seen:
                 raise ConfigError(f"sweep {self.name}: two points give the same trial ({dict(point.labels)})")
             seen.add(config.trial_id)
+            if point.tuning and config.data.split != "holdout":
+                labels = " ".join(f"{k}={v}" for k, v in point.labels.items())
+                raise ConfigError(f"sweep {self.name}, trial {labels}: a tuned point keeps its run of lowest validation "
+                                  f"loss, and under data.split={config.data.split} the validation target is trained "
+                                  "on; set data.split=holdout")
             default = all(_value(config, TUNED_KEYS[name]) == _value(self.base, TUNED_KEYS[name]) for name in point.tuning)
             trials.append(Trial(config, dict(point.labels), point.tuning, default and bool(point.tuning)))
         return trials

@@ -4,13 +4,15 @@ optimum lies per size and how far it moves."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
+import pytest
 
 from analysis.__main__ import main
 from models.config import ModelConfig
-from scaling.config import TrainConfig, TrialConfig
+from scaling.config import ConfigError, DataConfig, TrainConfig, TrialConfig
 from sweeps.runner import make_record
 from sweeps.spec import Sweep, axis, grid, ladder, tuned
 
@@ -19,10 +21,12 @@ WIDTHS = [32, 64, 128, 256, 512]
 
 
 def test_tuned_gives_every_point_the_grid_and_marks_the_untuned_run() -> None:
-    base = TrialConfig(model=ModelConfig(d_model=32), train=TrainConfig(learning_rate=1e-2))
+    base = TrialConfig(data=DataConfig(split="holdout"), model=ModelConfig(d_model=32), train=TrainConfig(learning_rate=1e-2))
     sizes = ladder("size", [{"model.d_model": w} for w in WIDTHS[:2]], ["d32", "d64"])
-    sweep = Sweep("t", base, tuned(grid(sizes, axis("parametrization", "model.parametrization", ["standard", "mup"])),
-                                   learning_rates=LRS))
+    points = tuned(grid(sizes, axis("parametrization", "model.parametrization", ["standard", "mup"])), learning_rates=LRS)
+    with pytest.raises(ConfigError, match="under data.split=reference the validation target is trained on"):
+        Sweep("t", dataclasses.replace(base, data=DataConfig()), points).trials()
+    sweep = Sweep("t", base, points)
     trials = sweep.trials()
     assert len(trials) == 2 * 2 * len(LRS) and all(t.tuning == ("lr",) for t in trials)
     assert [t.labels["lr"] for t in trials if t.tuning_default] == [1e-2] * 4
