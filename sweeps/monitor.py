@@ -28,7 +28,7 @@ class SweepMonitor:
     def __init__(self, name: str, total: int, done_before: int, folder_of: Callable[[Trial], epath.Path],
                  stream: TextIO = sys.stderr, live: bool | None = None, interval: float = 30.0):
         self.name, self.total, self.folder_of, self.stream, self.interval = name, total, folder_of, stream, interval
-        self.counts = {"done": done_before, "failed": 0}
+        self.counts = {"done": done_before, "failed": 0, "elsewhere": 0}
         self.running: dict[str, Trial] = {}
         self.shown_steps: dict[str, int] = {}
         self.live = is_terminal(stream) if live is None else live
@@ -48,6 +48,13 @@ class SweepMonitor:
             self.counts["done" if ok else "failed"] += 1
         self.log(line)
 
+    def elsewhere(self, trial: Trial, line: str) -> None:
+        """A trial another driver runs or has finished: no longer pending here."""
+        with self._lock:
+            self.running.pop(trial.trial_id, None)
+            self.counts["elsewhere"] += 1
+        self.log(line)
+
     def log(self, message: str) -> None:
         if self._display is not None:
             self._display.console.print(message, markup=False, highlight=False)
@@ -57,9 +64,10 @@ class SweepMonitor:
     def summary(self) -> str:
         with self._lock:
             running = len(self.running)
-            pending = self.total - self.counts["done"] - self.counts["failed"] - running
+            pending = self.total - sum(self.counts.values()) - running
+            elsewhere = f", another driver's {self.counts['elsewhere']}" if self.counts["elsewhere"] else ""
             return (f"sweep {self.name}: done {self.counts['done']}/{self.total}, running {running}, "
-                    f"failed {self.counts['failed']}, pending {pending}")
+                    f"failed {self.counts['failed']}, pending {pending}{elsewhere}")
 
     # ---- display -------------------------------------------------------------------------
     def __enter__(self) -> "SweepMonitor":

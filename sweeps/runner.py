@@ -137,11 +137,12 @@ def run_trials(sweep: Sweep, workdir: epath.Path, trials: Sequence[Trial], paral
             trial_dir(workdir, trial).mkdir(parents=True, exist_ok=True)
             claim.acquire()
         except WorkdirBusy as busy:
-            monitor.log(f"{trial.trial_id}: skipped, {busy} (another sweep driver)")
+            monitor.elsewhere(trial, f"{trial.trial_id}: skipped, {busy} (another sweep driver)")
             return
         try:
             if store.load().get(trial.trial_id, {}).get("status") == "ok":
-                return  # finished by another driver meanwhile
+                monitor.elsewhere(trial, f"{trial.trial_id}: finished by another sweep driver")
+                return
             prepare_trial(workdir, trial)
             monitor.started(trial)
             run_and_record(trial)

@@ -60,10 +60,12 @@ def test_the_sweep_monitor_prints_each_running_trial_and_the_counts(tmp_path) ->
         monitor.started(trials[1])  # no progress.json yet: not shown
         time.sleep(0.3)
         monitor.finished(trials[1], False, "[1/3] a failed trial")
+        monitor.elsewhere(trials[2], "a trial another driver runs")
     text = stream.getvalue()
     assert "sweep demo: done 1/4, running 2, failed 0, pending 1" in text
     assert f"  {trials[0].trial_id} size=d16: step 30/60  loss 2.5000  900 tok/s  MFU 2.0%  ETA 1m15s  [train]" in text
     assert text.count(f"{trials[0].trial_id} size=d16: step 30/60") == 1  # repeated only when the step moves
     assert trials[1].trial_id not in text
-    assert text.splitlines()[-2:] == ["[1/3] a failed trial", "sweep demo: done 1/4, running 1, failed 1, pending 1"]
+    assert text.splitlines()[-2:] == ["a trial another driver runs",
+                                      "sweep demo: done 1/4, running 1, failed 1, pending 0, another driver's 1"]
     assert "\x1b" not in text
