@@ -353,13 +353,23 @@ def _tuning_section(report: Report, tuned: "tuning_module.Tuning", figures: Path
     loss = "eval_loss" if "eval_loss" in tuned.runs.columns else "final_train_loss"
     report.text(f"Validation loss ({loss}) of every run of the grid; * marks each size's best setting, which is "
                 f"the point's result elsewhere in this report.")
-    optima_by_group = {}
+    optima_by_group, train_optima_by_group = {}, {}
     for title, runs in tuning_module.groups(tuned):
         header, rows, optima = tuning_module.grid_table(runs, tuned.tuning, tuning_module.SIZE_LABEL, loss)
         steps = [index for _, index in optima.values()]
         report.text(f"{title}: the optimum moves {max(steps) - min(steps)} grid step(s) across {len(optima)} size(s).")
         report.table(header, rows)
         optima_by_group[title] = {str(size): {"best": best, "grid_index": index} for size, (best, index) in optima.items()}
+        if loss != "final_train_loss" and "final_train_loss" in runs.columns:
+            # what µP's transfer is about (Tensor Programs V plots training loss): free of overfitting
+            header, rows, train_optima = tuning_module.grid_table(runs, tuned.tuning, tuning_module.SIZE_LABEL,
+                                                                  "final_train_loss")
+            steps = [index for _, index in train_optima.values()]
+            report.text(f"{title}, by final training loss: the optimum moves {max(steps) - min(steps)} grid step(s) "
+                        f"across {len(train_optima)} size(s).")
+            report.table(header, rows)
+            train_optima_by_group[title] = {
+                str(size): {"best": best, "grid_index": index} for size, (best, index) in train_optima.items()}
         if "lr" in runs.columns and tuning_module.SIZE_LABEL in runs.columns:
             params = pd.to_numeric(runs.get("params_non_embedding", runs.get("params")), errors="coerce").to_numpy(float)
             report.figure(plots.loss_vs_learning_rate(
@@ -368,6 +378,8 @@ def _tuning_section(report: Report, tuned: "tuning_module.Tuning", figures: Path
                 figures / f"loss_vs_lr_{len(optima_by_group)}", title, loss),
                 f"{loss} against the learning rate ({title}), one line per size; stars: each size's optimum.", out)
     report.fits["tuning"] = optima_by_group
+    if train_optima_by_group:
+        report.fits["tuning_by_final_train_loss"] = train_optima_by_group
 
 
 def _curves_section(report: Report, table: pd.DataFrame, results: Path, size_col: str, final_fit: FitResult | None,

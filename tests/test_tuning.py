@@ -49,7 +49,8 @@ def synthetic_grid() -> list[dict]:
                                 "parametrization": parametrization, "lr": lr, "labels": "size,parametrization,lr",
                                 "tuned": "lr", "tuning_default": lr == 1e-2, "params": params + 1000,
                                 "params_non_embedding": params, "max_len": 50, "tokens": tokens,
-                                "train_flops": 6.0 * params * tokens, "eval_loss": loss, "hr@10": 0.1, "mfu": 0.1})
+                                "train_flops": 6.0 * params * tokens, "eval_loss": loss, "hr@10": 0.1, "mfu": 0.1,
+                                "final_train_loss": 2.0 + (math.log10(lr / 3e-3)) ** 2})  # optimum 3e-3 throughout
     return records
 
 
@@ -65,6 +66,9 @@ def test_the_report_keeps_each_points_best_run_and_shows_the_optimum_moving(tmp_
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "parametrization=standard: the optimum moves 2 grid step(s) across 5 size(s)." in markdown
     assert "parametrization=mup: the optimum moves 0 grid step(s) across 5 size(s)." in markdown
+    assert "parametrization=standard, by final training loss: the optimum moves 0 grid step(s)" in markdown
+    by_train = summary["fits"]["tuning_by_final_train_loss"]["parametrization=standard"]
+    assert {by_train[f"d{w}"]["best"] for w in WIDTHS} == {"lr=0.003"}
     runs = markdown.split("## Runs")[1].split("## ")[0]
     assert runs.count("| standard-") + runs.count("| mup-") == 10  # one run per point: its best
     assert "| frontier L(C), untuned (base learning rate) |" in markdown
