@@ -57,11 +57,13 @@ def padded_init(init: Callable[..., jax.Array], rows: int) -> Callable[..., jax.
 class RowSubset:
     """Some rows of a catalogue table of `table_rows` stored rows: ids (K,) ascending, the ones
     past the touched rows equal to table_rows (a row that does not exist); rows (K, D) their
-    values (zeros past the touched ones)."""
+    values (zeros past the touched ones). Or, when a step's lookups outnumber the table's rows,
+    the whole table: ids every row, rows the table, `touched` (rows,) bool the rows looked up."""
 
     ids: jax.Array
     rows: jax.Array
     table_rows: int = dataclasses.field(metadata={"static": True})
+    touched: jax.Array | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -72,7 +74,8 @@ class RowSubset:
 def gather_rows(table: jax.Array, ids: jax.Array) -> RowSubset:
     """The distinct rows among `ids` (any shape) as a RowSubset of at most min(ids.size, rows)
     rows; on a table split by rows each device reads only its own rows. Distinct ids by a sort
-    of the ids, or, when the table has no more rows than there are ids, by marking the rows."""
+    of the ids, or, when the table has no more rows than there are ids, the whole table with
+    the touched rows marked (no gather, and an update as cheap as a dense one)."""
     rows, ids = table.shape[0], ids.reshape(-1)
     mesh, split, _ = _layout(table)
     # whole on every device: XLA splits the sort's and the cumulative sum's inputs over the mesh
@@ -80,11 +83,10 @@ def gather_rows(table: jax.Array, ids: jax.Array) -> RowSubset:
     whole = (lambda x: x) if mesh.empty else (
         lambda x: jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, PartitionSpec())))
     ids = whole(ids)
-    if rows <= ids.size:
-        seen = whole(jnp.zeros((rows,), bool).at[ids].set(True, mode="drop"))
-        unique = jnp.nonzero(seen, size=rows, fill_value=rows)[0].astype(ids.dtype)
-    else:
-        unique = jnp.unique(ids, size=ids.size, fill_value=rows)
+    if rows <= ids.size:  # at least as many lookups as rows: the whole table, its touched rows marked
+        touched = jnp.zeros((rows,), bool).at[ids].set(True, mode="drop")
+        return RowSubset(jnp.arange(rows, dtype=ids.dtype), table, rows, touched)
+    unique = jnp.unique(ids, size=ids.size, fill_value=rows)
     gathered = jnp.take(table, whole(unique), axis=0, mode="fill", fill_value=0)
     if split and gathered.shape[0] % math.prod(mesh.shape[name] for name in split) == 0:
         gathered = jax.lax.with_sharding_constraint(gathered, jax.sharding.NamedSharding(mesh, PartitionSpec(split, None)))
@@ -93,9 +95,9 @@ def gather_rows(table: jax.Array, ids: jax.Array) -> RowSubset:
 
 def take_rows(table: jax.Array | RowSubset, ids: jax.Array) -> jax.Array:
     """table[ids] (shape ids.shape + (D,)) from a whole table or a RowSubset holding every id."""
-    if isinstance(table, RowSubset):
+    if isinstance(table, RowSubset) and table.touched is None:
         return jnp.take(table.rows, jnp.searchsorted(table.ids, ids), axis=0, mode="clip")
-    return jnp.take(table, ids, axis=0, mode="clip")
+    return jnp.take(table.rows if isinstance(table, RowSubset) else table, ids, axis=0, mode="clip")
 
 
 def unit_rows(table: jax.Array | RowSubset, lookups: int) -> Callable[[jax.Array], jax.Array]:

@@ -9,7 +9,9 @@ read and written, as recommender systems train their embedding tables.
 
 The step's touched rows come as a models.tables.RowSubset: ids (K,) ascending, ids past the
 touched rows equal to the table's row count, which every read fills with zeros and every write
-drops. On a table split by rows, each device reads and writes only its own rows.
+drops. On a table split by rows, each device reads and writes only its own rows. When the step
+looks up more rows than the table has, the subset is the whole table with its touched rows
+marked: every row is computed as in a dense update and only the touched ones are kept.
 """
 
 from __future__ import annotations
@@ -45,18 +47,23 @@ def update(kind: str, train: Any, rate: Callable[[jax.Array], jax.Array], step: 
            state: dict[str, jax.Array], touched: RowSubset, grads: jax.Array) -> tuple[jax.Array, dict]:
     """(table, state) after one step on the touched rows; grads (K, D) their gradient; step: the
     0-based step number (rate(step) is this step's learning rate, as optax schedules count)."""
-    ids, rows = touched.ids, touched.rows
+    ids, rows, mask = touched.ids, touched.rows, touched.touched
+    if mask is None:
+        read, write = (lambda array: _rows(array, ids)), (lambda array, values: _write(array, ids, values))
+    else:  # the whole table: every row computed, the touched ones kept
+        read = lambda array: array
+        write = lambda array, values: jnp.where(mask.reshape(-1, *[1] * (array.ndim - 1)), values.astype(array.dtype), array)
     lr = rate(step)
     if kind == "lazy_adam":
-        mu = train.beta1 * _rows(state["mu"], ids) + (1.0 - train.beta1) * grads
-        nu = train.beta2 * _rows(state["nu"], ids) + (1.0 - train.beta2) * jnp.square(grads)
+        mu = train.beta1 * read(state["mu"]) + (1.0 - train.beta1) * grads
+        nu = train.beta2 * read(state["nu"]) + (1.0 - train.beta2) * jnp.square(grads)
         t = (step + 1).astype(jnp.float32)
         mu_hat = mu / (1.0 - train.beta1 ** t)
         nu_hat = nu / (1.0 - train.beta2 ** t)
         new_rows = rows - lr * (mu_hat / (jnp.sqrt(nu_hat) + train.eps) + train.weight_decay * rows)
-        return _write(table, ids, new_rows), {"mu": _write(state["mu"], ids, mu), "nu": _write(state["nu"], ids, nu)}
+        return write(table, new_rows), {"mu": write(state["mu"], mu), "nu": write(state["nu"], nu)}
     if kind == "rowwise_adagrad":
-        accumulator = _rows(state["accumulator"], ids) + jnp.mean(jnp.square(grads), axis=1)
+        accumulator = read(state["accumulator"]) + jnp.mean(jnp.square(grads), axis=1)
         new_rows = rows - lr * grads / (jnp.sqrt(accumulator)[:, None] + train.eps)
-        return _write(table, ids, new_rows), {"accumulator": _write(state["accumulator"], ids, accumulator)}
+        return write(table, new_rows), {"accumulator": write(state["accumulator"], accumulator)}
     raise ValueError(f"unknown table optimizer {kind!r}")

@@ -17,6 +17,7 @@ import pytest
 from models import tables
 from models.family import STEP_INPUTS
 from models.losses import in_batch_log_q, in_batch_negatives, sampled_softmax_loss
+from scaling import table_optimizers
 from scaling.config import ConfigError, MeshConfig, TrainConfig
 from scaling.mesh import make_mesh
 from scaling.steps import with_row_ids
@@ -173,3 +174,29 @@ def test_touched_rows_are_found_without_a_scan_as_long_as_the_ids(host_batches, 
                for size, rest in re.findall(r"reduce-window\(.*?window=\{size=([0-9x]+)([^}]*)\}", text)
                if "stride" not in rest]
     assert sliding and max(sliding) <= 64, sorted(sliding)[-5:]
+
+
+@pytest.mark.parametrize("kind", ["lazy_adam", "rowwise_adagrad"])
+def test_the_whole_table_form_updates_exactly_as_the_sorted_form(kind) -> None:
+    """A step that looks up more rows than the table has gets the whole table, its touched rows
+    marked; the update equals the sorted subset's, and rows not looked up stay as they were."""
+    rng = np.random.default_rng(0)
+    table = jnp.asarray(rng.normal(size=(40, 4)), jnp.float32)
+    lookups = jnp.asarray(rng.choice(np.arange(0, 40, 3), size=30), jnp.int32)  # rows 0, 3, ..., 39
+    weights = jnp.asarray(rng.normal(size=(30, 4)), jnp.float32)
+    train = TrainConfig(weight_decay=0.01)
+    state = {key: value + 0.5 for key, value in table_optimizers.init(kind, table).items()}
+    results = []
+    for ids in (lookups, jnp.concatenate([lookups, lookups[:15]])):  # 30 < 40 rows: sorted; 45: whole
+        subset = tables.gather_rows(table, ids)
+        assert (subset.touched is None) == (ids.size < 40)
+        loss = lambda rows: jnp.sum(tables.take_rows(dataclasses.replace(subset, rows=rows), lookups) * weights)
+        results.append(table_optimizers.update(kind, train, lambda s: 0.1, jnp.int32(2), table, state, subset,
+                                               jax.grad(loss)(subset.rows)))
+    (sorted_table, sorted_state), (whole_table, whole_state) = results
+    np.testing.assert_allclose(whole_table, sorted_table, rtol=1e-6, atol=1e-7)
+    for key in state:
+        np.testing.assert_allclose(whole_state[key], sorted_state[key], rtol=1e-6, atol=1e-7)
+    untouched = np.setdiff1d(np.arange(40), np.asarray(lookups))
+    np.testing.assert_array_equal(np.asarray(whole_table)[untouched], np.asarray(table)[untouched])
+    assert not np.allclose(np.asarray(whole_table)[np.asarray(lookups)], np.asarray(table)[np.asarray(lookups)])
