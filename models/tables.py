@@ -75,7 +75,7 @@ def gather_rows(table: jax.Array, ids: jax.Array) -> RowSubset:
     """The distinct rows among `ids` (any shape) as a RowSubset of at most min(ids.size, rows)
     rows; on a table split by rows each device reads only its own rows. Distinct ids by a sort
     of the ids, or, when the table has no more rows than there are ids, the whole table with
-    the touched rows marked (no gather, and an update as cheap as a dense one)."""
+    the touched rows marked (no gather or deduplication: a dense update, masked)."""
     rows, ids = table.shape[0], ids.reshape(-1)
     mesh, split, _ = _layout(table)
     # whole on every device: XLA splits the sort's and the cumulative sum's inputs over the mesh
