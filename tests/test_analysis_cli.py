@@ -99,6 +99,14 @@ def _results(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def _report(tmp_path: Path, rows: list[dict], capsys) -> tuple[Path, dict]:
+    """`python -m analysis report` of `rows` without bootstrap: (its folder, its JSON summary)."""
+    out = tmp_path / "report"
+    assert main(["report", str(_results(tmp_path / "results.jsonl", rows)), "--out", str(out),
+                 "--bootstrap", "0", "--json"]) == 0
+    return out, json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
 def test_report_from_a_synthetic_sweep(tmp_path, capsys):
     runs = synthetic.sweep_records(seed=0)
     results = _results(tmp_path / "results.jsonl", runs)
@@ -141,10 +149,7 @@ def test_report_from_a_synthetic_sweep(tmp_path, capsys):
 def test_report_degrades_when_columns_are_missing(tmp_path, capsys):
     keep = ("trial_id", "status", "train_flops", "eval_loss", "hr@10")
     rows = [{k: v for k, v in row.items() if k in keep} for row in synthetic.sweep_records(seed=1)]
-    out = tmp_path / "report"
-    assert main(["report", str(_results(tmp_path / "results.jsonl", rows)), "--out", str(out),
-                 "--bootstrap", "0", "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out, summary = _report(tmp_path, rows, capsys)
     skipped = "\n".join(summary["skipped"])
     assert "Chinchilla joint law: " in skipped and "no parameter-count (N) column" in skipped
     assert "MFU vs size: column(s) 'params', 'mfu' missing" in skipped
@@ -156,20 +161,14 @@ def test_report_degrades_when_columns_are_missing(tmp_path, capsys):
 def test_report_without_a_loss_column_still_renders(tmp_path, capsys):
     keep = ("trial_id", "status", "params", "train_flops", "hr@10")
     rows = [{k: v for k, v in row.items() if k in keep} for row in synthetic.sweep_records(seed=1)]
-    out = tmp_path / "report"
-    assert main(["report", str(_results(tmp_path / "results.jsonl", rows)), "--out", str(out),
-                 "--bootstrap", "0", "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out, summary = _report(tmp_path, rows, capsys)
     assert any("loss" in line for line in summary["skipped"]) and (out / "report.html").is_file()
 
 
 def test_report_declines_a_joint_law_when_data_never_varies(tmp_path, capsys):
     rows = [r for r in synthetic.sweep_records(seed=2)  # 4 sizes x 2 lengths at one step count: 2 distinct D
             if r.get("steps") == 3200 and r.get("max_len") in (50, 100)]
-    out = tmp_path / "report"
-    assert main(["report", str(_results(tmp_path / "results.jsonl", rows)), "--out", str(out),
-                 "--bootstrap", "0", "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out, summary = _report(tmp_path, rows, capsys)
     assert "Chinchilla joint law: needs at least 3 distinct values of both N and D (has 4 and 2); vary data as well " \
         "as size" in summary["skipped"]
     assert "chinchilla" not in summary["fits"]
