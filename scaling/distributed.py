@@ -32,3 +32,13 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
                                        initialization_timeout=timeout_seconds)
     elif auto:
         jax.distributed.initialize()
+    _no_persistent_cache_for_cpu_collectives()
+
+
+def _no_persistent_cache_for_cpu_collectives() -> None:
+    """A CPU executable that a multi-process job (gloo collectives) loads from JAX's persistent
+    compilation cache hangs in its first collective (jax 0.12.1; seen with 2 processes x 2 devices
+    when a second run of a trial found the first one's entries), so such jobs compile afresh.
+    Accelerators keep the cache."""
+    if jax.process_count() > 1 and jax.devices()[0].platform == "cpu":
+        jax.config.update("jax_enable_compilation_cache", False)

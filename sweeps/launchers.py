@@ -15,8 +15,9 @@ Where each command's form comes from:
   gcloud-wide flag that keeps key generation from prompting). A TPU VM node is PREEMPTED when a
   spot VM is taken back (Node.State of the TPU API).
 - `pip install "jax[tpu]==V" -f https://storage.googleapis.com/jax-releases/libtpu_releases.html`:
-  JAX's installation guide, Google Cloud TPU section. TPU VM images ship Python 3.10 while jax
-  0.10 needs >= 3.11, so the workers get a Python 3.11 venv made by `uv` (installed from PyPI).
+  JAX's installation guide, Google Cloud TPU section, with V the jax that requirements.txt pins.
+  TPU VM images ship Python 3.10 while the pins need >= 3.12, so the workers get a Python 3.12
+  venv made by `uv` (installed from PyPI).
 - `xpk workload create --cluster --workload --tpu-type --num-slices --docker-image --command`,
   `xpk workload list --wait-for-job-completion=NAME --timeout=0` (exit 0: completed, 124: not
   finished yet, 125: finished unsuccessfully, 1: other), `xpk workload list --filter-by-job`
@@ -34,6 +35,7 @@ import shlex
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 from scaling.config import ConfigError
@@ -58,6 +60,17 @@ def subprocess_runner(argv: Sequence[str]) -> tuple[int, str, str]:
     return done.returncode, done.stdout, done.stderr
 
 
+REQUIREMENTS = Path(__file__).resolve().parents[1] / "requirements.txt"
+
+
+def pinned_jax_version(requirements: Path = REQUIREMENTS) -> str:
+    """The `jax==V` of requirements.txt: what workers install as jax[tpu]==V."""
+    for line in requirements.read_text().splitlines():
+        if match := re.fullmatch(r"jax==([\w.]+)", line.split("#")[0].strip()):
+            return match.group(1)
+    raise ConfigError(f"{requirements} pins no jax==VERSION")
+
+
 @dataclasses.dataclass(frozen=True)
 class LauncherSettings:
     """Where and how trials run. Unset values stay <PLACEHOLDERS> so any spec can be dry-run;
@@ -74,9 +87,9 @@ class LauncherSettings:
     reserved: bool = False
     code_url: str = "<CODE_URL>"  # a git URL the workers can clone
     code_ref: str = "main"  # branch, tag or commit to check out
-    jax_version: str = "0.10.2"
-    python_version: str = "3.11"
-    docker_image: str = "python:3.11"  # xpk: the image the workload runs in (has git and pip)
+    jax_version: str = dataclasses.field(default_factory=pinned_jax_version)
+    python_version: str = "3.12"
+    docker_image: str = "python:3.12"  # xpk: the image the workload runs in (has git and pip)
     sweep_name: str = "sweep"
     poll_seconds: float = 30.0
     timeout_seconds: float = 6 * 3600.0  # queued resource: wait for ACTIVE; xpk: the whole workload

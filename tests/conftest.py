@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import os
 
-# 8 simulated host devices for the sharding tests; must be set before jax is imported.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
-
 import shutil
+import tempfile
 from pathlib import Path
+
+# 8 simulated host devices for the sharding tests; must be set before jax is imported. The tests'
+# shapes are tiny, so compiling dominates: LLVM's optimisation level 0 halves a compile (XLA's own
+# HLO passes, and so what is computed, are unchanged); subprocesses inherit both flags.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+                           " --xla_backend_optimization_level=0").strip()
+
+# One persistent compilation cache per test run, shared by pytest-xdist's workers and by every
+# process the tests start (they inherit the environment): a trial that several tests run as a
+# subprocess compiles once. The controller (or a run without xdist) makes it and removes it at the end.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="scaling-lab-test-xla-cache-")
+    os.environ["SCALING_LAB_TEST_OWNS_XLA_CACHE"] = str(os.getpid())
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest
 
@@ -43,3 +56,16 @@ def ml100k(lab_cache: Path):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SCALING_LAB_CACHE", str(lab_cache))
         return prepare("ml-100k")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files with the most `slow` tests first, so that pytest-xdist does not start them last."""
+    slow: dict[str, int] = {}
+    for item in items:
+        slow[item.nodeid.split("::")[0]] = slow.get(item.nodeid.split("::")[0], 0) + bool(item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.nodeid.split("::")[0]])
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if os.environ.get("SCALING_LAB_TEST_OWNS_XLA_CACHE") == str(os.getpid()):
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

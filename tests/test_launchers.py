@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -16,6 +17,9 @@ import pytest
 
 from scaling.config import ConfigError
 from sweeps.launchers import LauncherSettings, make_launcher, resource_name, settings_from
+
+# the workers install jax[tpu] of the jax that requirements.txt pins
+PINNED_JAX = re.search(r"^jax==(\S+)", (Path(__file__).parents[1] / "requirements.txt").read_text(), re.M).group(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAKES = Path(__file__).resolve().parent / "fakes"
@@ -30,9 +34,9 @@ V5P = settings_from({"accelerator_type": "v5p-32", "zone": "us-east5-a", "spot":
 INSTALL = ("python3 -m pip install --quiet --user --upgrade uv"
            " && rm -rf lab && git clone --quiet https://example.org/lab.git lab"
            " && git -C lab checkout --quiet main"
-           " && rm -rf $HOME/lab-venv && python3 -m uv venv --quiet --python 3.11 $HOME/lab-venv"
+           " && rm -rf $HOME/lab-venv && python3 -m uv venv --quiet --python 3.12 $HOME/lab-venv"
            " && python3 -m uv pip install --quiet --python $HOME/lab-venv/bin/python -r lab/requirements.txt"
-           ' "jax[tpu]==0.10.2" -f https://storage.googleapis.com/jax-releases/libtpu_releases.html')
+           f' "jax[tpu]=={PINNED_JAX}" -f https://storage.googleapis.com/jax-releases/libtpu_releases.html')
 TRAIN = (f"cd lab && $HOME/lab-venv/bin/python -m scaling.train --config gs://b/s/trials/{TRIAL}/config.json"
          f" --workdir gs://b/s/trials/{TRIAL} --json --distributed")
 
@@ -65,12 +69,12 @@ def test_xpk_plan() -> None:
     settings = settings_from({"cluster": "big", "num_slices": 2}, SPEC_V5E)
     where, name = ["--cluster=big", "--project=lab", "--zone=us-west4-a"], f"ml20m-{TRIAL}"
     command = ("git clone --quiet https://example.org/lab.git lab && cd lab && git checkout --quiet main"
-               ' && python3 -m pip install --quiet -r requirements.txt "jax[tpu]==0.10.2"'
+               f' && python3 -m pip install --quiet -r requirements.txt "jax[tpu]=={PINNED_JAX}"'
                " -f https://storage.googleapis.com/jax-releases/libtpu_releases.html"
                f" && python3 -m scaling.train {shlex.join(ARGS)} --distributed")
     assert make_launcher("xpk", settings).plan(TRIAL, ARGS, "gs://b/s") == [
         ["xpk", "workload", "create", *where, f"--workload={name}", "--tpu-type=v5litepod-16", "--num-slices=2",
-         "--docker-image=python:3.11", f"--command={command}"],
+         "--docker-image=python:3.12", f"--command={command}"],
         ["xpk", "workload", "list", *where, f"--wait-for-job-completion={name}", "--timeout=0"],
         ["xpk", "workload", "delete", *where, f"--workload={name}"],
     ]
