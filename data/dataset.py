@@ -104,9 +104,7 @@ def cache_key(
 
 def _save(folder: Path, prepared: PreparedData) -> None:
     seqs = prepared.sequences
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = sources.staging_folder(folder)
     arrays = {
         "offsets": seqs.offsets,
         "items": seqs.items,
@@ -121,8 +119,7 @@ def _save(folder: Path, prepared: PreparedData) -> None:
         prepared.item_metadata.to_parquet(tmp / "items.parquet")
     meta = {"report": prepared.report, "properties": prepared.properties, "num_items": seqs.num_items}
     (tmp / "report.json").write_text(json.dumps(meta, sort_keys=True))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    sources.publish_folder(tmp, folder)
 
 
 def _load(folder: Path, name: str) -> PreparedData | None:

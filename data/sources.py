@@ -37,6 +37,26 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SCALING_LAB_CACHE", Path.home() / ".cache" / "scaling-lab"))
 
 
+def staging_folder(folder: Path) -> Path:
+    """An empty folder beside `folder`, this process's own, to fill before publish_folder: the
+    processes of a multi-process job on one machine may fill the same cache entry at once."""
+    staged = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir(parents=True)
+    return staged
+
+
+def publish_folder(staged: Path, folder: Path) -> None:
+    """Rename a filled staging folder to `folder`, whole; when another process published it first,
+    keep that copy (each is complete) and drop this one."""
+    try:
+        staged.rename(folder)
+    except OSError:
+        if not folder.is_dir():
+            raise
+        shutil.rmtree(staged, ignore_errors=True)
+
+
 def known_names() -> list[str]:
     return ["ml-100k", *GROUPLENS_RELEASES, "synthetic:KEY=VALUE,..."]
 
@@ -129,16 +149,14 @@ def ml100k_folder() -> Path:
     if all((folder / f"ml-100k.{suffix}").is_file() for suffix in ML100K_FILES):
         return folder
     wheel = _recbole_wheel()
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    shutil.rmtree(folder, ignore_errors=True)  # an incomplete copy
+    tmp = staging_folder(folder)
     with zipfile.ZipFile(wheel) as archive:
         members = [m for m in archive.namelist() if m.startswith(_ML100K_IN_WHEEL) and not m.endswith("/")]
         for member in members:
             if member.endswith(tuple(f".{suffix}" for suffix in ML100K_FILES)):
                 (tmp / Path(member).name).write_bytes(archive.read(member))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    publish_folder(tmp, folder)
     return folder
 
 
@@ -187,17 +205,14 @@ def grouplens_folder(name: str) -> Path:
     inner = GROUPLENS_RELEASES[name] + "/"
     try:
         with zipfile.ZipFile(archive) as zipped:
-            tmp = folder.with_name(folder.name + ".partial")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            tmp = staging_folder(folder)
             for member in zipped.namelist():
                 if member.startswith(inner) and not member.endswith("/"):
                     (tmp / member[len(inner):]).parent.mkdir(parents=True, exist_ok=True)
                     (tmp / member[len(inner):]).write_bytes(zipped.read(member))
     except zipfile.BadZipFile:
         raise DataError(f"{archive}: not a zip archive; delete it and try again") from None
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    publish_folder(tmp, folder)  # a rename replaces an empty folder
     return folder
 
 

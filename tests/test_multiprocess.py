@@ -1,4 +1,5 @@
-"""The same trial as 2 processes x 2 CPU devices (gloo collectives) and as 1 process x 4 devices."""
+"""The same trial as 2 processes x 2 CPU devices (gloo collectives) and as 1 process x 4 devices,
+the job started by explicit flags (HSTU) and by SLURM's variables alone (the encoder-decoder)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ def free_port() -> int:
 FAMILY_FLAGS = {
     "hstu": (),
     # the encoder-decoder: semantic IDs built in each process (the same cached artefact), exact scorer
-    "encdec": ("--model", "encdec", "--set", "model.heads=2", "--set", "model.d_ff=32", "--set", "model.encoder_blocks=1",
+    # only, on a synthetic catalogue of 300 items (the exact scorer decodes every item for every user)
+    "encdec": ("--data", "synthetic:users=256,items=300,seed=1,mean_events=20", "--model", "encdec",
+               "--set", "model.beam_width=0", "--set", "model.heads=2", "--set", "model.d_ff=32", "--set", "model.encoder_blocks=1",
                "--set", "model.decoder_blocks=1", "--set", "model.ids_codebook=32", "--set", "model.history_items=5",
                "--set", "model.targets_per_row=4", "--set", "model.ids_source=cooccurrence"),
 }
@@ -79,12 +82,17 @@ def assert_same(one: dict, two: dict) -> None:
         assert two[key] == pytest.approx(one[key], rel=1e-5), key
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("family", ["hstu", "encdec"])
-def test_two_processes_match_one(tmp_path: Path, lab_cache: Path, single_process, family: str) -> None:
-    port = free_port()
-    flags = lambda index: ("--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(index))
-    assert_same(single_process(family), run_two(tmp_path / "two", lab_cache, family, flags))
+def explicit_coordinator(job: str, index: int) -> tuple[tuple[str, ...], dict]:
+    """Flags naming coordinator, process count and index."""
+    return ("--coordinator", f"localhost:{job}", "--num-processes", "2", "--process-id", str(index)), {}
+
+
+def slurm_variables(job: str, index: int) -> tuple[tuple[str, ...], dict]:
+    """--distributed with only SLURM's variables (as srun sets them for 2 tasks on one node):
+    jax.distributed finds coordinator, count and index there."""
+    return ("--distributed",), {"SLURM_JOB_ID": job, "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2",
+                                "SLURM_PROCID": str(index), "SLURM_LOCALID": str(index), "SLURM_STEP_NUM_NODES": "1",
+                                "JAX_PLATFORMS": "cpu"}
 
 
 def slurm_job_id() -> int:
@@ -99,12 +107,11 @@ def slurm_job_id() -> int:
     raise RuntimeError("no free port in 61440..65535")
 
 
+# each family once, each way of starting a job once: the start-up is the same for every family
 @pytest.mark.slow
-def test_two_slurm_tasks_form_one_job_that_matches_one_process(tmp_path: Path, lab_cache: Path, single_process) -> None:
-    """--distributed with only SLURM's variables (as srun sets them for 2 tasks on one node):
-    jax.distributed finds coordinator, count and index there, and the job equals 1 process."""
-    job = str(slurm_job_id())
-    env = lambda index: {"SLURM_JOB_ID": job, "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2",
-                         "SLURM_PROCID": str(index), "SLURM_LOCALID": str(index), "SLURM_STEP_NUM_NODES": "1",
-                         "JAX_PLATFORMS": "cpu"}
-    assert_same(single_process("hstu"), run_two(tmp_path / "two", lab_cache, "hstu", lambda index: ("--distributed",), env))
+@pytest.mark.parametrize("family, start", [("hstu", explicit_coordinator), ("encdec", slurm_variables)])
+def test_two_processes_match_one(tmp_path: Path, lab_cache: Path, single_process, family: str, start) -> None:
+    job = str(free_port() if start is explicit_coordinator else slurm_job_id())
+    two = run_two(tmp_path / "two", lab_cache, family, lambda index: start(job, index)[0],
+                  lambda index: start(job, index)[1])
+    assert_same(single_process(family), two)

@@ -91,3 +91,15 @@ def test_tampered_wheel_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_unknown_name_lists_known_ones(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="known: ml-100k, ml-1m, ml-10m, ml-20m, ml-25m, ml-32m, synthetic:"):
         sources.load_interactions(str(tmp_path / "ml-7m"))
+
+
+def test_a_cache_entry_published_twice_keeps_the_first_copy_whole(tmp_path) -> None:
+    """The processes of a job on one machine may prepare the same entry at once: the first
+    rename wins, a later one is dropped, and no staging folder is left behind."""
+    folder = tmp_path / "entry"
+    for content in ("first", "second"):
+        staged = sources.staging_folder(folder)
+        (staged / "sequences.npz").write_text(content)
+        sources.publish_folder(staged, folder)
+    assert (folder / "sequences.npz").read_text() == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["entry"]
