@@ -4,6 +4,7 @@ artefact and `python -m data semantic-ids`."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -290,13 +291,31 @@ def test_codebook_larger_than_the_catalogue_is_refused(small):
 
 
 def run_cli(*args: str, cache: Path) -> subprocess.CompletedProcess:
+    """The command in a process of its own with a bare environment (but the run's XLA settings)."""
+    xla = {key: value for key, value in os.environ.items() if key.startswith(("JAX_", "XLA_"))}
     return subprocess.run([sys.executable, "-m", "data", "semantic-ids", *args], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=300, env={"PATH": "/usr/bin:/bin", "SCALING_LAB_CACHE": str(cache),
+                          text=True, timeout=300, env={**xla, "PATH": "/usr/bin:/bin", "SCALING_LAB_CACHE": str(cache),
                                                        "PYTHONPATH": str(REPO_ROOT), "JAX_PLATFORMS": "cpu"})
 
 
+def run_in_process(*args: str) -> tuple[int, str]:
+    """(exit status, stderr) of the command's main() called here."""
+    import contextlib
+    import io
+
+    from data.__main__ import main
+
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        try:
+            status = main(["semantic-ids", *args])
+        except SystemExit as exit:  # argparse's own refusals
+            status = exit.code
+    return status, stderr.getvalue()
+
+
 @pytest.mark.slow
-def test_command_writes_the_artefact_and_prints_its_quality(tmp_path, lab_cache):
+def test_command_writes_the_artefact_and_prints_its_quality(tmp_path, lab_cache, monkeypatch):
     out = tmp_path / "ids.npz"
     done = run_cli("--data", SYNTHETIC, "--source", "cooccurrence", "--codebook", "8", "--dim", "8",
                    "--method", "rqkmeans", "--out", str(out), "--json", cache=lab_cache)
@@ -308,6 +327,7 @@ def test_command_writes_the_artefact_and_prints_its_quality(tmp_path, lab_cache)
     assert "level 3/3" in done.stderr
     ids = load(out)
     assert ids.config["method"] == "rqkmeans" and ids.quality["collision_rate"] == result["collision_rate"]
+    monkeypatch.setenv("SCALING_LAB_CACHE", str(lab_cache))
     for args, message in ((("--codebook", "100000"), "larger than the catalogue"),
                           (("--source", "npy:/nonexistent.npy"), "cannot read"),
                           (("--source", "metadata+graph"), "unknown part 'graph'"),
@@ -316,9 +336,9 @@ def test_command_writes_the_artefact_and_prints_its_quality(tmp_path, lab_cache)
                            "cannot write the artefact")):
         if "--out" not in args:
             args = (*args, "--out", str(tmp_path / "unused.npz"))
-        bad = run_cli("--data", SYNTHETIC, *args, cache=lab_cache)
-        assert bad.returncode == 2, (args, bad.stderr)
-        assert bad.stderr.strip().splitlines()[-1].startswith("error:") and message in bad.stderr
+        status, stderr = run_in_process("--data", SYNTHETIC, *args)  # the process above exits with main()'s status
+        assert status == 2, (args, stderr)
+        assert stderr.strip().splitlines()[-1].startswith("error:") and message in stderr
 
 
 def test_amazon_metadata_gives_content_vectors(tmp_path):

@@ -97,17 +97,23 @@ def test_interrupted_run_resumes_bitwise(tmp_path, lab_cache, monkeypatch, finis
         assert resumed[key] == uninterrupted[key], key
 
 
-def test_cli_rejects_bad_config_with_one_line(tmp_path) -> None:
-    env = dict(os.environ, XLA_FLAGS="")
-    command = [sys.executable, "-m", "scaling.train", "--preset", "tiny", "--workdir", str(tmp_path)]
+def test_cli_rejects_bad_config_with_one_line(tmp_path, capsys) -> None:
+    from scaling import train as train_module
+
+    arguments = ["--preset", "tiny", "--workdir", str(tmp_path)]
     for extra, message in ((["--set", "model.blockz=2"], "error: unknown config key model.blockz for model.family='hstu'; known: "),
                            (["--set", "train.batch_size=ten"], "error: train.batch_size='ten' is not an integer"),
-                           (["--mesh", "data=3"], "error: mesh spec 'data=3' needs 3 devices, but 1 are available"),
                            (["--profile", "3:1"], "error: --profile '3:1': expected START:STOP")):
-        done = subprocess.run(command + extra, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 2, done.stderr
-        assert done.stderr.strip().splitlines()[-1].startswith(message)
-        assert "Traceback" not in done.stderr
+        assert train_module.main(arguments + extra) == 2, extra
+        stderr = capsys.readouterr().err
+        assert stderr.strip().splitlines()[-1].startswith(message)
+        assert "Traceback" not in stderr
+    # and as a process of its own with one device, as a user meets it
+    done = subprocess.run([sys.executable, "-m", "scaling.train", *arguments, "--mesh", "data=3"], cwd=REPO_ROOT,
+                          env=dict(os.environ, XLA_FLAGS=""), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: mesh spec 'data=3' needs 3 devices, but 1 are available")
+    assert "Traceback" not in done.stderr
 
 
 def test_train_config_json_round_trip_and_overrides() -> None:
