@@ -51,12 +51,14 @@ def test_mup_at_its_base_width_is_the_standard_model(host_batches) -> None:
 
 
 def test_coordinate_check_standard_grows_with_width_mup_stays_flat(host_batches) -> None:
-    """Widths 8..64 (heads fixed), 3 Adam steps at lr 1e-2: the largest per-layer growth of
-    mean |x_t - x_0| from the narrowest to the widest width."""
-    records = coord_check.check(BASE, NUM_ITEMS, host_batches, [8, 16, 32, 64])
+    """Widths 8 and 64 (heads fixed; the growth compares the two ends, so the widths between, which
+    `python -m scaling.coord_check` draws, are left out here), 3 Adam steps at lr 1e-2: the largest
+    per-layer growth of mean |x_t - x_0| from the narrowest to the widest width."""
+    records = coord_check.check(BASE, NUM_ITEMS, host_batches, [8, 64])
     standard, mup_growth = coord_check.growth(records, "standard", 3), coord_check.growth(records, "mup", 3)
     assert standard > 3.0 and mup_growth < 1.6, (standard, mup_growth)
-    assert {r["layer"] for r in records} == {"block_0", "block_1"} and len(records) == 2 * 4 * 4 * 2
+    # (parametrization, width, step, layer)
+    assert {r["layer"] for r in records} == {"block_0", "block_1"} and len(records) == 2 * 2 * 4 * 2
 
 
 def test_mup_needs_a_width() -> None:
