@@ -49,6 +49,7 @@ def test_240_points_remain(runs):
     assert len(runs[0]) == 240
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["E", "A", "B", "alpha", "beta", "a_opt"])
 def test_within_one_bootstrap_sd_of_the_replication(anchor_fit, name):
     estimate, sd = REPLICATION[name]

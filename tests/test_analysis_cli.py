@@ -33,6 +33,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "analysis", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_fit_json_is_the_last_line_of_stdout(power_csv):
     done = _run("fit", "--form", "power", "--csv", str(power_csv), "--x-col", "compute", "--y-col", "hr",
                 "--bootstrap", "30", "--seed", "3", "--json")
@@ -48,6 +49,7 @@ def test_fit_json_is_the_last_line_of_stdout(power_csv):
     assert "fitting power" in done.stderr  # progress goes to stderr, not stdout
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_status_2(power_csv):
     done = _run("fit", "--form", "loglinear", "--csv", str(power_csv), "--x-col", "flops", "--y-col", "hr")
     assert done.returncode == 2
@@ -56,6 +58,7 @@ def test_bad_input_is_one_line_and_status_2(power_csv):
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_chinchilla_json_keys_and_bootstrap_zero(tmp_path, capsys):
     planted = synthetic.CHINCHILLA_LIKE
     n, d = (v.ravel() for v in np.meshgrid(np.geomspace(1e7, 1e10, 6), np.geomspace(1e9, 1e12, 6)))
@@ -85,6 +88,7 @@ def test_every_command_has_help(command, capsys):
     assert "usage: python -m analysis" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_plot_writes_png_and_svg(power_csv, tmp_path, capsys):
     out = tmp_path / "figs"
     assert main(["plot", "--form", "power", "--csv", str(power_csv), "--x-col", "compute", "--y-col", "hr",
@@ -107,6 +111,7 @@ def _report(tmp_path: Path, rows: list[dict], capsys) -> tuple[Path, dict]:
     return out, json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
+@pytest.mark.slow(20)
 def test_report_from_a_synthetic_sweep(tmp_path, capsys):
     runs = synthetic.sweep_records(seed=0)
     results = _results(tmp_path / "results.jsonl", runs)
@@ -146,6 +151,7 @@ def test_report_from_a_synthetic_sweep(tmp_path, capsys):
     assert "skipped 1 record(s)" in markdown.split("## Runs")[0]  # but the page says it was left out
 
 
+@pytest.mark.slow
 def test_report_degrades_when_columns_are_missing(tmp_path, capsys):
     keep = ("trial_id", "status", "train_flops", "eval_loss", "hr@10")
     rows = [{k: v for k, v in row.items() if k in keep} for row in synthetic.sweep_records(seed=1)]
@@ -165,6 +171,7 @@ def test_report_without_a_loss_column_still_renders(tmp_path, capsys):
     assert any("loss" in line for line in summary["skipped"]) and (out / "report.html").is_file()
 
 
+@pytest.mark.slow
 def test_report_declines_a_joint_law_when_data_never_varies(tmp_path, capsys):
     rows = [r for r in synthetic.sweep_records(seed=2)  # 4 sizes x 2 lengths at one step count: 2 distinct D
             if r.get("steps") == 3200 and r.get("max_len") in (50, 100)]

@@ -13,6 +13,7 @@ SEEDS = range(4)
 
 @pytest.mark.parametrize("direction, planted", [("falling", {"E": 2.0, "A": 60.0, "alpha": 0.3}),
                                                 ("rising", {"E": 0.4, "A": 3.0, "alpha": 0.25})])
+@pytest.mark.slow
 def test_power_law_recovered(direction, planted):
     x = np.geomspace(1e6, 1e10, 12)
     covered = 0
@@ -46,6 +47,7 @@ def test_loglinear_recovered():
         assert fit.goodness["r2"] > 0.95
 
 
+@pytest.mark.slow
 def test_chinchilla_recovered():
     planted = synthetic.CHINCHILLA_LIKE
     n, d = (v.ravel() for v in np.meshgrid(np.geomspace(1e7, 1e10, 7), np.geomspace(1e9, 1e12, 7)))

@@ -54,6 +54,7 @@ def assert_same_value_and_gradients(got, got_grads, want, want_grads) -> None:
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block", [4, 5, 13, 16])
 def test_blockwise_equals_dense_with_gradients(block: int) -> None:
     inputs, args, cotangent, buckets, mask = random_case(0, 0)
@@ -80,6 +81,7 @@ def test_causal_query_blocks_cover_every_query_once() -> None:
         assert [b[0] for b in blocks[1:]] == [b[1] for b in blocks[:-1]] and blocks[0][0] == 0 and blocks[-1][1] == length
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("splits", [2, 3, 13])
 def test_dense_split_into_causal_query_blocks_equals_the_whole_square(splits: int) -> None:
     _, args, cotangent, buckets, mask = random_case(2, 3)
@@ -93,6 +95,7 @@ def test_dense_split_into_causal_query_blocks_equals_the_whole_square(splits: in
     assert_same_value_and_gradients(got, got_grads, want, want_grads)
 
 
+@pytest.mark.slow
 def test_blockwise_model_equals_dense_model() -> None:
     config = ModelConfig(family="hstu", d_model=12, blocks=2, heads=H, max_positions=P, dropout=0.0, input_dropout=0.0)
     inputs = {name: jnp.asarray(value) for name, value in packed_inputs(1).items() if name in MODEL_INPUTS}
@@ -107,6 +110,7 @@ def test_blockwise_is_hstu_only() -> None:
         ModelConfig(family="sasrec", attention="blockwise")
 
 
+@pytest.mark.slow
 def test_silu_projection_gradient_equals_autodiff_of_the_formula() -> None:
     from models.hstu import silu_projection
 

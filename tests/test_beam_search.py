@@ -39,6 +39,7 @@ def python_trie(codes: np.ndarray) -> dict[tuple, dict[int, int]]:
     return trie
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_trie_tables_hold_exactly_the_python_tries_edges(seed: int) -> None:
     codes = catalogue(seed)
@@ -112,6 +113,7 @@ def setup(request):
     return model, params, memory, real, exact
 
 
+@pytest.mark.slow
 def test_cached_decoding_equals_the_whole_decoder_at_every_step(setup) -> None:
     model, params, memory, real, _ = setup
     cfg = model.config
@@ -151,6 +153,7 @@ def _excluded(num_items: int) -> np.ndarray:
     return excluded
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("constrained", [True, False])
 def test_exhaustive_beams_give_the_exact_ranking(setup, constrained: bool) -> None:
     """A beam as wide as every candidate at every level (the catalogue when constrained, all K^T
@@ -171,6 +174,7 @@ def test_exhaustive_beams_give_the_exact_ranking(setup, constrained: bool) -> No
             assert np.asarray(found["off_trie"])[row].sum() == width - NUM_ITEMS  # excluded IDs finish nowhere
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2])
 def test_constrained_beams_are_always_items_with_their_codes(seed: int) -> None:
     codes = catalogue(seed)
@@ -190,6 +194,7 @@ def test_constrained_beams_are_always_items_with_their_codes(seed: int) -> None:
             assert not off.any() and (items > 0).all()
 
 
+@pytest.mark.slow
 def test_padding_rows_and_spare_beams_change_nothing() -> None:
     model, params = tiny("relative", catalogue(0))
     memory, real = memory_of(model, params)

@@ -12,6 +12,7 @@ TINY = ["--model", "hstu", "--d-model", "16", "--blocks", "1", "--heads", "2", "
         "--negatives", "8", "--warmup", "1", "--repeats", "2"]
 
 
+@pytest.mark.slow
 def test_single_run_prints_one_json_object(capsys: pytest.CaptureFixture) -> None:
     assert throughput.main(TINY + ["--seq-len", "24", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -25,6 +26,7 @@ def test_single_run_prints_one_json_object(capsys: pytest.CaptureFixture) -> Non
     assert len(result["step_seconds_all"]) == 2
 
 
+@pytest.mark.slow
 def test_sweep_writes_one_row_per_point_and_compiles_only_past_the_limit(tmp_path, capsys) -> None:
     out = tmp_path / "sweep.jsonl"
     argv = TINY + ["--sweep", "--seq-lens", "24", "--attentions", "dense,blockwise", "--attention-block", "8",
@@ -41,6 +43,7 @@ def test_bad_sweep_list_is_one_line_and_status_2(capsys: pytest.CaptureFixture) 
     assert "long" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh", ["data=8", "data=2,fsdp=2,tensor=2"])
 def test_compile_only_reports_memory_per_device_and_the_table_split_by_rows(mesh, capsys) -> None:
     """70,000 items: a catalogue table padded to 23 x 3072 rows, split over all 8 devices on either

@@ -162,6 +162,7 @@ def _with_new_field(cls: type, name: str) -> type:
                                       bases=(cls,), frozen=True)
 
 
+@pytest.mark.slow
 def test_a_field_added_with_its_default_changes_no_id(monkeypatch) -> None:
     before = {spec.name: [t.trial_id for t in load_spec(spec).trials()] for spec in SPECS}
     for name in ("hstu", "sasrec"):

@@ -195,6 +195,7 @@ def test_loss_equals_the_numpy_reference(fixture):
     assert float(loss_sum) == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_gradients_equal_finite_differences_of_the_reference(fixture):
     model, batch, device, params = fixture
     grads = jax.grad(lambda p: model.loss_sums(p, device, jax.random.key(1))[0])(params)
@@ -219,6 +220,7 @@ def test_gradients_equal_finite_differences_of_the_reference(fixture):
             assert float(grad[index]) == pytest.approx((up - down) / (2 * eps), rel=2e-3, abs=2e-4), (path, index)
 
 
+@pytest.mark.slow
 def test_exact_scorer_ranks_like_scoring_each_item_alone(fixture):
     model, batch, device, params = fixture
     eval_batch = {k: device[k] for k in ("items", "segment_ids", "positions", "user_tokens")}

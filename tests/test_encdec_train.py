@@ -18,7 +18,7 @@ TINY_ENCDEC = ["--model", "encdec", "--set", "model.d_model=16", "--set", "model
 SYNTHETIC = "synthetic:users=120,items=60,seed=2,mean_events=15"
 
 
-@pytest.mark.slow
+@pytest.mark.slow(20)
 def test_encdec_trains_and_reports_like_hstu(tmp_path: Path, use_lab_cache: Path, capsys) -> None:
     workdir = tmp_path / "trial"
     code = train.main([*TINY_ENCDEC, "--data", SYNTHETIC, "--steps", "4", "--workdir", str(workdir), "--json"])
@@ -36,13 +36,16 @@ def test_encdec_trains_and_reports_like_hstu(tmp_path: Path, use_lab_cache: Path
     ids = result["semantic_ids"]
     assert (ids["method"], ids["levels"], ids["codebook"], ids["source"]) == ("rqkmeans-balanced", 3, 8, "cooccurrence")
     assert len(ids["input_hash"]) == 64
-    # a codebook the IDs cannot fit, and a bad artefact path: one line, exit 2
+
+
+def test_a_bad_id_artefact_is_one_line_and_exit_2(tmp_path: Path, use_lab_cache: Path, capsys) -> None:
+    """A semantic-ID artefact that cannot be read is refused before training."""
     assert train.main([*TINY_ENCDEC, "--data", SYNTHETIC, "--steps", "1", "--workdir", str(tmp_path / "bad"),
                        "--set", "model.ids=/nonexistent.npz"]) == 2
     assert "semantic IDs" in capsys.readouterr().err
 
 
-@pytest.mark.slow
+@pytest.mark.slow(35)
 def test_a_sweep_mixes_hstu_and_encdec(tmp_path: Path, use_lab_cache: Path) -> None:
     from sweeps import __main__ as sweeps_main
 

@@ -94,6 +94,7 @@ def exported_family(request):
     return trial, jax.export.deserialize(serialized)
 
 
+@pytest.mark.slow(20)
 @pytest.mark.parametrize("rows", [1, 7])
 def test_exported_function_equals_in_process_inference(exported_family, rows: int) -> None:
     trial, exported = exported_family
@@ -132,6 +133,7 @@ def trained(tmp_path_factory, lab_cache, ml100k):
     return workdir, out, summary, ml100k
 
 
+@pytest.mark.slow
 def test_export_directory_has_every_file_and_a_valid_manifest(trained) -> None:
     workdir, out, summary, _ = trained
     assert sorted(p.name for p in out.iterdir()) == sorted([*serve.REQUIRED, export.MANIFEST])
@@ -172,6 +174,7 @@ def run_serve(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_serve_command_answers_in_original_ids_as_in_process_inference(trained) -> None:
     workdir, out, _, prepared = trained
     item_ids = [str(i) for i in prepared.sequences.item_ids]
@@ -212,6 +215,7 @@ def test_request_rules(trained) -> None:
         model.recommend([serve.Request(known[:3], [1, 2])], k=5)
 
 
+@pytest.mark.slow
 def test_requests_file_gives_one_line_per_user_and_a_bad_line_exits_2(trained, tmp_path) -> None:
     out = trained[1]
     model = serve.ExportedModel(out)
@@ -236,6 +240,7 @@ def test_serving_imports_no_training_code() -> None:
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["corrupt", "missing", "unlisted", "platform"])
 def test_damaged_export_or_foreign_platform_is_one_line_and_exit_2(trained, tmp_path, damage: str) -> None:
     out = tmp_path / "export"
@@ -269,6 +274,7 @@ def test_export_command_bad_input_exits_2(trained, tmp_path) -> None:
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_sweeps_export_picks_the_best_trial(trained, tmp_path) -> None:
     workdir = trained[0]
     spec = tmp_path / "two_seeds.py"
@@ -305,6 +311,7 @@ def test_sweeps_export_picks_the_best_trial(trained, tmp_path) -> None:
     assert done.returncode == 2 and "--best nothing" in done.stderr
 
 
+@pytest.mark.slow
 def test_serving_benchmark_times_the_exported_function(trained, capsys) -> None:
     from benchmarks import serving
 

@@ -79,6 +79,7 @@ def reference(tmp_path_factory, lab_cache, ml100k) -> Path:
     return workdir
 
 
+@pytest.mark.slow(20)
 def test_sigkill_at_a_random_step_then_rerun_equals_an_uninterrupted_run(tmp_path, lab_cache, reference) -> None:
     kill_at = random.Random().randint(CHECKPOINT_EVERY + 1, STEPS - 1)  # after the first checkpoint
     status, stderr = train_until(tmp_path, lab_cache, kill_at, signal.SIGKILL)
@@ -96,6 +97,7 @@ def test_sigkill_at_a_random_step_then_rerun_equals_an_uninterrupted_run(tmp_pat
         assert f"resumed from step {resumed}" in done.stderr
 
 
+@pytest.mark.slow(25)
 def test_sigterm_saves_the_current_step_exits_143_and_the_rerun_resumes_there(tmp_path, lab_cache, reference) -> None:
     status, stderr = train_until(tmp_path, lab_cache, 4, signal.SIGTERM)  # handled at step 5 or a little later
     assert status == 143, stderr
@@ -109,6 +111,7 @@ def test_sigterm_saves_the_current_step_exits_143_and_the_rerun_resumes_there(tm
     assert assert_same_result(tmp_path, reference)["resumed_from_step"] == step
 
 
+@pytest.mark.slow
 def test_a_damaged_checkpoint_is_set_aside_and_the_one_before_is_used(tmp_path, lab_cache, reference) -> None:
     workdir = tmp_path / "trial"
     shutil.copytree(reference, workdir)
@@ -125,6 +128,7 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_one_before_is_used(tmp_path, 
     assert assert_same_result(workdir, reference)["resumed_from_step"] == previous
 
 
+@pytest.mark.slow
 def test_a_busy_workdir_is_refused_without_touching_it(tmp_path, capsys) -> None:
     lock = WorkdirLock(tmp_path)
     lock.acquire()  # as another training process would hold it
@@ -137,6 +141,7 @@ def test_a_busy_workdir_is_refused_without_touching_it(tmp_path, capsys) -> None
     assert not (tmp_path / "config.json").exists() and not (tmp_path / "result.json").exists()
 
 
+@pytest.mark.slow
 def test_a_full_disk_mid_run_is_one_line_and_status_2(tmp_path, lab_cache, monkeypatch, capsys) -> None:
     monkeypatch.setenv("SCALING_LAB_CACHE", str(lab_cache))
 
@@ -211,6 +216,7 @@ def _wait_for(condition, seconds: float, what: str) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.slow(45)
 def test_a_killed_sweep_driver_records_each_trial_once_and_its_rerun_resumes(tmp_path, lab_cache, ml100k) -> None:
     """lr 1e38 fails (non-finite loss) and the sweep goes on; the driver is SIGKILLed during the
     third trial, which then checkpoints and stops (SIGTERM from its dying parent)."""
@@ -253,6 +259,7 @@ def test_a_killed_sweep_driver_records_each_trial_once_and_its_rerun_resumes(tmp
     assert "non-finite loss at step 2" in err  # the sweep log names the reason
 
 
+@pytest.mark.slow(15)
 def test_two_drivers_on_one_workdir_run_each_trial_once(tmp_path, lab_cache, ml100k) -> None:
     spec, trials = _sweep(tmp_path, 4, [1e-3, 2e-3])
     workdir = tmp_path / "sweep"

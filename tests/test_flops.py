@@ -47,6 +47,7 @@ def lowered_step(family: str, d: int, heads: int, row_len: int, rows: int, items
         ("hstu", 32, 2, 24, 4, 300, 16, "sampled_softmax", {"table_optimizer": "lazy_adam"}),  # gathered rows
     ],
 )
+@pytest.mark.slow(20)
 def test_executed_flops_equal_dot_flops_of_the_compiled_step(family, d, heads, row_len, rows, items, negatives, loss,
                                                             train):
     lowered, executed = lowered_step(family, d, heads, row_len, rows, items, negatives, loss, **train)
@@ -69,6 +70,7 @@ def test_executed_flops_equal_dot_flops_of_the_compiled_step(family, d, heads, r
         ("sasrec", 256, 4, 200, 3706, "full_softmax"),
     ],
 )
+@pytest.mark.slow(25)
 def test_xla_totals_within_five_percent_for_wide_models(family, d, heads, row_len, items, loss):
     """Beyond the matmuls XLA counts elementwise work: the L x L attention map's bias, SiLU or
     softmax and masks, LayerNorms, the loss's logsumexp, AdamW. The matmul count leaves it out.
@@ -104,6 +106,7 @@ def test_model_flops_exclude_padding_and_halve_causal_attention():
     assert packed_rows < flops.executed_flops(model, 1, 22, "sampled_softmax", 16, 100)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["hstu", "sasrec"])
 def test_non_embedding_params_count_every_parameter_outside_the_tables(family):
 
@@ -115,6 +118,7 @@ def test_non_embedding_params_count_every_parameter_outside_the_tables(family):
     assert sum(leaf.size for leaf in jax.tree.leaves(params)) == flops.non_embedding_params(model)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("targets_per_row, positions, experts", [(0, "relative", 0), (3, "learned", 0), (3, "relative", 4)])
 def test_encdec_executed_flops_equal_dot_flops_of_the_compiled_step(targets_per_row, positions, experts):
     """Encoder, decoder self- and cross-attention, the cross keys/values and the level logits;
@@ -136,6 +140,7 @@ def test_encdec_executed_flops_equal_dot_flops_of_the_compiled_step(targets_per_
     assert xla_cost.dot_flops(lowered.as_text()) == pytest.approx(executed, rel=0.02)
 
 
+@pytest.mark.slow
 def test_beam_decode_flops_equal_dot_flops_of_the_compiled_search() -> None:
     """Encoder once, cross keys/values once, W beams x T cached decoder positions and logits."""
     from models.encdec import EncDecNetwork

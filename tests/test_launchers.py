@@ -173,6 +173,7 @@ QR_OK = ["queued-resources create", "queued-resources describe", "queued-resourc
     ("run_fails", "failed: train exited 1: RuntimeError: boom", QR_OK[:-1] + ["queued-resources describe", QR_OK[-1]]),
     ("preempted_while_running", "preempted", QR_OK[:-1] + ["queued-resources describe", QR_OK[-1]]),
 ])
+@pytest.mark.slow
 def test_queued_resource_flow(cloud, scenario, status, verbs) -> None:
     cloud(scenario)
     outcome = make_launcher("queued-resources", V5E).run(TRIAL, ARGS, "gs://b/s")
@@ -232,6 +233,7 @@ def test_xpk_workload_that_never_finishes_times_out_and_is_deleted(cloud) -> Non
     assert cloud.resources_left() == {}
 
 
+@pytest.mark.slow
 def test_sweep_driver_through_fake_gcloud(cloud, tmp_path) -> None:
     cloud("ok")
     spec = tmp_path / "pod.py"
@@ -258,6 +260,7 @@ def test_sweep_driver_through_fake_gcloud(cloud, tmp_path) -> None:
     assert cloud.verbs().count("queued-resources delete") == 2 and cloud.resources_left() == {}
 
 
+@pytest.mark.slow(35)
 def test_a_preempted_queued_resource_is_requeued_and_the_trial_resumes(cloud, tmp_path, lab_cache) -> None:
     """Real training behind the fake gcloud: SIGTERM at step 5 (the preemption notice) makes the
     trial checkpoint and exit 143, its resource turns SUSPENDED, the driver queues a new one and

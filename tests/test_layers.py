@@ -26,11 +26,13 @@ def check_same_value_and_gradients(custom, plain, *args) -> None:
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_layer_norm_matches_the_formula_with_gradients() -> None:
     x = 3.0 + 2.0 * jax.random.normal(jax.random.key(0), (2, 5, 8))  # an offset mean, as residual streams have
     check_same_value_and_gradients(layer_norm, plain_layer_norm, x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bias_shape", [(8,), (5, 8)])
 def test_add_bias_sums_its_gradient_over_the_broadcast_axes(bias_shape) -> None:
     y = jax.random.normal(jax.random.key(1), (2, 3, 5, 8))

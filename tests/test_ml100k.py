@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from data.baseline import popularity_baseline, popularity_counts, popularity_ranks
 from data.pipeline import PipelineConfig, eval_dataset, padding_fraction
@@ -61,6 +62,7 @@ def run_cli(*args: str, cache: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_stats_json_and_bad_input(ml100k, lab_cache: Path, tmp_path: Path) -> None:
     done = run_cli("stats", "ml-100k", "--json", cache=lab_cache)
     assert done.returncode == 0, done.stderr

@@ -99,6 +99,7 @@ def test_data_covers_ties_and_many_time_buckets() -> None:
     assert 0 in buckets and len(buckets) >= 12, sorted(buckets)
 
 
+@pytest.mark.slow
 def test_parameters_have_the_spec_shapes(family) -> None:
     cfg, params = family["cfg"], family["params"]
     assert params["item_embedding"].shape == (ITEMS + 1, 8) and params["position_embedding"].shape == (16, 8)
@@ -158,6 +159,7 @@ def _negatives(targets: np.ndarray, count: int = 6, seed: int = 2) -> np.ndarray
     return negatives
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("score_all_items", [True, False])
 def test_sampled_softmax_loss_equals_the_reference(family, score_all_items) -> None:
     losses = _losses()
@@ -215,6 +217,7 @@ def _with_leaf(params: dict, path: tuple[str, ...], value: np.ndarray) -> dict:
     return {**params, path[0]: _with_leaf(params[path[0]], path[1:], value)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["padded", "packed"])
 def test_training_gradients_equal_finite_differences_of_the_reference(family, layout) -> None:
     """jax.grad of the model + sampled-softmax loss (through the hand-written backward passes of

@@ -81,6 +81,7 @@ def model_and_params(request):
     return cfg, params, apply
 
 
+@pytest.mark.slow
 def test_packed_rows_equal_one_user_per_row(model_and_params) -> None:
     cfg, params, apply = model_and_params
     people = users()
@@ -95,6 +96,7 @@ def test_packed_rows_equal_one_user_per_row(model_and_params) -> None:
     assert np.all(out_packed[0, 11:] == 0) and np.all(out_single[2, 3:] == 0)  # padding outputs are zero
 
 
+@pytest.mark.slow
 def test_hstu_equals_the_numpy_reference(model_and_params) -> None:
     cfg, params, apply = model_and_params
     if cfg.family != "hstu":

@@ -23,6 +23,7 @@ def _tokens(seed: int = 0) -> jax.Array:
     return jax.random.normal(jax.random.key(seed), (GROUPS, TOKENS, D))
 
 
+@pytest.mark.slow
 def test_one_expert_with_top_1_is_the_dense_feed_forward_exactly() -> None:
     x = _tokens()
     dense = FeedForward(F, "relu")
@@ -36,6 +37,7 @@ def test_one_expert_with_top_1_is_the_dense_feed_forward_exactly() -> None:
         np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
 
 
+@pytest.mark.slow
 def test_capacity_overflow_drops_exactly_the_tokens_it_reports() -> None:
     experts, slots = 3, 2
     rng = np.random.default_rng(0)
@@ -69,6 +71,7 @@ def test_capacity_overflow_drops_exactly_the_tokens_it_reports() -> None:
         assert (dispatch[1, 4:] == 0).all()
 
 
+@pytest.mark.slow
 def test_dropped_tokens_get_no_feed_forward_output() -> None:
     x = _tokens(3)
     moe = MoEFeedForward(F, "relu", experts=2, top_k=1, capacity_factor=0.5)  # C = 2 of 6 tokens x 1 / 2
@@ -83,6 +86,7 @@ def test_dropped_tokens_get_no_feed_forward_output() -> None:
     assert float(stats["dropped"]) == pytest.approx((TOKENS - 2) / TOKENS)
 
 
+@pytest.mark.slow
 def test_balance_loss_is_the_switch_formula() -> None:
     experts = 4
     logits = np.random.default_rng(1).normal(size=(GROUPS, TOKENS, experts)).astype(np.float32)
@@ -116,6 +120,7 @@ def _encdec(experts: int):
     return EncDecModel(EncDecNetwork(config), config, len(codes), vocabulary_codes(codes, config), {})
 
 
+@pytest.mark.slow
 def test_encdec_with_one_expert_trains_as_the_dense_one() -> None:
     from tests.test_encdec import tiny_batch
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -108,10 +109,22 @@ def slurm_job_id() -> int:
 
 
 # each family once, each way of starting a job once: the start-up is the same for every family
-@pytest.mark.slow
+@pytest.mark.slow(95)
 @pytest.mark.parametrize("family, start", [("hstu", explicit_coordinator), ("encdec", slurm_variables)])
 def test_two_processes_match_one(tmp_path: Path, lab_cache: Path, single_process, family: str, start) -> None:
     job = str(free_port() if start is explicit_coordinator else slurm_job_id())
     two = run_two(tmp_path / "two", lab_cache, family, lambda index: start(job, index)[0],
                   lambda index: start(job, index)[1])
     assert_same(single_process(family), two)
+
+
+def test_missing_or_impossible_start_up_arguments_are_refused() -> None:
+    from scaling import distributed
+    from scaling.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--coordinator needs --num-processes and --process-id"):
+        distributed.initialize("localhost:1", None, 0)
+    with pytest.raises(ConfigError, match=r"--process-id 2 is outside 0\.\.1"):
+        distributed.initialize("localhost:1", 2, 2)
+    distributed.initialize("localhost:1", 1, 0)  # a job of one process: nothing to join
+    assert jax.process_count() == 1

@@ -35,6 +35,7 @@ def test_parameter_kinds_follow_table_3() -> None:
     assert mup.kind(("embed", "expert")) == "output"  # a router: width -> a fixed number
 
 
+@pytest.mark.slow
 def test_mup_at_its_base_width_is_the_standard_model(host_batches) -> None:
     losses = []
     for config in (BASE, dataclasses.replace(BASE, model=dataclasses.replace(BASE.model, parametrization="mup",
@@ -50,6 +51,7 @@ def test_mup_at_its_base_width_is_the_standard_model(host_batches) -> None:
     assert losses[0] == losses[1]
 
 
+@pytest.mark.slow(25)
 def test_coordinate_check_standard_grows_with_width_mup_stays_flat(host_batches) -> None:
     """Widths 8 and 64 (heads fixed; the growth compares the two ends, so the widths between, which
     `python -m scaling.coord_check` draws, are left out here), 3 Adam steps at lr 1e-2: the largest

@@ -39,6 +39,7 @@ def skewed() -> tuple[np.ndarray, np.ndarray]:
     return planted([N - 7 * 16, *[16] * 7])  # one cluster of 144, seven of 16
 
 
+@pytest.mark.slow
 def test_planted_clusters_are_recovered(even):
     points, labels = even
     x, w = place_rows(points, None)
@@ -49,6 +50,7 @@ def test_planted_clusters_are_recovered(even):
     np.testing.assert_allclose(float(fitted.inertia), scatter, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_fit_is_deterministic_given_the_key(skewed):
     x, w = place_rows(skewed[0], None)
     options = kmeans.KMeansOptions(n_init=2)
@@ -58,6 +60,7 @@ def test_fit_is_deterministic_given_the_key(skewed):
     np.testing.assert_array_equal(np.asarray(first.assignment), np.asarray(again.assignment))
 
 
+@pytest.mark.slow
 def test_more_restarts_never_raise_the_inertia(skewed):
     """n_init keeps the lowest-inertia restart: with overlapping clusters restarts differ, and the
     best of 4 is at most the best of 1 (its first restart is among them only by chance, so compare
@@ -78,6 +81,7 @@ def test_seeding_uses_two_plus_log_k_candidates():
     assert [kmeans.seeding_trials(k) for k in (2, 8, 256, 8192)] == [2, 4, 7, 11]
 
 
+@pytest.mark.slow
 def test_minibatch_lloyd_recovers_planted_clusters(even):
     points, labels = even
     x, w = place_rows(points, None)
@@ -114,6 +118,7 @@ def test_capped_assignment_equals_the_reference_and_holds_the_cap(skewed):
     assert np.bincount(got, minlength=K).max() <= cap
 
 
+@pytest.mark.slow
 def test_balanced_fit_caps_every_cluster_exactly(skewed):
     points, _ = skewed
     padded = np.concatenate([points, points[:5]])  # 5 extra rows, marked as padding
@@ -127,6 +132,7 @@ def test_balanced_fit_caps_every_cluster_exactly(skewed):
     assert (counts == N // K).all()  # N is a multiple of K: the cap is met exactly
 
 
+@pytest.mark.slow
 def test_residual_levels_lower_the_reconstruction_error(skewed):
     points = skewed[0] + np.random.default_rng(2).normal(size=skewed[0].shape).astype(np.float32)
     errors = [relative_error(points, residual_kmeans(points, levels, K, 0, kmeans.KMeansOptions(n_init=1)).reconstruction)
@@ -134,6 +140,7 @@ def test_residual_levels_lower_the_reconstruction_error(skewed):
     assert errors[0] > errors[1] > errors[2]
 
 
+@pytest.mark.slow
 def test_residual_codes_reconstruct_from_their_codebooks(even):
     points, _ = even
     quantised = residual_kmeans(points, 2, K, 0, kmeans.KMeansOptions(balanced=True, n_init=1))
@@ -141,6 +148,7 @@ def test_residual_codes_reconstruct_from_their_codebooks(even):
     np.testing.assert_allclose(rebuilt, quantised.reconstruction, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_gumbel_draws_are_unchanged_by_trailing_rows():
     """What makes the draws independent of mesh padding (jax_threefry_partitionable)."""
     short = kmeans.draw(jax.random.key(0), jax.numpy.zeros(259), 5)
@@ -148,6 +156,7 @@ def test_gumbel_draws_are_unchanged_by_trailing_rows():
     np.testing.assert_array_equal(np.asarray(short), np.asarray(padded))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("balanced, sample_per_centre, spread", [(False, 256, 0.2), (True, 256, 0.2), (True, 16, 1.5)])
 def test_codes_are_the_same_on_eight_devices(skewed, balanced, sample_per_centre, spread):
     """Items spread over a mesh (with padding: 256 + 3 rows over 8 devices) get the same codes; also
@@ -162,6 +171,7 @@ def test_codes_are_the_same_on_eight_devices(skewed, balanced, sample_per_centre
     np.testing.assert_allclose(single.reconstruction, sharded.reconstruction, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_rqvae_uses_its_codes_and_beats_its_initial_error():
     from models.rqvae import RQVAEOptions, train_rqvae
 
@@ -177,6 +187,7 @@ def test_rqvae_uses_its_codes_and_beats_its_initial_error():
     np.testing.assert_array_equal(quantised.codes, again.codes)
 
 
+@pytest.mark.slow
 def test_rqvae_gradients_put_beta_on_the_commitment_only():
     """d/d(codeword) of the codebook terms is 2 (e - sg[r]) with no beta; d/dz is 2 beta (r - sg[e])
     summed over the levels: the commitment weight is the one the spec gives, not ignored."""
@@ -200,6 +211,7 @@ def test_rqvae_gradients_put_beta_on_the_commitment_only():
     np.testing.assert_allclose(np.asarray(grad_z), expected_z, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_rqvae_loss_matches_its_formula():
     """Reconstruction summed over features + codebook + 0.25 x commitment, per level."""
     import jax.numpy as jnp
@@ -232,6 +244,7 @@ def test_options_refuse_bad_values():
         kmeans.KMeansOptions(n_init=0)
 
 
+@pytest.mark.slow
 def test_rqvae_trains_on_eight_devices_like_on_one():
     """Batches split over a mesh: the same codes as one device after a few steps (planted data)."""
     from models.rqvae import RQVAEOptions, train_rqvae

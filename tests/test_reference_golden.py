@@ -79,6 +79,7 @@ def test_eval_query_equals_the_reference(golden, model_and_params):
     np.testing.assert_allclose(query, golden["eval_query"], atol=2e-6)
 
 
+@pytest.mark.slow
 def test_training_loss_and_gradients_equal_the_reference(golden, model_and_params):
     model, params = model_and_params
     rows, lengths = reference_rows(golden)  # the same supervised positions as the reference's training row

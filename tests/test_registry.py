@@ -80,6 +80,7 @@ def _gradients(family: str, hand_written: bool, batch: dict):
     return grads, float(loss_sum), xla_cost.dot_flops(lowered.as_text()), executed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["hstu", "sasrec"])
 def test_cpu_kernels_and_plain_autodiff_give_the_same_numbers(family: str) -> None:
     from benchmarks.throughput import random_batch

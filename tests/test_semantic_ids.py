@@ -227,6 +227,7 @@ def built(small, lab_cache) -> SemanticIds:
         return build(small, SemanticIdConfig(codebook=8, source="cooccurrence", dim=8, n_init=2))
 
 
+@pytest.mark.slow
 def test_built_ids_are_unique_balanced_and_cached(built, small, use_lab_cache, monkeypatch):
     assert built.codes.shape == (small.sequences.num_items, 4) and built.codes.dtype == np.int32
     assert len(np.unique(built.codes, axis=0)) == len(built.codes)
@@ -264,6 +265,7 @@ def test_artefact_round_trip_and_damage(built, tmp_path):
         load(tmp_path / "junk.npz")
 
 
+@pytest.mark.slow
 def test_a_damaged_cache_entry_is_rebuilt(small, use_lab_cache):
     config = SemanticIdConfig(codebook=8, source="cooccurrence", dim=8, n_init=1, levels=1)
     first = build(small, config)
@@ -272,6 +274,7 @@ def test_a_damaged_cache_entry_is_rebuilt(small, use_lab_cache):
     np.testing.assert_array_equal(build(small, config).codes, first.codes)
 
 
+@pytest.mark.slow
 def test_quality_without_a_leave_one_out_split(tmp_path):
     """Users with fewer than 3 events: no co-occurrence lift, the rest is measured."""
     prepared = prepared_of(sequences_of([[1, 2], [3, 4, 5, 6, 7, 8]], 8))
@@ -377,6 +380,7 @@ def test_ml100k_metadata_ids_group_items_of_a_genre(ml100k, use_lab_cache):
 
 @pytest.mark.parametrize("shape, exact_up_to", [((30, 50), 4096), ((50, 30), 4096), ((500, 40), 4096),
                                                 ((300, 200), 10)])
+@pytest.mark.slow
 def test_truncated_svd_matches_numpy(shape, exact_up_to, monkeypatch):
     monkeypatch.setattr(item_features, "EXACT_SVD_UP_TO", exact_up_to)  # 10: the randomised path
     rng = np.random.default_rng(0)

@@ -61,6 +61,7 @@ def host_batches():
     return [next(iterator) for _ in range(3)]
 
 
+@pytest.mark.slow
 def test_encdec_evaluation_and_beam_search_equal_single_device() -> None:
     """The exact ranks, the beam's lists and its rates: the trie's tables placed by the rules."""
     eval_batch = next(iter(eval_dataset(leave_one_out(_sequences()).valid, 12, 8, history_len=11)))
@@ -104,10 +105,12 @@ def assert_same_draws(params: dict, reference: dict) -> None:
     jax.tree.map(lambda a, b: np.testing.assert_array_max_ulp(a, b, maxulp=1), params, reference)
 
 
+@pytest.mark.slow(80)
 @pytest.mark.parametrize("family", ["hstu", "sasrec", "encdec-moe"])  # encdec-moe: the dense encdec and its experts
 def test_loss_and_gradients_equal_single_device(family: str, host_batches) -> None:
+    """HSTU on every mesh; the others where their parameters are split (data=8 only splits the batch)."""
     ref_params, ref_grads, ref_loss, _, _ = one_step(family, "data=1", host_batches[0])
-    for spec in MESHES:
+    for spec in MESHES if family == "hstu" else MESHES[1:]:
         params, grads, loss, trainer, state = one_step(family, spec, host_batches[0])
         assert_same_draws(params, ref_params)
         assert loss == pytest.approx(ref_loss, rel=1e-5), spec
@@ -137,6 +140,7 @@ def per_step(family: str, spec: str, grad_accum: int, host_batches, seeds: tuple
     return runs, trainer.config.train.grad_accum
 
 
+@pytest.mark.slow(40)
 @pytest.mark.parametrize("family", ["hstu", "encdec-moe"])
 def test_per_step_losses_are_the_same_on_every_mesh_and_micro_batching(family: str, host_batches,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
@@ -190,6 +194,7 @@ def test_parameters_are_sharded_as_the_rules_say() -> None:
     assert mu.sharding.spec == block["uvqk"].sharding.spec  # Adam moments follow their parameter
 
 
+@pytest.mark.slow
 def test_checkpoint_restores_onto_another_mesh_and_training_continues(tmp_path, host_batches) -> None:
     def trainer_for(spec: str):
         config = dataclasses.replace(_config("hstu"), mesh=MeshConfig(spec))

@@ -65,6 +65,7 @@ def test_the_batch_script_has_the_shape_the_settings_say(tmp_path) -> None:
 
 @pytest.mark.parametrize("scenario, status", [("ok", "ok"), ("fail", "failed: job 1000 FAILED (exit 1:0)"),
                                               ("timeout", "preempted")])
+@pytest.mark.slow
 def test_a_job_is_submitted_followed_and_its_end_read(tmp_path, cluster, monkeypatch, scenario, status) -> None:
     monkeypatch.setenv("FAKE_SLURM_SCENARIO", scenario)
     args = trial_args(tmp_path)
@@ -78,6 +79,7 @@ def test_a_job_is_submitted_followed_and_its_end_read(tmp_path, cluster, monkeyp
         assert [call[0] for call in calls(cluster)].count("sbatch") == 2
 
 
+@pytest.mark.slow
 def test_a_controller_that_times_out_and_an_accounting_that_lags_are_waited_for(tmp_path, cluster, monkeypatch) -> None:
     monkeypatch.setenv("FAKE_SLURM_FLAKY", "1")
     assert launcher().run("abc123", trial_args(tmp_path), str(tmp_path / "wd")).status == "ok"
@@ -85,6 +87,7 @@ def test_a_controller_that_times_out_and_an_accounting_that_lags_are_waited_for(
     assert tools.count("sacct") == 2 and "scancel" not in tools
 
 
+@pytest.mark.slow
 def test_a_job_an_earlier_driver_left_is_followed_not_submitted_again(tmp_path, cluster, monkeypatch) -> None:
     monkeypatch.setenv("FAKE_SLURM_JOB_SECONDS", "2")  # still running when the new driver looks
     args = trial_args(tmp_path)
@@ -102,7 +105,7 @@ def test_bad_settings_are_one_line(tmp_path, cluster) -> None:
         launcher().check_ready("gs://bucket/wd")
 
 
-@pytest.mark.slow
+@pytest.mark.slow(25)
 def test_a_preempted_job_is_requeued_and_its_trainer_resumes(tmp_path, cluster, lab_cache, ml100k, monkeypatch) -> None:
     """A real trainer under the fake srun (1 node, --distributed from SLURM's variables): SIGTERM
     once it logs step 3, the job REQUEUED, its script run again; the trial resumes from the
@@ -113,19 +116,19 @@ def test_a_preempted_job_is_requeued_and_its_trainer_resumes(tmp_path, cluster, 
         from scaling.presets import preset
         from sweeps.spec import Sweep
         base = preset("tiny")
-        base = dataclasses.replace(base, train=dataclasses.replace(base.train, steps=40, log_every=1, checkpoint_every=10))
-        SWEEP = Sweep("slurm_demo", base, [])
+        base = dataclasses.replace(base, train=dataclasses.replace(base.train, steps=12, log_every=1, checkpoint_every=4))
+        SWEEP = Sweep("slurm_demo", base, [], launcher={"poll_seconds": 0.2})  # not SLURM's 30 s between squeues
     """))
     env = dict(os.environ, FAKE_SLURM_RUN_TRAIN="1", FAKE_SLURM_SCENARIO="requeue", SCALING_LAB_CACHE=str(lab_cache),
-               XLA_FLAGS="", JAX_PLATFORMS="cpu")
+               XLA_FLAGS="--xla_backend_optimization_level=0", JAX_PLATFORMS="cpu")  # one device, as a node's task
     workdir = tmp_path / "wd"
     command = [sys.executable, "-m", "sweeps", "run", str(spec), "--launcher", "slurm", "--partition", "cpu",
                "--nodes", "1", "--workdir", str(workdir), "--no-report", "--json"]
     done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(line) for line in (workdir / "results.jsonl").read_text().splitlines()]
-    assert len(records) == 1 and records[0]["status"] == "ok" and records[0]["steps"] == 40
-    assert 3 <= records[0]["resumed_from_step"] < 40  # the checkpoint saved when SIGTERM came
+    assert len(records) == 1 and records[0]["status"] == "ok" and records[0]["steps"] == 12
+    assert 3 <= records[0]["resumed_from_step"] < 12  # the checkpoint saved when SIGTERM came
     jobs = [json.loads(path.read_text()) for path in (cluster / "jobs").glob("*.json")]
     assert len(jobs) == 1 and jobs[0]["state"] == "COMPLETED"  # one job, requeued by SLURM, not resubmitted
     log = next((workdir / "trials" / records[0]["trial_id"]).glob("slurm-*.out")).read_text()

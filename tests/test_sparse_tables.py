@@ -48,6 +48,7 @@ def run(trainer, batches):
 @pytest.mark.parametrize("train", [dict(table_optimizer="lazy_adam"),
                                    dict(table_optimizer="rowwise_adagrad", negative_sampler="shared"),
                                    dict(table_optimizer="lazy_adam", negative_sampler="in_batch")])
+@pytest.mark.slow(35)
 def test_sparse_steps_are_the_same_on_every_mesh_and_micro_batching(train, host_batches, monkeypatch) -> None:
     reference, reference_state = run(trainer_for(**train), host_batches)
     monkeypatch.setattr(tables, "ROW_SHARDING_MIN_ROWS", 16)  # 64 rows: padded to 3072, split over 8 devices
@@ -102,6 +103,7 @@ def numpy_reference(kind: str, batches, **train):
     return table, params, touched
 
 
+@pytest.mark.slow(15)
 @pytest.mark.parametrize("kind", ["lazy_adam", "rowwise_adagrad"])
 def test_table_optimizers_equal_a_numpy_reference(kind, host_batches) -> None:
     """Three steps (batches 0, 1, 0; 4 shared negatives): rows touched at one step and not at the
@@ -122,6 +124,7 @@ def test_table_optimizers_equal_a_numpy_reference(kind, host_batches) -> None:
     assert not moment[never].any() and moment[touched[0][1:]].any()
 
 
+@pytest.mark.slow
 def test_in_batch_negatives_and_their_log_q() -> None:
     targets = jnp.asarray([[3, 3, 5, 0], [3, 7, 0, 0]], jnp.int32)  # 5 supervised: item 3 three times
     drawn = in_batch_negatives(jax.random.key(0), targets, 400)
@@ -161,6 +164,7 @@ def test_a_family_without_a_catalogue_table_refuses_sparse_updates() -> None:
         build_trainer(config, NUM_ITEMS, make_mesh("data=1", jax.devices()[:1]), total_steps=1)
 
 
+@pytest.mark.slow
 def test_touched_rows_are_found_without_a_scan_as_long_as_the_ids(host_batches, monkeypatch) -> None:
     """XLA splits a sort's cumulative sum over the mesh as a reduce-window as long as its input
     (quadratic in the touched rows: minutes per step at a million items); the ids are deduplicated
@@ -176,6 +180,7 @@ def test_touched_rows_are_found_without_a_scan_as_long_as_the_ids(host_batches, 
     assert sliding and max(sliding) <= 64, sorted(sliding)[-5:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["lazy_adam", "rowwise_adagrad"])
 def test_the_whole_table_form_updates_exactly_as_the_sorted_form(kind) -> None:
     """A step that looks up more rows than the table has gets the whole table, its touched rows

@@ -45,6 +45,7 @@ def gradients(trainer, host_batch):
             state["params"], trainer.train_batch(host_batch), jax.random.key(1)))[:3]
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_one_big_batch() -> None:
     host_batch = batch()
     whole, loss_whole, count_whole = gradients(trainer_for(grad_accum=1), host_batch)
@@ -53,6 +54,7 @@ def test_gradient_accumulation_equals_one_big_batch() -> None:
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), accumulated, whole)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_tracks_float32() -> None:
     host_batch = batch()
     trainer32 = trainer_for()
@@ -86,6 +88,7 @@ def test_schedules() -> None:
     np.testing.assert_allclose(warmup_only, [0, 0.25, 0.5, 0.75, 1, 1, 1, 1], rtol=1e-3, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_step_returns_the_counts_model_flops_need() -> None:
     from scaling import flops
     from data.pipeline import segment_lengths

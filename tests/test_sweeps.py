@@ -121,7 +121,7 @@ def test_bad_spec_files_fail_with_one_line(tmp_path: Path) -> None:
         load_spec(tmp_path / "broken.py")
 
 
-@pytest.mark.slow
+@pytest.mark.slow(30)
 def test_local_sweep_end_to_end(tmp_path: Path, lab_cache: Path, ml100k) -> None:
     spec = tmp_path / "tiny_sweep.py"
     spec.write_text(textwrap.dedent("""
@@ -153,6 +153,7 @@ def test_local_sweep_end_to_end(tmp_path: Path, lab_cache: Path, ml100k) -> None
     assert (counts["done"], counts["failed"], counts["pending"]) == (1, 1, 0)
 
 
+@pytest.mark.slow(15)
 def test_show_plans_hbm_and_chip_hours_on_an_accelerator(tmp_path: Path) -> None:
     """Two sizes x two budgets: two compiled steps (a budget changes only the step count) on the 8
     simulated devices of a v5litepod-8; chip-hours are the planned FLOPs at the assumed MFU."""

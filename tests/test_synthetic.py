@@ -71,6 +71,7 @@ def test_closed_form_entropy_and_log_probs_match_the_full_distribution(overrides
     np.testing.assert_allclose(sim.log_probs(rows), np.log(p[np.arange(400), sim.item[rows]]), atol=1e-10)
 
 
+@pytest.mark.slow
 def test_events_are_drawn_from_the_stated_distribution(small: synthetic.Simulation) -> None:
     """Chi-square of how each event relates to the previous one, expected (from p) vs observed."""
     rows = np.random.default_rng(1).choice(np.flatnonzero(small.counted), 12_000, replace=False)

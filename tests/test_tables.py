@@ -75,6 +75,7 @@ def _run(case, mesh=None):
         return jax.device_get(jax.jit(ranks_and_top, in_shardings=shardings)(*args))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk", [4096, 12])  # one chunk; several (per shard too), the last one moved back
 @pytest.mark.parametrize("spec", [None, "data=8", "data=2,fsdp=2,tensor=2"])
 def test_chunked_ranks_loss_and_top_items_equal_the_plain_computation(case, chunk, spec, monkeypatch) -> None:
@@ -105,6 +106,7 @@ def test_padding_and_row_layout() -> None:
     assert not np.asarray(padded[5:]).any()
 
 
+@pytest.mark.slow(20)
 @pytest.mark.parametrize("spec", ["data=8", "data=2,fsdp=2,tensor=2"])
 def test_training_on_a_padded_row_split_table_equals_the_single_device_unpadded_one(spec, host_batches, monkeypatch):
     """Per-step losses and gradient norms, with dropout and sampled negatives."""

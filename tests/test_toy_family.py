@@ -149,6 +149,7 @@ def test_toy_family_trains_through_scaling_train(tmp_path: Path, use_lab_cache: 
                       "compute_dtype": "float32", "parametrization": "standard", "base_width": 64}
 
 
+@pytest.mark.slow
 def test_aux_loss_terms_enter_the_gradient(use_lab_cache: Path) -> None:
     from scaling.config import DataConfig, MeshConfig, TrainConfig, TrialConfig
     from scaling.mesh import make_mesh
@@ -170,6 +171,7 @@ def test_aux_loss_terms_enter_the_gradient(use_lab_cache: Path) -> None:
     assert not np.allclose(plain[0]["w_out"], penalised[0]["w_out"])
 
 
+@pytest.mark.slow(20)
 def test_toy_family_runs_in_a_sweep(tmp_path: Path, use_lab_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from sweeps import __main__ as sweeps_main
 

@@ -39,6 +39,7 @@ def finished_run(tmp_path_factory, lab_cache, ml100k):
     return workdir, result
 
 
+@pytest.mark.slow
 def test_result_has_every_field_with_sane_values(finished_run) -> None:
     workdir, result = finished_run
     assert RESULT_KEYS <= set(result)
@@ -74,6 +75,7 @@ def test_tensorboard_progress_file_and_profile_trace(finished_run) -> None:
     assert list((workdir / "profile").glob("plugins/profile/*/*.xplane.pb"))
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_bitwise(tmp_path, lab_cache, monkeypatch, finished_run) -> None:
     """A run killed after its step-6 checkpoint, restarted, ends exactly where an uninterrupted run does."""
     monkeypatch.setenv("SCALING_LAB_CACHE", str(lab_cache))
@@ -97,6 +99,7 @@ def test_interrupted_run_resumes_bitwise(tmp_path, lab_cache, monkeypatch, finis
         assert resumed[key] == uninterrupted[key], key
 
 
+@pytest.mark.slow
 def test_cli_rejects_bad_config_with_one_line(tmp_path, capsys) -> None:
     from scaling import train as train_module
 
@@ -144,6 +147,7 @@ def test_plateau_is_the_mean_of_the_last_ten_test_evaluations(tmp_path) -> None:
     assert train_module.plateau(tmp_path / "missing.jsonl") == {}
 
 
+@pytest.mark.slow
 def test_a_non_finite_step_fails_the_trial_and_keeps_only_good_checkpoints(tmp_path, lab_cache, ml100k,
                                                                            monkeypatch, capsys) -> None:
     """Fault injected: step 5 returns NaN parameters and a NaN loss (as a diverged update would)."""

@@ -54,6 +54,7 @@ def synthetic_grid() -> list[dict]:
     return records
 
 
+@pytest.mark.slow
 def test_the_report_keeps_each_points_best_run_and_shows_the_optimum_moving(tmp_path, capsys) -> None:
     results = tmp_path / "results.jsonl"
     results.write_text("".join(json.dumps(r) + "\n" for r in synthetic_grid()))
