@@ -8,11 +8,19 @@ import shutil
 import tempfile
 from pathlib import Path
 
-# 8 simulated host devices for the sharding tests; must be set before jax is imported. The tests'
-# shapes are tiny, so compiling dominates: LLVM's optimisation level 0 halves a compile (XLA's own
-# HLO passes, and so what is computed, are unchanged); subprocesses inherit both flags.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-                           " --xla_backend_optimization_level=0").strip()
+# The tests' shapes are tiny, so compiling dominates: LLVM's optimisation level 0 halves a compile
+# (XLA's own HLO passes, and so what is computed, are unchanged).
+COMPILE_FLAGS = "--xla_backend_optimization_level=0"
+
+
+def xla_flags(devices: int) -> str:
+    """XLA_FLAGS for a process of the tests with `devices` simulated host devices."""
+    return f"--xla_force_host_platform_device_count={devices} {COMPILE_FLAGS}"
+
+
+# 8 simulated host devices for the sharding tests; must be set before jax is imported; the
+# processes the tests start inherit them unless they set their own.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + xla_flags(8)).strip()
 
 # One persistent compilation cache per test run, shared by pytest-xdist's workers and by every
 # process the tests start (they inherit the environment): a trial that several tests run as a

@@ -13,6 +13,8 @@ from pathlib import Path
 import jax
 import pytest
 
+from tests.conftest import xla_flags
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPARED = ("final_train_loss", "eval_loss", "test_loss", "hr@10", "ndcg@10", "hr@50", "mrr", "tokens", "train_flops")
 
@@ -41,7 +43,7 @@ def command(workdir: Path, *extra: str, family: str = "hstu") -> list[str]:
 
 def environment(devices: int, cache: Path) -> dict:
     env = dict(os.environ, SCALING_LAB_CACHE=str(cache))
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = xla_flags(devices)
     return env
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from sweeps.launchers import LauncherSettings, make_launcher
+from tests.conftest import xla_flags
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAKES = REPO_ROOT / "tests" / "fakes"
@@ -120,7 +121,7 @@ def test_a_preempted_job_is_requeued_and_its_trainer_resumes(tmp_path, cluster, 
         SWEEP = Sweep("slurm_demo", base, [], launcher={"poll_seconds": 0.2})  # not SLURM's 30 s between squeues
     """))
     env = dict(os.environ, FAKE_SLURM_RUN_TRAIN="1", FAKE_SLURM_SCENARIO="requeue", SCALING_LAB_CACHE=str(lab_cache),
-               XLA_FLAGS="--xla_backend_optimization_level=0", JAX_PLATFORMS="cpu")  # one device, as a node's task
+               XLA_FLAGS=xla_flags(1), JAX_PLATFORMS="cpu")  # one device, as a node's task
     workdir = tmp_path / "wd"
     command = [sys.executable, "-m", "sweeps", "run", str(spec), "--launcher", "slurm", "--partition", "cpu",
                "--nodes", "1", "--workdir", str(workdir), "--no-report", "--json"]

@@ -19,6 +19,7 @@ from scaling.tensorboard import read_scalars
 from sweeps import runner
 from sweeps.results import ResultsStore
 from sweeps.spec import Sweep, axis, grid, isoflop, ladder, load_spec, train_flops_per_step, zipped
+from tests.conftest import xla_flags
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BASE = TrialConfig(data=DataConfig(max_len=20), model=ModelConfig(d_model=16, blocks=1, heads=1, max_positions=64),
@@ -132,7 +133,7 @@ def test_local_sweep_end_to_end(tmp_path: Path, lab_cache: Path, ml100k) -> None
         base = dataclasses.replace(base, train=dataclasses.replace(base.train, steps=4, log_every=2))
         SWEEP = Sweep("tiny_sweep", base, axis("data", "data.name", ["ml-100k", "no-such-dataset"], ["ml", "bad"]))
     """))
-    env = dict(os.environ, SCALING_LAB_CACHE=str(lab_cache), XLA_FLAGS="")
+    env = dict(os.environ, SCALING_LAB_CACHE=str(lab_cache), XLA_FLAGS=xla_flags(1))
     command = [sys.executable, "-m", "sweeps", "run", str(spec), "--workdir", str(tmp_path / "wd"), "--no-report", "--json"]
     first = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 1, first.stderr  # one trial failed; the sweep went on

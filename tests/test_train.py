@@ -17,6 +17,7 @@ from scaling.config import TrainConfig
 from scaling.presets import preset
 from scaling.tensorboard import read_scalars
 from scaling.trainer import Trainer
+from tests.conftest import xla_flags
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULT_KEYS = {"model", "params", "params_non_embedding", "tokens", "steps", "train_flops", "wall_seconds", "mfu",
@@ -113,7 +114,7 @@ def test_cli_rejects_bad_config_with_one_line(tmp_path, capsys) -> None:
         assert "Traceback" not in stderr
     # and as a process of its own with one device, as a user meets it
     done = subprocess.run([sys.executable, "-m", "scaling.train", *arguments, "--mesh", "data=3"], cwd=REPO_ROOT,
-                          env=dict(os.environ, XLA_FLAGS=""), capture_output=True, text=True, timeout=120)
+                          env=dict(os.environ, XLA_FLAGS=xla_flags(1)), capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error: mesh spec 'data=3' needs 3 devices, but 1 are available")
     assert "Traceback" not in done.stderr
