@@ -1,12 +1,15 @@
-"""Shared fixtures: an isolated data cache that still reuses an already-fetched recbole wheel."""
+"""The test run's environment and shared fixtures: simulated devices, compile flags, one
+compilation cache and one default data cache per run (the user's own cache is only read, for an
+already-fetched recbole wheel), and the costliest files started first."""
 
 from __future__ import annotations
 
 import os
-
 import shutil
 import tempfile
 from pathlib import Path
+
+from data import sources  # numpy only: jax is imported after the variables below are set
 
 # The tests' shapes are tiny, so compiling dominates: LLVM's optimisation level 0 halves a compile
 # (XLA's own HLO passes, and so what is computed, are unchanged).
@@ -22,18 +25,19 @@ def xla_flags(devices: int) -> str:
 # processes the tests start inherit them unless they set their own.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + xla_flags(8)).strip()
 
-# One persistent compilation cache per test run, shared by pytest-xdist's workers and by every
-# process the tests start (they inherit the environment): a trial that several tests run as a
-# subprocess compiles once. The controller (or a run without xdist) makes it and removes it at the end.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="scaling-lab-test-xla-cache-")
-    os.environ["SCALING_LAB_TEST_OWNS_XLA_CACHE"] = str(os.getpid())
+# One folder per test run, made by the process that starts first (pytest-xdist's controller, or
+# the only one) and removed when it ends; its workers and every process the tests start inherit
+# the variables. It holds JAX's persistent compilation cache (a trial that several tests run as a
+# subprocess compiles once) and the default SCALING_LAB_CACHE, so that no test writes to the user's.
+if "SCALING_LAB_TEST_RUN" not in os.environ:
+    run = tempfile.mkdtemp(prefix="scaling-lab-test-run-")
+    os.environ.update(SCALING_LAB_TEST_RUN=run, SCALING_LAB_TEST_RUN_OWNER=str(os.getpid()),
+                      SCALING_LAB_USER_CACHE=str(sources.cache_dir()), SCALING_LAB_CACHE=os.path.join(run, "lab-cache"))
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(run, "xla-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
-import pytest
-
-from data import sources
+import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
@@ -43,7 +47,7 @@ SHARED = REPO_ROOT.parent / "shared"
 def lab_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh SCALING_LAB_CACHE for the session, seeded with the recbole wheel if one is cached."""
     cache = tmp_path_factory.mktemp("lab-cache")
-    user_wheel = sources.cache_dir() / "wheels" / sources.RECBOLE_WHEEL
+    user_wheel = Path(os.environ["SCALING_LAB_USER_CACHE"]) / "wheels" / sources.RECBOLE_WHEEL
     if user_wheel.is_file():
         (cache / "wheels").mkdir()
         shutil.copy(user_wheel, cache / "wheels" / sources.RECBOLE_WHEEL)
@@ -82,5 +86,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if os.environ.get("SCALING_LAB_TEST_OWNS_XLA_CACHE") == str(os.getpid()):
-        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+    if os.environ.get("SCALING_LAB_TEST_RUN_OWNER") == str(os.getpid()):
+        shutil.rmtree(os.environ["SCALING_LAB_TEST_RUN"], ignore_errors=True)
