@@ -36,6 +36,11 @@ if "SCALING_LAB_TEST_RUN" not in os.environ:
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(run, "xla-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+PEAK_FLOPS = "peak_flops.json"  # the processor's measured matmul rate, as scaling.hardware caches it
+if os.environ.get("SCALING_LAB_TEST_RUN_OWNER") == str(os.getpid()):
+    from scaling import hardware
+
+    hardware.peak_flops_per_device("float32")  # measured once, before the workers start, for every trial
 
 import pytest  # noqa: E402
 
@@ -45,12 +50,15 @@ SHARED = REPO_ROOT.parent / "shared"
 
 @pytest.fixture(scope="session")
 def lab_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh SCALING_LAB_CACHE for the session, seeded with the recbole wheel if one is cached."""
+    """A fresh SCALING_LAB_CACHE for the session, seeded with the recbole wheel if one is cached
+    and with the run's measured matmul rate."""
     cache = tmp_path_factory.mktemp("lab-cache")
     user_wheel = Path(os.environ["SCALING_LAB_USER_CACHE"]) / "wheels" / sources.RECBOLE_WHEEL
     if user_wheel.is_file():
         (cache / "wheels").mkdir()
         shutil.copy(user_wheel, cache / "wheels" / sources.RECBOLE_WHEEL)
+    if (Path(os.environ["SCALING_LAB_CACHE"]) / PEAK_FLOPS).is_file():
+        shutil.copy(Path(os.environ["SCALING_LAB_CACHE"]) / PEAK_FLOPS, cache / PEAK_FLOPS)
     return cache
 
 

@@ -61,7 +61,8 @@ def test_a_sweep_mixes_hstu_and_encdec(tmp_path: Path, use_lab_cache: Path) -> N
             {{"model.family": "hstu"}},
             {{"model.family": "encdec", "model.heads": 2, "model.d_ff": 32, "model.encoder_blocks": 1,
               "model.decoder_blocks": 1, "model.ids_codebook": 8, "model.history_items": 4,
-              "model.targets_per_row": 3, "model.ids_source": "cooccurrence"}},
+              "model.targets_per_row": 3, "model.ids_source": "cooccurrence",
+              "model.beam_width": 0}},  # exact scoring: the beam is the test above's
         ], labels=["hstu", "encdec"]))
     """))
     workdir = tmp_path / "sweep"
