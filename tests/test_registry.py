@@ -65,7 +65,7 @@ def test_the_engine_names_no_family_and_imports_no_family_module() -> None:
 
 
 def _gradients(family: str, hand_written: bool, batch: dict):
-    model = ModelConfig(family=family, d_model=16, blocks=2, heads=2, max_positions=12, dropout=0.0, input_dropout=0.0)
+    model = ModelConfig(family=family, d_model=16, blocks=1, heads=2, max_positions=12, dropout=0.0, input_dropout=0.0)
     config = TrialConfig(data=DataConfig(max_len=11), model=model,
                          train=TrainConfig(batch_size=4, grad_accum=1, negatives=8), mesh=MeshConfig("data=1"))
     trainer = build_trainer(config, 40, make_mesh("data=1", jax.devices()[:1]), total_steps=1)

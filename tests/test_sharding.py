@@ -32,7 +32,7 @@ def _config(family: str) -> TrialConfig:
         model = ModelConfig(family="encdec", d_model=16, heads=2, d_ff=32, encoder_blocks=1, decoder_blocks=1,
                             dropout=0.1, history_items=4, ids_codebook=8, user_buckets=14, targets_per_row=3, **moe)
     else:
-        model = ModelConfig(family=family, d_model=16, blocks=2, heads=2, dqk=8, dv=8, max_positions=16,
+        model = ModelConfig(family=family, d_model=16, blocks=1, heads=2, dqk=8, dv=8, max_positions=16,
                             dropout=0.1, input_dropout=0.1, ffn_dim=32)
     return TrialConfig(
         data=DataConfig(max_len=11),
