@@ -62,7 +62,7 @@ def stats(prepared: PreparedData) -> dict:
             "first": _iso(seqs.timestamps.min()),
             "last": _iso(seqs.timestamps.max()),
             "days": float((seqs.timestamps.max() - seqs.timestamps.min()) / 86400.0),
-        },
+        } if prepared.properties.get("has_timestamps", 1.0) else None,  # positions stand in for time
         "preprocessing": prepared.report,
     }
     result.update(prepared.properties)
@@ -150,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--data", dest="dataset", required=True, help=what)
         else:
             sub.add_argument("dataset", help=what)
-        sub.add_argument("--format", choices=FORMATS, help="format of a file/folder (default: from its name)")
+        sub.add_argument("--format", choices=FORMATS, help="format of a file/folder (default: from its name; a .json file from its content)")
         sub.add_argument("--columns", help="for csv/parquet: user=COL,item=COL,timestamp=COL[,rating=COL]")
         sub.add_argument("--user-core", type=int, default=0, help="k-core: minimum interactions per user")
         sub.add_argument("--item-core", type=int, default=0, help="k-core: minimum interactions per item")

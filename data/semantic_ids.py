@@ -88,12 +88,18 @@ class SemanticIds:
     vector_parts: tuple
 
     @property
+    def collision_code(self) -> bool:
+        """Whether the last column is the collision code (always, except for JSON IDs given distinct)."""
+        return bool(self.config.get("collision_code", True))
+
+    @property
     def levels(self) -> int:
-        return self.codes.shape[1] - 1
+        return self.codes.shape[1] - int(self.collision_code)
 
     def vocabulary_sizes(self) -> list[int]:
         """Codes per position: the codebook size for the L levels, the largest group for the last."""
-        return [int(self.config["codebook"])] * self.levels + [int(self.codes[:, -1].max()) + 1]
+        collision = [int(self.codes[:, -1].max()) + 1] if self.collision_code else []
+        return [int(self.config["codebook"])] * self.levels + collision
 
 
 def collision_codes(codes: np.ndarray) -> np.ndarray:
@@ -226,3 +232,49 @@ def load(path: Path) -> SemanticIds:
     if len(np.unique(codes, axis=0)) != len(codes):
         raise DataError(f"{path}: two items share a full semantic ID")
     return SemanticIds(item_ids, codes, config, quality_metrics, input_hash, parts)
+
+
+def load_json(path: str | Path, item_ids: np.ndarray, codebook: int) -> SemanticIds:
+    """IDs given as JSON, `{item: [c1, ..., cL]}` (TIGER-style repositories' index files), for the
+    catalogue `item_ids` (original ids, dense order), used as given: L codes per item, a collision
+    code appended only when some items share an L-tuple. Every item of the catalogue needs one,
+    all of one length, each code in [0, codebook); ids of items the data lacks are ignored (their
+    count is in the quality record). A violation is one DataError naming the file and the key."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        given = json.loads(raw)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: not a JSON file of semantic IDs ({error})") from None
+    if not isinstance(given, dict) or not given:
+        raise DataError(f"{path}: expected a non-empty object {{item: [code, ...]}}")
+    wanted = [str(item) for item in item_ids]
+    missing = [item for item in wanted if item not in given]
+    if missing:
+        raise DataError(f"{path}: item {missing[0]!r} has no semantic ID ({len(missing)} of {len(wanted)} "
+                        f"items of the data have none)")
+    length = None
+    rows = []
+    for item in wanted:
+        codes = given[item]
+        if not isinstance(codes, list) or not codes or not all(type(c) is int for c in codes):
+            raise DataError(f"{path}: item {item!r}: expected a list of integer codes, got {codes!r:.80}")
+        if length is None:
+            length = len(codes)
+        elif len(codes) != length:
+            raise DataError(f"{path}: item {item!r} has {len(codes)} codes, the others {length}")
+        bad = [c for c in codes if not 0 <= c < codebook]
+        if bad:
+            raise DataError(f"{path}: item {item!r}: code {bad[0]} is outside 0..{codebook - 1} "
+                            f"(model.ids_codebook={codebook})")
+        rows.append(codes)
+    levels = np.asarray(rows, np.int32)
+    metrics = {**id_quality.collisions(levels), **id_quality.level_usage(levels, codebook),
+               "items_not_in_data": len(given) - len(wanted)}
+    repeated = metrics["largest_collision_group"] > 1
+    codes = np.concatenate([levels, collision_codes(levels)[:, None]], 1).astype(np.int32) if repeated else levels
+    config = {"method": "json", "levels": int(length), "codebook": int(codebook), "source": str(path), "seed": None,
+              "collision_code": bool(repeated)}
+    return SemanticIds(np.asarray(item_ids), codes, config, metrics, hashlib.sha256(raw).hexdigest(), ())

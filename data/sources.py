@@ -29,7 +29,7 @@ GROUPLENS_RELEASES = {
     "ml-25m": "ml-25m",
     "ml-32m": "ml-32m",
 }
-FORMATS = ("movielens", "recbole", "amazon", "amazon-csv", "csv", "parquet")
+FORMATS = ("movielens", "recbole", "amazon", "amazon-csv", "sequences-json", "csv", "parquet")
 
 
 def cache_dir() -> Path:
@@ -98,12 +98,18 @@ def load_interactions(
 
 
 def detect_format(path: Path) -> str:
-    """Guess the format of a file or folder from its name; say how to choose when it cannot."""
+    """Guess the format of a file or folder from its name (a .json file: from its first bytes); say
+    how to choose when it cannot."""
     names = {p.name for p in path.iterdir()} if path.is_dir() else {path.name}
     if names & {"u.data", "ratings.dat", "ratings.csv"}:
         return "movielens"
     if any(n.endswith(".inter") for n in names):
         return "recbole"
+    if path.is_file() and path.suffix == ".json":
+        from data.readers.sequences_json import looks_like_sequences_json
+
+        if looks_like_sequences_json(path):  # {user: [items]}: by content, as Amazon reviews are .json too
+            return "sequences-json"
     if any(n.endswith((".json", ".jsonl", ".json.gz", ".jsonl.gz")) for n in names):
         return "amazon"
     if path.is_file() and path.suffix == ".parquet":
@@ -127,6 +133,8 @@ def read_path(path: Path, format: str, columns: Mapping[str, str] | None) -> Int
         from data.readers.amazon import read_amazon_reviews as reader
     elif format == "amazon-csv":
         from data.readers.amazon import read_amazon_ratings_csv as reader
+    elif format == "sequences-json":
+        from data.readers.sequences_json import read_sequences_json as reader
     else:
         raise DataError(f"unknown format {format!r}; known: {', '.join(FORMATS)}")
     if format == "amazon" and path.is_dir():

@@ -61,8 +61,10 @@ class EncDecConfig(FamilyConfig):
     norm: pre-norm kind; positions: T5 relative buckets (relative_buckets, relative_max_distance) or
     learned tables; history_items = H; targets_per_row: examples per training row (0 = every
     position); user_buckets = U hashed user tokens; score_chunk: items per chunk of the exact
-    scorer. ids: a semantic-ID artefact (python -m data semantic-ids); empty = built from the
-    ids_* fields (cached), so the tokenizer is a sweep axis like d_model. experts > 0: the
+    scorer. ids: a semantic-ID artefact (python -m data semantic-ids, .npz) or IDs as JSON
+    ({item: [c1, ..., cL]}, used as given); empty = built from the ids_* fields (cached), so the
+    tokenizer is a sweep axis like d_model. ids_collision_code: the (L + 1)-th code that makes
+    repeated L-tuples distinct; off only for IDs given distinct (JSON IDs of L full levels). experts > 0: the
     decoder's feed-forward is a mixture of that many experts (models/moe.py) of expert_d_ff
     hidden units, top_k routed, capacity_factor, balance_loss_weight x the Switch loss. beam_width: beams of
     the evaluation's beam search beside the exact scorer (0 = none); beam_items: the items it
@@ -91,6 +93,7 @@ class EncDecConfig(FamilyConfig):
     ids_codebook: int = positive(64)
     ids_source: str = "metadata+cooccurrence"
     ids_seed: int = non_negative(0)
+    ids_collision_code: bool = True
     beam_width: int = non_negative(20, ">= 0 (0 = exact scoring only)")
     beam_items: int = positive(10)
     beam_constrained: bool = True
@@ -110,7 +113,7 @@ class EncDecConfig(FamilyConfig):
 
     @property
     def id_length(self) -> int:
-        return self.ids_levels + 1
+        return self.ids_levels + int(self.ids_collision_code)
 
     @property
     def encoder_length(self) -> int:
@@ -479,22 +482,28 @@ class EncDecModel(family.Model):
         return {"semantic_ids": self.ids_record}
 
 
-def synthetic_codes(num_items: int, levels: int, codebook: int) -> np.ndarray:
-    """(num_items, levels + 1) distinct codes without data (benchmarks, random-id mode): the
+def synthetic_codes(num_items: int, levels: int, codebook: int, collision_code: bool = True) -> np.ndarray:
+    """(num_items, levels [+ 1]) distinct codes without data (benchmarks, random-id mode): the
     mixed-radix digits of the dense index, the overflow as the collision code."""
     index = np.arange(num_items)
     digits = [(index // codebook**j) % codebook for j in reversed(range(levels))]
+    if not collision_code:
+        if num_items > codebook**levels:
+            raise ConfigError(f"{num_items} items do not fit {levels} levels of {codebook} codes without "
+                              f"model.ids_collision_code")
+        return np.stack(digits, axis=1).astype(np.int32)
     return np.stack([*digits, index // codebook**levels], axis=1).astype(np.int32)
 
 
 def vocabulary_codes(codes: np.ndarray, config: EncDecConfig) -> np.ndarray:
-    """(num_items + 1, L + 1) vocabulary ids of per-level codes (row 0: PAD, for padding items)."""
+    """(num_items + 1, id_length) vocabulary ids of per-level codes (row 0: PAD, for padding items)."""
     if codes.shape[1] != config.id_length:
-        raise ConfigError(f"the semantic IDs have {codes.shape[1] - 1} levels, model.ids_levels={config.ids_levels}")
+        raise ConfigError(f"the semantic IDs have {codes.shape[1]} codes per item; model.ids_levels={config.ids_levels}"
+                          f" and model.ids_collision_code={config.ids_collision_code} make {config.id_length}")
     if codes.max() >= config.ids_codebook:
-        raise ConfigError(f"the semantic IDs use codes up to {int(codes.max())} (largest collision group "
-                          f"{int(codes[:, -1].max()) + 1}); every level holds model.ids_codebook={config.ids_codebook}: "
-                          f"raise ids_codebook or ids_levels")
+        largest = f" (largest collision group {int(codes[:, -1].max()) + 1})" if config.ids_collision_code else ""
+        raise ConfigError(f"the semantic IDs use codes up to {int(codes.max())}{largest}; every level holds "
+                          f"model.ids_codebook={config.ids_codebook}: raise ids_codebook or ids_levels")
     ids = SPECIALS + codes + np.arange(config.id_length) * config.ids_codebook
     return np.concatenate([np.full((1, config.id_length), PAD), ids]).astype(np.int32)
 
@@ -505,7 +514,21 @@ def semantic_ids_for(config: EncDecConfig, prepared: Any, log: Callable[[str], N
     from data.errors import DataError
 
     try:
-        if config.ids:
+        if config.ids.endswith(".json"):
+            ids = semantic_ids.load_json(config.ids, prepared.sequences.item_ids, config.ids_codebook)
+            appended = ids.config["collision_code"]
+            if ids.levels != config.ids_levels:
+                raise ConfigError(f"model.ids={config.ids!r} has {ids.levels} codes per item, "
+                                  f"model.ids_levels={config.ids_levels}")
+            if appended != config.ids_collision_code:
+                raise ConfigError(
+                    f"model.ids={config.ids!r}: " + ("items share IDs, so a collision code is needed: set "
+                                                     "model.ids_collision_code=true" if appended else
+                                                     "the IDs are distinct as given: set model.ids_collision_code=false"))
+        elif not config.ids_collision_code:
+            raise ConfigError("model.ids_collision_code=false needs IDs given distinct (model.ids=FILE.json); "
+                              "artefacts and built IDs carry a collision code")
+        elif config.ids:
             ids = semantic_ids.load(config.ids)
             for key, mine in (("levels", config.ids_levels), ("codebook", config.ids_codebook)):
                 if ids.config.get(key) != mine:
@@ -533,7 +556,7 @@ class EncDec(family.Family):
 
     def build(self, config: EncDecConfig, train: Any, num_items: int) -> EncDecModel:
         """Without data: synthetic distinct IDs (benchmarks and shape-only uses)."""
-        codes = synthetic_codes(num_items, config.ids_levels, config.ids_codebook)
+        codes = synthetic_codes(num_items, config.ids_levels, config.ids_codebook, config.ids_collision_code)
         return EncDecModel(EncDecNetwork(config), config, num_items, vocabulary_codes(codes, config),
                            {"method": "synthetic", "levels": config.ids_levels, "codebook": config.ids_codebook})
 
