@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-DEFAULT_KS = (10, 50, 200)
+DEFAULT_KS = (5, 10, 50, 200)
 
 
 def ranking_metrics(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:

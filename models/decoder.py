@@ -173,12 +173,13 @@ class DecoderModel(family.Model):
         return jnp.take_along_axis(outputs, batch["eval_position"][:, None, None], axis=1)[:, 0]
 
     def evaluate(self, params: Any, batch: Mapping[str, jax.Array]) -> dict:
-        """Per row: the target's full-ranking rank (history excluded, target never) and its
-        full-softmax loss, for rows with eval_valid; the catalogue is scored in chunks on the
-        devices that hold its rows (models/tables.py)."""
-        rank, loss = tables.target_ranks(self._query(params, batch), params["item_embedding"], batch["eval_target"],
-                                         batch["items"], self.num_items, self.train.temperature)
-        return {"rank": rank, "loss": loss, "valid": batch["eval_valid"]}
+        """Per row: the target's full-ranking rank (history excluded, target never; and with the
+        history kept) and its full-softmax loss, for rows with eval_valid; the catalogue is scored
+        in chunks on the devices that hold its rows (models/tables.py)."""
+        rank, rank_with_history, loss = tables.target_ranks(
+            self._query(params, batch), params["item_embedding"], batch["eval_target"], batch["items"], self.num_items,
+            self.train.temperature)
+        return {"rank": rank, "rank_with_history": rank_with_history, "loss": loss, "valid": batch["eval_valid"]}
 
     def top_items(self, params: Any, batch: Mapping[str, jax.Array], k: int) -> dict[str, jax.Array]:
         """The k items of highest cosine score with the query, history and padding excluded."""

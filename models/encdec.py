@@ -294,6 +294,7 @@ class EncDecModel(family.Model):
     num_items: int
     codes: np.ndarray  # (num_items + 1, L + 1) vocabulary ids; row 0 = PAD
     ids_record: dict
+    exclude_history: bool = True  # the beam's rule (train.exclude_history); exact ranks give both
     trie: IdTrie = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
@@ -427,21 +428,26 @@ class EncDecModel(family.Model):
         target_score = jnp.take_along_axis(scores, target[:, None], axis=1)[:, 0]
         rows = jnp.arange(scores.shape[0])[:, None]
         seen = jnp.where(batch["items"] == target[:, None], 0, batch["items"])
-        excluded = jnp.zeros(scores.shape, bool).at[rows, seen].set(True).at[:, 0].set(True)
-        higher = jnp.sum((scores > target_score[:, None]) & ~excluded, axis=1)
-        out = {"rank": 1 + higher, "loss": -target_score / cfg.id_length, "valid": batch["eval_valid"],
-               "target": target}
+        padding = jnp.zeros(scores.shape, bool).at[:, 0].set(True)
+        history = padding.at[rows, seen].set(True)
+        higher = jnp.sum((scores > target_score[:, None]) & ~history, axis=1)
+        higher_with_history = jnp.sum((scores > target_score[:, None]) & ~padding, axis=1)
+        out = {"rank": 1 + higher, "rank_with_history": 1 + higher_with_history, "loss": -target_score / cfg.id_length,
+               "valid": batch["eval_valid"], "target": target}
+        excluded = history if self.exclude_history else padding
         if cfg.beam_width:
             out.update(self._beam_metrics(params, memory, memory_real, jnp.where(excluded, -jnp.inf, scores), excluded))
         return out
 
     def top_items(self, params: Any, batch: Mapping[str, jax.Array], k: int) -> dict[str, jax.Array]:
         """The constrained beam search's k best items (beam_width beams, at least one; history
-        excluded), scored by the log-probability of their full ID. A row whose beams find fewer
-        than k items pads with item 0 at score -inf."""
+        excluded unless exclude_history is off), scored by the log-probability of their full ID. A
+        row whose beams find fewer than k items pads with item 0 at score -inf."""
         memory, memory_real = self.encode_users(params, batch)
         rows = jnp.arange(memory.shape[0])[:, None]
-        excluded = jnp.zeros((memory.shape[0], self.num_items + 1), bool).at[rows, batch["items"]].set(True)
+        excluded = jnp.zeros((memory.shape[0], self.num_items + 1), bool)
+        if self.exclude_history:
+            excluded = excluded.at[rows, batch["items"]].set(True)
         found = self.beam_search(params, memory, memory_real, max(self.config.beam_width, 1), True,
                                  excluded.at[:, 0].set(True), k)
         return {"items": found["items"][:, :k], "scores": found["scores"][:, :k]}
@@ -450,7 +456,7 @@ class EncDecModel(family.Model):
                       excluded: jax.Array) -> dict:
         """The beam's top beam_items ("lists"), and per row: the fraction of returned IDs that are
         no item's, constrained as configured and unconstrained, and whether the beam's top 10
-        equals the exact scorer's (history excluded in both)."""
+        equals the exact scorer's (the same items excluded in both)."""
         cfg = self.config
         n = cfg.beam_items
         found = self.beam_search(params, memory, memory_real, cfg.beam_width, cfg.beam_constrained, excluded, n)
@@ -558,14 +564,16 @@ class EncDec(family.Family):
         """Without data: synthetic distinct IDs (benchmarks and shape-only uses)."""
         codes = synthetic_codes(num_items, config.ids_levels, config.ids_codebook, config.ids_collision_code)
         return EncDecModel(EncDecNetwork(config), config, num_items, vocabulary_codes(codes, config),
-                           {"method": "synthetic", "levels": config.ids_levels, "codebook": config.ids_codebook})
+                           {"method": "synthetic", "levels": config.ids_levels, "codebook": config.ids_codebook},
+                           getattr(train, "exclude_history", True))
 
     def build_for(self, config: EncDecConfig, train: Any, num_items: int, prepared: Any = None,
                   log: Callable[[str], None] | None = None) -> EncDecModel:
         if prepared is None:
             return self.build(config, train, num_items)
         codes, record = semantic_ids_for(config, prepared, log)
-        return EncDecModel(EncDecNetwork(config), config, num_items, vocabulary_codes(codes, config), record)
+        return EncDecModel(EncDecNetwork(config), config, num_items, vocabulary_codes(codes, config), record,
+                           getattr(train, "exclude_history", True))
 
     def train_fields(self, config: EncDecConfig) -> Mapping[str, BatchField]:
         return TRAIN_FIELDS

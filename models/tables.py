@@ -207,9 +207,10 @@ def _on_shards(fn: Callable, table: jax.Array, *replicated: jax.Array) -> Any:
 
 
 def target_ranks(query: jax.Array, table: jax.Array, target: jax.Array, history: jax.Array, num_items: int,
-                 temperature: float) -> tuple[jax.Array, jax.Array]:
-    """Per row, the target's 1-based rank among items 1..num_items by cosine score with the query
-    (items of the row's history other than the target excluded), and the full-softmax loss
+                 temperature: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per row, the target's 1-based rank among items 1..num_items by cosine score with the query,
+    with the items of the row's history other than the target excluded (the lab's rule) and with
+    them kept (the published papers' rule), and the full-softmax loss
     -log softmax(scores / temperature)[target] over items 1..num_items.
 
     query (B, D) unit vectors; table (rows, D) the raw catalogue table; target (B,); history
@@ -226,32 +227,35 @@ def target_ranks(query: jax.Array, table: jax.Array, target: jax.Array, history:
 
     def per_shard(rows, first, query, target, history, own_score, combine):
         def accumulate(carry, scores, ids, fresh):
-            higher, top, total = carry
+            higher, higher_with_history, top, total = carry
             real = _real(ids, fresh, num_items)[None, :]
-            counted = real & ~_history_mask(history, ids) & (ids[None, :] != target[:, None])
-            higher = higher + jnp.sum(counted & (scores > target_score[:, None]), axis=1)
+            above = real & (ids[None, :] != target[:, None]) & (scores > target_score[:, None])
+            higher = higher + jnp.sum(above & ~_history_mask(history, ids), axis=1)
+            higher_with_history = higher_with_history + jnp.sum(above, axis=1)
             logits = jnp.where(real, scores / temperature, -jnp.inf)
             new_top = jnp.maximum(top, jnp.max(logits, axis=1))
             total = _rescaled(total, top, new_top) + jnp.sum(jnp.exp(logits - _finite(new_top)[:, None]), axis=1)
-            return higher, new_top, total
+            return higher, higher_with_history, new_top, total
 
         batch = query.shape[0]
-        start = combine((jnp.zeros((batch,), jnp.int32), jnp.full((batch,), -jnp.inf), jnp.zeros((batch,))), "vary")
+        start = combine((jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), jnp.int32), jnp.full((batch,), -jnp.inf),
+                         jnp.zeros((batch,))), "vary")
         if one_chunk:
             ids = first + jnp.arange(rows.shape[0])
             scores = _scores(query, rows)
             target_score = combine(jnp.max(jnp.where(ids[None, :] == target[:, None], scores, -jnp.inf), axis=1), "max")
-            higher, top, total = accumulate(start, scores, ids, jnp.ones(ids.shape, bool))
+            higher, higher_with_history, top, total = accumulate(start, scores, ids, jnp.ones(ids.shape, bool))
         else:
             target_score = own_score
-            higher, top, total = _scan_chunks(
+            higher, higher_with_history, top, total = _scan_chunks(
                 rows, first, lambda carry, block, ids, fresh: accumulate(carry, _scores(query, block), ids, fresh), start)
         overall_top = combine(top, "max")
         total = combine(_rescaled(total, top, overall_top), "sum")
-        return combine(higher, "sum"), overall_top + jnp.log(total) - target_score / temperature
+        return (combine(higher, "sum"), combine(higher_with_history, "sum"),
+                overall_top + jnp.log(total) - target_score / temperature)
 
-    higher, loss = _on_shards(per_shard, table, query, target, history, own_score)
-    return 1 + higher, loss
+    higher, higher_with_history, loss = _on_shards(per_shard, table, query, target, history, own_score)
+    return 1 + higher, 1 + higher_with_history, loss
 
 
 def top_items(query: jax.Array, table: jax.Array, history: jax.Array, num_items: int, k: int

@@ -70,7 +70,9 @@ class TrainConfig(Section):
     step; 0 = auto (scaling.trainer.auto_grad_accum). eval_every / checkpoint_every: steps between
     them, 0 = only at the end. eval_points: that many evaluations spread evenly over the run (the
     last at the end), for training curves, beside eval_every; an observation, not part of the
-    trial id."""
+    trial id. exclude_history: full ranking without the user's history items (the lab's rule),
+    or with them (false: the published papers' rule); the other rule's metrics are reported
+    beside (history_included_hr@10 / history_excluded_hr@10, ...)."""
 
     SECTION: ClassVar[str] = "train"
     ID_FIELDS: ClassVar[tuple[str, ...]] = (
@@ -103,6 +105,7 @@ class TrainConfig(Section):
     eval_batch_size: int = positive(128)
     checkpoint_every: int = non_negative(0, ">= 0 (0 = only at the end)")
     keep_checkpoints: int = positive(2)
+    exclude_history: bool = True
 
     def check(self) -> None:
         if self.steps == 0 and not self.epochs > 0:

@@ -37,6 +37,7 @@ from models import family as families
 from scaling import checkpoint, distributed, flops, hardware, host
 from scaling.preemption import EXIT_PREEMPTED, Preempted, StopRequest, stop_with_parent
 from scaling.profiling import StepProfiler, parse_range
+from scaling.selection import BestEvaluation
 from scaling.workdir import WorkdirBusy, WorkdirLock, write_atomically
 from scaling.config import ConfigError, ModelConfig, TrialConfig, from_json, with_overrides
 from scaling.mesh import logical_names, make_mesh, parse_mesh_spec
@@ -111,9 +112,11 @@ def evaluate(trainer: Any, params: Any, targets: EvalTargets) -> dict[str, float
     """Ranking metrics (and the family's eval loss, if it has one) over every user's target:
     from each target's rank, or from the family's top-K lists (metrics at K up to the list's
     length only). A family may add named lists beside the rank ("lists": {name: top-K}, metrics
-    as name_hr@10, ...) and per-row values to average ("means": {name: (B,)})."""
+    as name_hr@10, ...) and per-row values to average ("means": {name: (B,)}). A family that
+    also ranks with the history kept ("rank_with_history") gives both rules: train.exclude_history
+    picks the headline, the other is named history_included_* / history_excluded_*."""
     config = trainer.config
-    ranks, losses, list_length = [], [], None
+    ranks, ranks_with_history, losses, list_length = [], [], [], None
     named: dict[str, list] = {}
     named_length: dict[str, int] = {}
     means: dict[str, list] = {}
@@ -121,6 +124,8 @@ def evaluate(trainer: Any, params: Any, targets: EvalTargets) -> dict[str, float
                                    history_len=config.data.max_len):
         out = trainer.eval_step(params, trainer.eval_batch(host_batch))
         valid = np.asarray(out["valid"])
+        if "rank_with_history" in out:
+            ranks_with_history.append(np.asarray(out["rank_with_history"])[valid])
         if "rank" in out:
             ranks.append(np.asarray(out["rank"])[valid])
         else:
@@ -137,6 +142,12 @@ def evaluate(trainer: Any, params: Any, targets: EvalTargets) -> dict[str, float
             losses.append(np.asarray(out["loss"])[valid])
     ks = [k for k in DEFAULT_KS if list_length is None or k <= list_length]
     metrics = ranking_metrics(np.concatenate(ranks), ks)
+    if ranks_with_history:
+        with_history = ranking_metrics(np.concatenate(ranks_with_history), ks)
+        if config.train.exclude_history:
+            metrics.update({f"history_included_{key}": value for key, value in with_history.items()})
+        else:
+            metrics = {**with_history, **{f"history_excluded_{key}": value for key, value in metrics.items()}}
     for name, parts in named.items():
         shown = [k for k in DEFAULT_KS if k <= named_length[name]] or [named_length[name]]
         metrics.update({f"{name}_{key}": value for key, value in ranking_metrics(np.concatenate(parts), shown).items()})
@@ -183,9 +194,11 @@ def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = Non
         first_process = jax.process_index() == 0
         events = EventLog(workdir, resumed_from, enabled=first_process)
         metrics_log = MetricsLog(workdir / "metrics.jsonl", events)
+        best = BestEvaluation()  # the evaluation the result reports
         if restored:
             _, state, saved = restored
             iterator.set_state(saved["iterator"])
+            best = BestEvaluation.from_state(saved.get("best_eval"))
             metrics_log.keep_until(resumed_from)
             log(f"resumed from step {resumed_from}")
         else:
@@ -218,10 +231,12 @@ def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = Non
 
         def resume_state() -> dict:
             """What a resumed run needs besides the train state: data position, cumulative counts."""
-            return {"iterator": iterator.get_state(), "tokens": meter.tokens, "train_flops": meter.flops}
+            return {"iterator": iterator.get_state(), "tokens": meter.tokens, "train_flops": meter.flops,
+                    "best_eval": best.to_state()}
 
         def write_eval(valid: dict, test: dict, then: str) -> None:
             """An eval record, at the step's cumulative tokens and FLOPs (the training curves' x-axes)."""
+            best.offer(step, valid, test)
             metrics_log.write({"step": step, "progress/tokens": meter.tokens, "progress/train_flops": meter.flops,
                                **{f"eval/valid_{k}": v for k, v in valid.items()},
                                **{f"eval/test_{k}": v for k, v in test.items()}})
@@ -236,18 +251,18 @@ def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = Non
                 profiler.after(step, metrics)
                 drain()
                 pending.append((step, metrics))
-                saved_now = bool(train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0)
-                if saved_now:
-                    drain()
-                    checkpoint.save(checkpoints, step, state, resume_state())
-                    events.flush()
-                if step in eval_steps:
+                if step in eval_steps:  # before a checkpoint of the same step, which then holds its selection
                     drain()
                     eval_started = time.perf_counter()
                     display.phase("eval")
                     write_eval(evaluate(trainer, state["params"], split.valid),
                                evaluate(trainer, state["params"], split.test), "train")
                     meter.exclude(time.perf_counter() - eval_started)
+                saved_now = bool(train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0)
+                if saved_now:
+                    drain()
+                    checkpoint.save(checkpoints, step, state, resume_state())
+                    events.flush()
                 if stop.requested():
                     drain()
                     if not saved_now:
@@ -303,9 +318,12 @@ def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = Non
         "final_train_loss": meter.final_loss,
         "eval_loss": valid.get("loss"),
         "test_loss": test.get("loss"),
-        **{key: test.get(key) for key in ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "hr@200", "ndcg@200", "mrr")},
-        **{f"valid_{key}": valid.get(key) for key in ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr")},
-        **{key: value for key, value in test.items() if key not in STANDARD_METRICS},  # a family's own
+        # test metrics at the evaluation of best validation HR@10 (scaling/selection.py), the last beside
+        "selected_step": best.step,
+        **{key: best.test.get(key) for key in RESULT_METRICS},
+        **{f"last_{key}": test.get(key) for key in RESULT_METRICS},
+        **{f"valid_{key}": best.valid.get(key) for key in VALID_METRICS},
+        **{key: value for key, value in best.test.items() if key not in STANDARD_METRICS},  # a family's own
         "resumed_from_step": resumed_from,
         **plateau(workdir / "metrics.jsonl"),
     }
@@ -321,6 +339,8 @@ def evaluation_steps(train: Any, total_steps: int) -> set[int]:
 
 
 STANDARD_METRICS = frozenset({"loss", *ranking_metrics(np.ones(1)).keys()})
+RESULT_METRICS = ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@50", "ndcg@50", "hr@200", "ndcg@200", "mrr")
+VALID_METRICS = ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr")
 PLATEAU_EVALS = 10
 
 

@@ -220,3 +220,36 @@ def test_padding_rows_and_spare_beams_change_nothing() -> None:
     exact = np.asarray(jax.jit(small.item_log_likelihoods)(small_params, memory5, real5))
     assert (np.asarray(wide["items"])[:, 5:] == 0).all() and np.isneginf(np.asarray(wide["scores"])[:, 5:]).all()
     assert np.asarray(wide["items"])[:, :5].tolist() == (np.argsort(-exact, axis=1, kind="stable") + 1).tolist()
+
+
+@pytest.mark.slow(20)
+def test_history_items_are_ranked_and_decoded_only_when_the_protocol_keeps_them() -> None:
+    """The exact scorer gives both ranks (history excluded: the lab's rule; kept: the papers');
+    the beam (exhaustive here: 20 beams over 20 items) leaves the history out only when
+    train.exclude_history says so, and otherwise returns the exact scorer's order of every item."""
+    import dataclasses
+
+    model, params = tiny("relative", catalogue(0))
+    keeps = dataclasses.replace(model, exclude_history=False)
+    items = np.array([[3, 5, 9, 0], [4, 12, 0, 0], [7, 7, 15, 11]], np.int32)
+    batch = {"items": items, "segment_ids": (items > 0).astype(np.int32), "eval_position": np.array([2, 1, 3], np.int32),
+             "user_tokens": np.full(items.shape, model.config.vocab_size - 1, np.int32),
+             "eval_target": np.array([5, 20, 1], np.int32), "eval_valid": np.ones(3, bool)}
+    batch = {key: jnp.asarray(value) for key, value in batch.items()}
+    out = jax.jit(model.evaluate)(params, batch)
+    memory, real = jax.jit(model.encode_users)(params, batch)
+    exact = np.asarray(jax.jit(model.item_log_likelihoods)(params, memory, real))  # (3, 20): items 1..20
+    for row in range(3):
+        target = int(batch["eval_target"][row])
+        above = exact[row] > exact[row, target - 1]
+        seen = np.isin(np.arange(1, NUM_ITEMS + 1), items[row][items[row] != target])
+        assert int(out["rank"][row]) == 1 + np.sum(above & ~seen)
+        assert int(out["rank_with_history"][row]) == 1 + np.sum(above)
+    assert (np.asarray(out["rank_with_history"]) > np.asarray(out["rank"])).any()
+    excluded_top = np.asarray(jax.jit(model.top_items, static_argnums=2)(params, batch, 5)["items"])
+    kept_top = np.asarray(jax.jit(keeps.top_items, static_argnums=2)(params, batch, 5)["items"])
+    for row in range(3):
+        order = np.argsort(-exact[row], kind="stable") + 1
+        assert kept_top[row].tolist() == order[:5].tolist()
+        assert excluded_top[row].tolist() == [i for i in order if i not in items[row]][:5]
+    assert any(np.isin(kept_top[row], items[row][items[row] > 0]).any() for row in range(3))

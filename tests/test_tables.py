@@ -60,9 +60,9 @@ def _run(case, mesh=None):
     query, table, target, history = case
 
     def ranks_and_top(query, table, target, history):
-        rank, loss = tables.target_ranks(query, table, target, history, ITEMS, 0.05)
+        rank, rank_with_history, loss = tables.target_ranks(query, table, target, history, ITEMS, 0.05)
         scores, items = tables.top_items(query, table, history, ITEMS, 10)
-        return rank, loss, items, scores
+        return rank, rank_with_history, loss, items, scores
 
     args = tuple(jnp.asarray(x) for x in case)
     if mesh is None:
@@ -81,10 +81,13 @@ def _run(case, mesh=None):
 def test_chunked_ranks_loss_and_top_items_equal_the_plain_computation(case, chunk, spec, monkeypatch) -> None:
     monkeypatch.setattr(tables, "SCORE_CHUNK_ROWS", chunk)
     monkeypatch.setattr(tables, "ROW_SHARDING_MIN_ROWS", 64)
-    rank, loss, order = dense_reference(*[np.asarray(x, np.float64) if i < 2 else x for i, x in enumerate(case)],
-                                        ITEMS, 0.05)
-    got_rank, got_loss, items, scores = _run(case, None if spec is None else make_mesh(spec))
+    query, table, target, history = [np.asarray(x, np.float64) if i < 2 else x for i, x in enumerate(case)]
+    rank, loss, order = dense_reference(query, table, target, history, ITEMS, 0.05)
+    rank_with_history, _, _ = dense_reference(query, table, target, np.zeros_like(history), ITEMS, 0.05)
+    got_rank, got_rank_with_history, got_loss, items, scores = _run(case, None if spec is None else make_mesh(spec))
     np.testing.assert_array_equal(got_rank, rank)
+    np.testing.assert_array_equal(got_rank_with_history, rank_with_history)
+    assert (rank_with_history >= rank).all() and (rank_with_history > rank).any()  # the history items count
     np.testing.assert_allclose(got_loss, loss, rtol=1e-5)
     np.testing.assert_array_equal(items, order)
     assert np.all(np.diff(scores, axis=1) <= 0) and np.isfinite(scores).all()

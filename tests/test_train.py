@@ -21,13 +21,15 @@ from tests.conftest import xla_flags
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULT_KEYS = {"model", "params", "params_non_embedding", "tokens", "steps", "train_flops", "wall_seconds", "mfu",
-               "peak_flops", "final_train_loss", "eval_loss", "hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr", "status",
-               "resumed_from_step"}
+               "peak_flops", "final_train_loss", "eval_loss", "hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@50", "ndcg@50",
+               "mrr", "status", "resumed_from_step", "selected_step", "last_hr@10", "last_ndcg@5",
+               "history_included_hr@10"}
 
 
 def tiny(steps: int = 12, checkpoint_every: int = 0):
+    """The tiny preset, evaluated at steps 4 and 8 and at the end."""
     config = preset("tiny")
-    return dataclasses.replace(config, train=dataclasses.replace(config.train, steps=steps, log_every=4,
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, steps=steps, log_every=4, eval_every=4,
                                                                  checkpoint_every=checkpoint_every))
 
 
@@ -54,8 +56,18 @@ def test_result_has_every_field_with_sane_values(finished_run) -> None:
     lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     logged = [line["step"] for line in lines if "learning/loss" in line]
     assert logged == [4, 8, 12]
-    assert lines[-1]["eval/test_hr@10"] == result["hr@10"]
-    assert result["plateau_evals"] == 1 and result["plateau_hr@10"] == result["hr@10"]  # no periodic evals
+    evals = [line for line in lines if "eval/valid_hr@10" in line]
+    assert [line["step"] for line in evals] == [4, 8, 12] and result["plateau_evals"] == 3
+    # the reported test metrics are those of the first evaluation with the best validation HR@10
+    best = max(evals, key=lambda line: (line["eval/valid_hr@10"], -line["step"]))
+    assert result["selected_step"] == best["step"] and result["valid_hr@10"] == best["eval/valid_hr@10"]
+    for key in ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "mrr", "history_included_hr@10"):
+        assert result[key] == best[f"eval/test_{key}"], key
+        if key in train_module.RESULT_METRICS:
+            assert result[f"last_{key}"] == evals[-1][f"eval/test_{key}"], key
+    for line in evals:  # history kept: the targets compete with the items already seen
+        assert line["eval/test_history_included_hr@10"] <= line["eval/test_hr@10"]
+        assert line["eval/test_history_included_mrr"] < line["eval/test_mrr"]
     axes = json.loads((workdir / "param_axes.json").read_text())
     assert axes["item_embedding"] == ["table_rows", "embed"] and axes["block_0/uvqk"] == ["embed", "qkv"]
     assert lines[-1]["progress/tokens"] == result["tokens"] and lines[-1]["progress/train_flops"] == result["train_flops"]
@@ -96,7 +108,8 @@ def test_interrupted_run_resumes_bitwise(tmp_path, lab_cache, monkeypatch, finis
     resumed = train_module.run(tiny(checkpoint_every=6), tmp_path)
     assert resumed["resumed_from_step"] == 6 and resumed["steps"] == 12
     _, uninterrupted = finished_run
-    for key in ("hr@10", "ndcg@10", "mrr", "eval_loss", "test_loss", "tokens", "train_flops"):
+    for key in ("hr@10", "ndcg@10", "mrr", "eval_loss", "test_loss", "tokens", "train_flops", "selected_step",
+                "valid_hr@10", "last_hr@10", "hr@5"):  # the step-4 evaluation's selection came through the checkpoint
         assert resumed[key] == uninterrupted[key], key
 
 
@@ -190,3 +203,17 @@ def test_an_unwritable_workdir_is_one_line_and_status_2(tmp_path, capsys) -> Non
     assert train_module.main(["--preset", "tiny", "--workdir", str(blocker / "trial")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: --workdir {blocker / 'trial'}: cannot write there (Not a directory)"]
+
+
+def test_the_best_validation_evaluation_is_kept_ties_to_the_earlier() -> None:
+    from scaling.selection import BestEvaluation
+
+    best = BestEvaluation()
+    assert best.to_state() is None and BestEvaluation.from_state(None).step is None
+    best.offer(2, {"hr@10": 0.1}, {"hr@10": 0.3})
+    best.offer(4, {"hr@10": 0.2}, {"hr@10": 0.1})
+    best.offer(6, {"hr@10": 0.2}, {"hr@10": 0.5})  # a tie keeps step 4
+    best.offer(8, {"hr@10": 0.15}, {"hr@10": 0.9})
+    assert (best.step, best.test) == (4, {"hr@10": 0.1})
+    restored = BestEvaluation.from_state(json.loads(json.dumps(best.to_state())))
+    assert restored == best
