@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from data import sources
+from data.errors import DataError
 from data.sequences import PreprocessOptions, Sequences, build_sequences, item_metadata_in_dense_order
 
 CACHE_FORMAT_VERSION = 2  # 2: ML-100K item metadata gained its knowledge graph (kg)
@@ -78,9 +79,12 @@ def _source_identity(name_or_path: str, format: str | None) -> object:
         return [sources.RECBOLE_WHEEL_SHA256]
     if name_or_path in sources.GROUPLENS_RELEASES:
         return [name_or_path]
-    path = Path(name_or_path)
-    if not path.exists():
+    try:
+        path = sources.local_file(name_or_path)
+    except DataError:
         return [name_or_path]  # load_interactions will say what is wrong with it
+    if not path.exists():
+        return [name_or_path]
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 

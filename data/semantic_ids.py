@@ -27,7 +27,7 @@ from data.dataset import PreparedData
 from data.errors import DataError
 from data.item_features import item_labels
 from data.item_vectors import ItemVectors, VectorOptions, item_vectors
-from data.sources import cache_dir
+from data.sources import cache_dir, local_file
 
 METHODS = ("rqkmeans", "rqkmeans-balanced", "rqvae")
 ARTEFACT_VERSION = 1  # bump when the same config would give different codes
@@ -235,12 +235,13 @@ def load(path: Path) -> SemanticIds:
 
 
 def load_json(path: str | Path, item_ids: np.ndarray, codebook: int) -> SemanticIds:
-    """IDs given as JSON, `{item: [c1, ..., cL]}` (TIGER-style repositories' index files), for the
+    """IDs given as JSON, `{item: [c1, ..., cL]}` (TIGER-style repositories' index files; a path or
+    "NAME:FILE" beside a local dataset, e.g. amazon-beauty:index_rqvae.json), for the
     catalogue `item_ids` (original ids, dense order), used as given: L codes per item, a collision
     code appended only when some items share an L-tuple. Every item of the catalogue needs one,
     all of one length, each code in [0, codebook); ids of items the data lacks are ignored (their
     count is in the quality record). A violation is one DataError naming the file and the key."""
-    path = Path(path)
+    path = local_file(str(path))  # a path, or "NAME:FILE" beside a local dataset (data/sources.py)
     try:
         raw = path.read_bytes()
         given = json.loads(raw)

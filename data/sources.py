@@ -29,6 +29,14 @@ GROUPLENS_RELEASES = {
     "ml-25m": "ml-25m",
     "ml-32m": "ml-32m",
 }
+# Datasets that are not downloaded (no public URL with a stable checksum): named here, read from
+# $SCALING_LAB_DATA/NAME/ (default: the cache's datasets/ folder); their companion files (e.g.
+# semantic IDs) are named "NAME:FILE".
+LOCAL_DATASETS = {
+    # TIGER's Amazon Beauty 5-core as sequences JSON, with RQ-VAE and RQ-KMeans semantic IDs beside:
+    # github.com/Timoniche/tiger-cf, data/Beauty (inter.json, index_rqvae.json, index_rqkmeans.json)
+    "amazon-beauty": "inter.json",
+}
 FORMATS = ("movielens", "recbole", "amazon", "amazon-csv", "sequences-json", "csv", "parquet")
 
 
@@ -58,7 +66,26 @@ def publish_folder(staged: Path, folder: Path) -> None:
 
 
 def known_names() -> list[str]:
-    return ["ml-100k", *GROUPLENS_RELEASES, "synthetic:KEY=VALUE,..."]
+    return ["ml-100k", *GROUPLENS_RELEASES, *LOCAL_DATASETS, "synthetic:KEY=VALUE,..."]
+
+
+def data_dir() -> Path:
+    """Where the local datasets' folders are: $SCALING_LAB_DATA or the cache's datasets/."""
+    return Path(os.environ.get("SCALING_LAB_DATA", cache_dir() / "datasets"))
+
+
+def local_file(reference: str) -> Path:
+    """The file a local dataset's name ("amazon-beauty": its interactions) or "NAME:FILE" (a file
+    beside them) stands for; anything else is a path as given. A missing file is one DataError
+    saying where it was looked for and how to point elsewhere."""
+    name, colon, file = reference.partition(":")
+    if name not in LOCAL_DATASETS or (colon and not file):
+        return Path(reference)
+    path = data_dir() / name / (file or LOCAL_DATASETS[name])
+    if not path.is_file():
+        raise DataError(f"{reference}: {path} not found; put the dataset's files in {path.parent} "
+                        f"or set SCALING_LAB_DATA to the folder that holds {name}/")
+    return path
 
 
 def readable_offline(name_or_path: str) -> bool:
@@ -69,6 +96,8 @@ def readable_offline(name_or_path: str) -> bool:
         return (cache_dir() / "ml-100k" / "ml-100k.inter").is_file() or (cache_dir() / "wheels" / RECBOLE_WHEEL).is_file()
     if name_or_path in GROUPLENS_RELEASES:
         return (cache_dir() / name_or_path).is_dir() or (cache_dir() / "downloads" / f"{name_or_path}.zip").is_file()
+    if name_or_path in LOCAL_DATASETS:
+        return (data_dir() / name_or_path / LOCAL_DATASETS[name_or_path]).is_file()
     return Path(name_or_path).exists()
 
 
@@ -90,7 +119,7 @@ def load_interactions(
         from data.readers.movielens import read_movielens
 
         return read_movielens(grouplens_folder(name_or_path))
-    path = Path(name_or_path)
+    path = local_file(name_or_path)
     if not path.exists():
         raise DataError(f"{name_or_path}: no such file or folder, and not a known dataset name "
                         f"(known: {', '.join(known_names())})")

@@ -520,7 +520,7 @@ def semantic_ids_for(config: EncDecConfig, prepared: Any, log: Callable[[str], N
     from data.errors import DataError
 
     try:
-        if config.ids.endswith(".json"):
+        if config.ids.endswith(".json"):  # a path, or "DATASET:FILE" beside a local dataset
             ids = semantic_ids.load_json(config.ids, prepared.sequences.item_ids, config.ids_codebook)
             appended = ids.config["collision_code"]
             if ids.levels != config.ids_levels:

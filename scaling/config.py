@@ -63,7 +63,8 @@ class TrainConfig(Section):
     drawn uniformly from the catalogue; "shared", `negatives` uniform draws per step shared by
     every position (one matmul); "in_batch", the targets of `negatives` positions drawn from the
     step's supervised positions (items by their in-batch frequency), logQ-corrected. schedule:
-    constant, or cosine decay to 0 after warmup_steps of linear warm-up. table_optimizer: how the
+    constant, or cosine decay to 0 after warmup_steps of linear warm-up, or rsqrt (T5's and
+    TIGER's: constant for warmup_steps, then decaying as 1 / sqrt(step)). table_optimizer: how the
     catalogue tables are updated: "adam" (dense AdamW, as every other parameter), "lazy_adam" or
     "rowwise_adagrad" (only the rows a step touches; scaling/table_optimizers.py), at
     table_learning_rate (0 = learning_rate) on the same schedule. grad_accum: micro-batches per
@@ -89,7 +90,7 @@ class TrainConfig(Section):
     beta2: float = constrained(0.98, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
     eps: float = positive(1e-8)
     weight_decay: float = non_negative(0.0, "finite and >= 0")
-    schedule: Literal["constant", "cosine"] = "constant"
+    schedule: Literal["constant", "cosine", "rsqrt"] = "constant"
     warmup_steps: int = non_negative(0)
     grad_accum: int = non_negative(0, ">= 0 (0 = auto)")
     loss: Literal["sampled_softmax", "full_softmax"] = "sampled_softmax"

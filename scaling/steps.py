@@ -33,7 +33,12 @@ Batch = dict[str, jax.Array]
 
 
 def learning_rate(train: TrainConfig, total_steps: int, peak: float) -> optax.ScalarOrSchedule:
-    """A constant rate, or linear warm-up then cosine decay to 0 (train.schedule), peaking at `peak`."""
+    """A constant rate (after a linear warm-up, if any), linear warm-up then cosine decay to 0, or
+    T5's and TIGER's inverse square root: `peak` for the first warmup_steps steps, then
+    peak * sqrt(warmup_steps / step) (train.schedule)."""
+    if train.schedule == "rsqrt":
+        warmup = float(max(train.warmup_steps, 1))
+        return lambda step: peak * jnp.sqrt(warmup / jnp.maximum(jnp.asarray(step, jnp.float32), warmup))
     if train.schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(0.0, peak, max(train.warmup_steps, 0),
                                                   max(total_steps, train.warmup_steps + 1))

@@ -139,3 +139,21 @@ def test_the_encoder_decoder_takes_json_ids_with_or_without_a_collision_code(tmp
     assert synthetic_codes(16, 2, 4, collision_code=False).tolist()[5] == [1, 1]
     with pytest.raises(ConfigError, match="17 items do not fit 2 levels of 4 codes"):
         synthetic_codes(17, 2, 4, collision_code=False)
+
+
+def test_a_local_dataset_is_found_under_scaling_lab_data_or_named_missing(tmp_path: Path, monkeypatch) -> None:
+    folder = tmp_path / "data" / "amazon-beauty"
+    folder.mkdir(parents=True)
+    write(folder / "inter.json", {"u1": [1, 2, 3], "u2": [3, 2, 1]})
+    write(folder / "index_x.json", {"1": [0, 1], "2": [1, 0], "3": [1, 1]})
+    monkeypatch.setenv("SCALING_LAB_DATA", str(tmp_path / "data"))
+    assert sources.local_file("amazon-beauty") == folder / "inter.json"
+    assert sources.local_file("some/other.json") == Path("some/other.json")
+    prepared = dataset.prepare("amazon-beauty", use_cache=False)
+    ids = semantic_ids.load_json("amazon-beauty:index_x.json", prepared.sequences.item_ids, 2)
+    assert ids.codes.tolist() == [[0, 1], [1, 0], [1, 1]]
+    with pytest.raises(DataError, match=r"amazon-beauty:index_y.json: .*index_y.json not found; .*SCALING_LAB_DATA"):
+        sources.local_file("amazon-beauty:index_y.json")
+    monkeypatch.setenv("SCALING_LAB_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match="amazon-beauty: .* not found"):
+        dataset.prepare("amazon-beauty", use_cache=False)

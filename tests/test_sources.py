@@ -89,7 +89,7 @@ def test_tampered_wheel_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_unknown_name_lists_known_ones(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="known: ml-100k, ml-1m, ml-10m, ml-20m, ml-25m, ml-32m, synthetic:"):
+    with pytest.raises(DataError, match="known: ml-100k, ml-1m, ml-10m, ml-20m, ml-25m, ml-32m, amazon-beauty, synthetic:"):
         sources.load_interactions(str(tmp_path / "ml-7m"))
 
 

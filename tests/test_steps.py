@@ -86,6 +86,9 @@ def test_schedules() -> None:
     assert cosine[60] == pytest.approx(0.5, rel=1e-3) and cosine[110] == pytest.approx(0.0, abs=1e-6)
     warmup_only = step_sizes(TrainConfig(learning_rate=1.0, warmup_steps=4), 100, 8)
     np.testing.assert_allclose(warmup_only, [0, 0.25, 0.5, 0.75, 1, 1, 1, 1], rtol=1e-3, atol=1e-6)
+    rsqrt = step_sizes(TrainConfig(learning_rate=0.01, schedule="rsqrt", warmup_steps=4), 100, 17)
+    np.testing.assert_allclose(rsqrt[:5], 0.01, rtol=1e-3)  # TIGER: constant over the warm-up, then 1 / sqrt(step)
+    np.testing.assert_allclose(rsqrt[[5, 9, 16]], [0.01 * np.sqrt(4 / 5), 0.01 * np.sqrt(4 / 9), 0.005], rtol=1e-3)
 
 
 @pytest.mark.slow
