@@ -82,14 +82,15 @@ PRESETS: dict[str, TrialConfig] = {
     # TIGER as its paper trains it (../shared/specs/generative_retrieval.md section 3, SOURCE.md):
     # 4 + 4 blocks, d 128, 6 heads of 64, feed-forward 1024, dropout 0.1, history 20, 2,000 user
     # buckets; the shared RQ-VAE IDs (4 full levels of 256, distinct: no collision code); lr 0.01
-    # for 10k steps then inverse-square-root decay, 200k steps of batch 256 (AdamW here; the paper
-    # names Adagrad's schedule); beam search over valid IDs (20 beams) beside the exact scorer.
-    # About 13M parameters and 1e16 FLOPs: accelerator work (python -m benchmarks.throughput
-    # --preset tiger-beauty --compile-only).
+    # for 10k steps then inverse-square-root decay, 200k steps of 256 (history, next item)
+    # examples, one drawn per user row (AdamW here; the paper names Adagrad's schedule); beam
+    # search over valid IDs (20 beams) beside the exact scorer. 4.8M parameters by this lab's count
+    # (the paper says about 13M); 1.7e11 model FLOPs per step, 3.5e16 in all: accelerator work
+    # (python -m benchmarks.throughput --preset tiger-beauty --batch 256 --compile-only).
     "tiger-beauty": TrialConfig(
         data=DataConfig(name="amazon-beauty", max_len=20, split="holdout"),
         model=ModelConfig(family="encdec", d_model=128, heads=6, head_dim=64, encoder_blocks=4, decoder_blocks=4,
-                          d_ff=1024, dropout=0.1, history_items=20, user_buckets=2000,
+                          d_ff=1024, dropout=0.1, history_items=20, user_buckets=2000, targets_per_row=1,
                           ids="amazon-beauty:index_rqvae.json", ids_levels=4, ids_codebook=256,
                           ids_collision_code=False),
         train=TrainConfig(batch_size=256, steps=200_000, learning_rate=0.01, schedule="rsqrt", warmup_steps=10_000,
