@@ -150,7 +150,8 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--data", dest="dataset", required=True, help=what)
         else:
             sub.add_argument("dataset", help=what)
-        sub.add_argument("--format", choices=FORMATS, help="format of a file/folder (default: from its name; a .json file from its content)")
+        sub.add_argument("--format", choices=FORMATS,
+                         help="format of a file/folder (default: from its name; a .json file from its content)")
         sub.add_argument("--columns", help="for csv/parquet: user=COL,item=COL,timestamp=COL[,rating=COL]")
         sub.add_argument("--user-core", type=int, default=0, help="k-core: minimum interactions per user")
         sub.add_argument("--item-core", type=int, default=0, help="k-core: minimum interactions per item")

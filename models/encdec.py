@@ -64,8 +64,8 @@ class EncDecConfig(FamilyConfig):
     scorer. ids: a semantic-ID artefact (python -m data semantic-ids, .npz) or IDs as JSON
     ({item: [c1, ..., cL]}, used as given); empty = built from the ids_* fields (cached), so the
     tokenizer is a sweep axis like d_model. ids_collision_code: the (L + 1)-th code that makes
-    repeated L-tuples distinct; off only for IDs given distinct (JSON IDs of L full levels). experts > 0: the
-    decoder's feed-forward is a mixture of that many experts (models/moe.py) of expert_d_ff
+    repeated L-tuples distinct; off only for IDs given distinct (JSON IDs of L full levels).
+    experts > 0: the decoder's feed-forward is a mixture of that many experts (models/moe.py) of expert_d_ff
     hidden units, top_k routed, capacity_factor, balance_loss_weight x the Switch loss. beam_width: beams of
     the evaluation's beam search beside the exact scorer (0 = none); beam_items: the items it
     returns (may exceed the beams); beam_constrained: decode only IDs of items (the trie)."""

@@ -232,7 +232,8 @@ def test_history_items_are_ranked_and_decoded_only_when_the_protocol_keeps_them(
     model, params = tiny("relative", catalogue(0))
     keeps = dataclasses.replace(model, exclude_history=False)
     items = np.array([[3, 5, 9, 0], [4, 12, 0, 0], [7, 7, 15, 11]], np.int32)
-    batch = {"items": items, "segment_ids": (items > 0).astype(np.int32), "eval_position": np.array([2, 1, 3], np.int32),
+    batch = {"items": items, "segment_ids": (items > 0).astype(np.int32),
+             "eval_position": np.array([2, 1, 3], np.int32),
              "user_tokens": np.full(items.shape, model.config.vocab_size - 1, np.int32),
              "eval_target": np.array([5, 20, 1], np.int32), "eval_valid": np.ones(3, bool)}
     batch = {key: jnp.asarray(value) for key, value in batch.items()}
