@@ -68,7 +68,9 @@ class EncDecConfig(FamilyConfig):
     experts > 0: the decoder's feed-forward is a mixture of that many experts (models/moe.py) of expert_d_ff
     hidden units, top_k routed, capacity_factor, balance_loss_weight x the Switch loss. beam_width: beams of
     the evaluation's beam search beside the exact scorer (0 = none); beam_items: the items it
-    returns (may exceed the beams); beam_constrained: decode only IDs of items (the trie)."""
+    returns (may exceed the beams); beam_constrained: decode only IDs of items (the trie).
+    exact_scorer: false ranks by the beam alone (metrics at K <= beam_items, no eval loss), for
+    catalogues too large to decode every item for every user."""
 
     family: Literal["encdec"] = "encdec"
     d_model: int = positive(64)
@@ -97,6 +99,7 @@ class EncDecConfig(FamilyConfig):
     beam_width: int = non_negative(20, ">= 0 (0 = exact scoring only)")
     beam_items: int = positive(10)
     beam_constrained: bool = True
+    exact_scorer: bool = True
     experts: int = non_negative(0, ">= 0 (0 = a dense decoder feed-forward)")
     top_k: int = constrained(1, lambda v: v in (1, 2), "1 or 2")
     capacity_factor: float = constrained(1.25, lambda v: math.isfinite(v) and v > 0, "finite and > 0")
@@ -131,6 +134,8 @@ class EncDecConfig(FamilyConfig):
             raise ConfigError(f"model.top_k={self.top_k} is more than model.experts={self.experts}")
         if self.ids_codebook < 2:
             raise ConfigError(f"model.ids_codebook={self.ids_codebook} must be at least 2")
+        if not self.exact_scorer and not self.beam_width:
+            raise ConfigError("model.exact_scorer=false ranks by the beam alone: set model.beam_width > 0")
         if self.relative_buckets < 4 or self.relative_max_distance <= self.relative_buckets // 4:
             raise ConfigError("model.relative_buckets must be >= 4 and relative_max_distance > relative_buckets / 4")
 
@@ -422,6 +427,8 @@ class EncDecModel(family.Model):
     def evaluate(self, params: Any, batch: Mapping[str, jax.Array]) -> dict:
         cfg = self.config
         memory, memory_real = self.encode_users(params, batch)
+        if not cfg.exact_scorer:
+            return self._beam_only(params, batch, memory, memory_real)
         scores = self.item_log_likelihoods(params, memory, memory_real)  # (B, n): items 1..n
         scores = jnp.concatenate([jnp.full((scores.shape[0], 1), -jnp.inf), scores], axis=1)
         target = batch["eval_target"]
@@ -438,6 +445,23 @@ class EncDecModel(family.Model):
         if cfg.beam_width:
             out.update(self._beam_metrics(params, memory, memory_real, jnp.where(excluded, -jnp.inf, scores), excluded))
         return out
+
+    def _beam_only(self, params: Any, batch: Mapping[str, jax.Array], memory: jax.Array,
+                   memory_real: jax.Array) -> dict:
+        """The beam's top beam_items as the ranking ("top_k": metrics at K up to their number), no
+        exact scores: the exact scorer decodes every item for every user (12k items x 22k users
+        on Amazon Beauty), the beam beam_width x (L + 1) tokens per user."""
+        cfg = self.config
+        rows = jnp.arange(memory.shape[0])[:, None]
+        excluded = jnp.zeros((memory.shape[0], self.num_items + 1), bool).at[:, 0].set(True)
+        if self.exclude_history:
+            seen = jnp.where(batch["items"] == batch["eval_target"][:, None], 0, batch["items"])
+            excluded = excluded.at[rows, seen].set(True)
+        found = self.beam_search(params, memory, memory_real, cfg.beam_width, cfg.beam_constrained, excluded,
+                                 cfg.beam_items)
+        returned = found["items"][:, :cfg.beam_items]
+        return {"top_k": returned, "target": batch["eval_target"], "valid": batch["eval_valid"],
+                "means": {"invalid_rate": jnp.mean(found["off_trie"][:, :cfg.beam_items], axis=1)}}
 
     def top_items(self, params: Any, batch: Mapping[str, jax.Array], k: int) -> dict[str, jax.Array]:
         """The constrained beam search's k best items (beam_width beams, at least one; history

@@ -254,3 +254,9 @@ def test_history_items_are_ranked_and_decoded_only_when_the_protocol_keeps_them(
         assert kept_top[row].tolist() == order[:5].tolist()
         assert excluded_top[row].tolist() == [i for i in order if i not in items[row]][:5]
     assert any(np.isin(kept_top[row], items[row][items[row] > 0]).any() for row in range(3))
+    # the beam alone (model.exact_scorer=false): its lists are the ranking, the target never excluded
+    beam_only = dataclasses.replace(model, config=dataclasses.replace(model.config, exact_scorer=False))
+    lists = np.asarray(jax.jit(beam_only.evaluate)(params, batch)["top_k"])
+    for row in range(3):
+        seen = [i for i in items[row] if i != batch["eval_target"][row]]
+        assert lists[row].tolist() == [i for i in np.argsort(-exact[row], kind="stable") + 1 if i not in seen][:10]

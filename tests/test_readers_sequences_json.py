@@ -137,6 +137,8 @@ def test_the_encoder_decoder_takes_json_ids_with_or_without_a_collision_code(tmp
     with pytest.raises(ConfigError, match="needs IDs given distinct"):
         semantic_ids_for(EncDecConfig(ids_levels=2, ids_codebook=4, ids_collision_code=False), prepared, None)
     assert synthetic_codes(16, 2, 4, collision_code=False).tolist()[5] == [1, 1]
+    with pytest.raises(ConfigError, match="exact_scorer=false ranks by the beam alone: set model.beam_width > 0"):
+        EncDecConfig(exact_scorer=False, beam_width=0)
     with pytest.raises(ConfigError, match="17 items do not fit 2 levels of 4 codes"):
         synthetic_codes(17, 2, 4, collision_code=False)
 
