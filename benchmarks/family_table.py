@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from benchmarks.ml100k_families import MAIN_ROWS, Row, _si, chosen_rows, mean_sd, rows_parser, run_trial
+from benchmarks.ml100k_families import MAIN_ROWS, Row, _si, chosen_rows, rows_parser, run_trial, summarise
 
 METRICS = ("hr@5", "hr@10", "ndcg@5", "ndcg@10")
 COSTS = ("params", "train_flops", "wall_seconds")
@@ -58,16 +58,6 @@ TABLES = {
 }
 
 
-def summarise(row: Row, results: Sequence[dict]) -> dict:
-    summary = {"row": row.name, "title": row.title, "seeds": [r["seed"] for r in results],
-               "trial_ids": [r["trial_id"] for r in results]}
-    for key in METRICS + COSTS:
-        values = [r[key] for r in results if r.get(key) is not None]
-        if values:
-            summary[key], summary[f"{key}_sd"] = mean_sd(values)
-    return summary
-
-
 def table(summaries: Sequence[dict], published: Sequence[Published]) -> str:
     lines = ["| model | R@5 | R@10 | N@5 | N@10 | params | train FLOPs | wall s |", "|---|---|---|---|---|---|---|---|"]
     for s in summaries:
@@ -92,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
-        summaries = [summarise(row, [run_trial(row, seed, args.runs) for seed in seeds]) for row in rows]
+        summaries = [summarise(row, [run_trial(row, seed, args.runs) for seed in seeds], METRICS + COSTS)
+                     for row in rows]
     except RuntimeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -109,10 +109,13 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def summarise(row: Row, results: Sequence[dict]) -> dict:
+def summarise(row: Row, results: Sequence[dict],
+              keys: Sequence[str] = METRICS + COSTS + ("valid_hr@10", "collision_rate")) -> dict:
+    """Mean and sd over the seeds' results of each of `keys` that they record (a semantic-ID
+    quality key read under `semantic_ids`)."""
     summary = {"row": row.name, "title": row.title, "seeds": [r["seed"] for r in results],
                "trial_ids": [r["trial_id"] for r in results]}
-    for key in METRICS + COSTS + ("valid_hr@10", "collision_rate"):
+    for key in keys:
         values = [r[key] if key in r else (r.get("semantic_ids") or {}).get(key) for r in results]
         values = [v for v in values if v is not None]
         if values:

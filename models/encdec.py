@@ -452,11 +452,8 @@ class EncDecModel(family.Model):
         exact scores: the exact scorer decodes every item for every user (12k items x 22k users
         on Amazon Beauty), the beam beam_width x (L + 1) tokens per user."""
         cfg = self.config
-        rows = jnp.arange(memory.shape[0])[:, None]
-        excluded = jnp.zeros((memory.shape[0], self.num_items + 1), bool).at[:, 0].set(True)
-        if self.exclude_history:
-            seen = jnp.where(batch["items"] == batch["eval_target"][:, None], 0, batch["items"])
-            excluded = excluded.at[rows, seen].set(True)
+        seen = jnp.where(batch["items"] == batch["eval_target"][:, None], 0, batch["items"])
+        excluded = self._not_recommended(seen)
         found = self.beam_search(params, memory, memory_real, cfg.beam_width, cfg.beam_constrained, excluded,
                                  cfg.beam_items)
         returned = found["items"][:, :cfg.beam_items]
@@ -468,13 +465,17 @@ class EncDecModel(family.Model):
         excluded unless exclude_history is off), scored by the log-probability of their full ID. A
         row whose beams find fewer than k items pads with item 0 at score -inf."""
         memory, memory_real = self.encode_users(params, batch)
-        rows = jnp.arange(memory.shape[0])[:, None]
-        excluded = jnp.zeros((memory.shape[0], self.num_items + 1), bool)
-        if self.exclude_history:
-            excluded = excluded.at[rows, batch["items"]].set(True)
         found = self.beam_search(params, memory, memory_real, max(self.config.beam_width, 1), True,
-                                 excluded.at[:, 0].set(True), k)
+                                 self._not_recommended(batch["items"]), k)
         return {"items": found["items"][:, :k], "scores": found["scores"][:, :k]}
+
+    def _not_recommended(self, history: jax.Array) -> jax.Array:
+        """(B, num_items + 1) items the beam may not return: the padding item, and the rows'
+        `history` (0 = none) when exclude_history is on."""
+        excluded = jnp.zeros((history.shape[0], self.num_items + 1), bool).at[:, 0].set(True)
+        if self.exclude_history:
+            excluded = excluded.at[jnp.arange(history.shape[0])[:, None], history].set(True)
+        return excluded
 
     def _beam_metrics(self, params: Any, memory: jax.Array, memory_real: jax.Array, exact_scores: jax.Array,
                       excluded: jax.Array) -> dict:

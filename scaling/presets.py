@@ -19,6 +19,12 @@ _TIGER_ML100K = TrialConfig(
                       eval_batch_size=64, log_every=25),
 )
 
+# genrec's SASRec and HSTU on Amazon Beauty (the presets' comment below)
+_GENREC_BEAUTY_DATA = DataConfig(name="amazon-beauty", max_len=50, split="holdout")
+_GENREC_BEAUTY_TRAIN = TrainConfig(batch_size=128, epochs=10.0, learning_rate=1e-3, beta1=0.9, beta2=0.98,
+                                   weight_decay=0.0, negatives=128, temperature=0.05, eval_every=175,
+                                   exclude_history=False)
+
 PRESETS: dict[str, TrialConfig] = {
     "hstu-ml1m": TrialConfig(
         data=_REFERENCE_DATA,
@@ -66,18 +72,16 @@ PRESETS: dict[str, TrialConfig] = {
     # stand in for time). The lab's sampled softmax (128 negatives, temperature 0.05), as its
     # ML-1M presets.
     "sasrec-beauty": TrialConfig(
-        data=DataConfig(name="amazon-beauty", max_len=50, split="holdout"),
+        data=_GENREC_BEAUTY_DATA,
         model=ModelConfig(family="sasrec", d_model=64, blocks=2, heads=2, ffn_dim=256, max_positions=51,
                           dropout=0.2, input_dropout=0.2),
-        train=TrainConfig(batch_size=128, epochs=10.0, learning_rate=1e-3, beta1=0.9, beta2=0.98, weight_decay=0.0,
-                          negatives=128, temperature=0.05, eval_every=175, exclude_history=False),
+        train=_GENREC_BEAUTY_TRAIN,
     ),
     "hstu-beauty": TrialConfig(
-        data=DataConfig(name="amazon-beauty", max_len=50, split="holdout"),
+        data=_GENREC_BEAUTY_DATA,
         model=ModelConfig(family="hstu", d_model=64, blocks=2, heads=2, max_positions=51, time_buckets=64,
                           dropout=0.2, input_dropout=0.2),
-        train=TrainConfig(batch_size=128, epochs=10.0, learning_rate=1e-3, beta1=0.9, beta2=0.98, weight_decay=0.0,
-                          negatives=128, temperature=0.05, eval_every=175, exclude_history=False),
+        train=_GENREC_BEAUTY_TRAIN,
     ),
     # TIGER as its paper trains it (../shared/specs/generative_retrieval.md section 3, SOURCE.md):
     # 4 + 4 blocks, d 128, 6 heads of 64, feed-forward 1024, dropout 0.1, history 20, 2,000 user
