@@ -14,11 +14,9 @@ and the semantic-ID ablations to the same rows.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
-from pathlib import Path
 from typing import Sequence
 
 from benchmarks.ml100k_families import MAIN_ROWS, Row, _si, chosen_rows, rows_parser, run_trial, summarise
