@@ -35,6 +35,10 @@ class Row:
     title: str
     preset: str
     overrides: tuple[str, ...] = ()  # "{seed}" and "{runs}" are replaced by the seed and the runs directory
+    seeds: tuple[int, ...] = ()  # the only seeds this row runs, of those asked for (empty: all of them)
+
+    def chosen_seeds(self, seeds: Sequence[int]) -> list[int]:
+        return [seed for seed in seeds if not self.seeds or seed in self.seeds]
 
     def sets(self, seed: int, runs: Path) -> list[str]:
         return [override.format(seed=seed, runs=runs) for override in self.overrides]
