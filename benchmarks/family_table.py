@@ -3,7 +3,7 @@ rows, with the published rows of that dataset beside ours.
 
   --dataset amazon-beauty|ml-100k --runs DIR [--seeds 0,1,2] [--rows a,b] [--report FILE.md] [--json]
 
-Each row is a preset at its default run, trained by `python -m scaling.train` in a subprocess
+Each row is a preset at its default run (the Beauty TIGER ablations, other IDs, at seed 0 only), trained by `python -m scaling.train` in a subprocess
 (benchmarks/ml100k_families.py: run_trial) with workdir DIR/ROW-sSEED: a trial with an ok
 result.json is read, not rerun; an interrupted one resumes. The table gives mean (sd over seeds) of test R@5, R@10, NDCG@5,
 NDCG@10 as result.json reports them (the evaluation of best validation HR@10, under each preset's
@@ -38,6 +38,12 @@ class Table:
     published: tuple[Published, ...] = ()
 
 
+# IDs the lab builds itself where an item has no metadata: balanced residual k-means (3 levels of
+# 256, TIGER's form, plus the collision code) of the items' co-occurrence vectors in the training
+# sequences (data/item_vectors.py).
+LAB_IDS = ("model.ids=", "model.ids_source=cooccurrence", "model.ids_method=rqkmeans-balanced", "model.ids_levels=3",
+           "model.ids_codebook=256", "model.ids_collision_code=true")
+
 # ../shared/data/amazon-beauty/SOURCE.md: leave-one-out, full ranking, history kept.
 BEAUTY_PUBLISHED = (
     Published("TIGER paper (Rajput et al., NeurIPS 2023)", "SASRec", (.0387, .0605, .0249, .0318)),
@@ -50,7 +56,12 @@ BEAUTY_PUBLISHED = (
 )
 TABLES = {
     "amazon-beauty": Table(
-        rows=(Row("sasrec-beauty", "SASRec", "sasrec-beauty"), Row("hstu-beauty", "HSTU", "hstu-beauty")),
+        rows=(Row("sasrec-beauty", "SASRec", "sasrec-beauty"), Row("hstu-beauty", "HSTU", "hstu-beauty"),
+              Row("tiger-beauty-cpu", "TIGER, RQ-VAE IDs (shared), beam search", "tiger-beauty-cpu"),
+              Row("tiger-beauty-cpu-rqkmeans", "TIGER, RQ-KMeans IDs (shared), beam search", "tiger-beauty-cpu",
+                  ("model.ids=amazon-beauty:index_rqkmeans.json",), seeds=(0,)),
+              Row("tiger-beauty-cpu-cooccurrence", "TIGER, the lab's IDs (co-occurrence), beam search",
+                  "tiger-beauty-cpu", LAB_IDS, seeds=(0,))),
         published=BEAUTY_PUBLISHED),
     "ml-100k": Table(rows=MAIN_ROWS),
 }
@@ -80,8 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
-        summaries = [summarise(row, [run_trial(row, seed, args.runs) for seed in seeds], METRICS + COSTS)
-                     for row in rows]
+        summaries = [summarise(row, [run_trial(row, seed, args.runs) for seed in row.chosen_seeds(seeds)],
+                               METRICS + COSTS) for row in rows if row.chosen_seeds(seeds)]
     except RuntimeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -73,7 +73,8 @@ def test_the_family_table_reads_finished_trials_and_sets_the_published_rows_besi
     """Trials with an ok result.json are read, not rerun: mean (sd) per row, the published rows below."""
     from benchmarks import family_table
 
-    values = {("sasrec-beauty", 0): 0.06, ("sasrec-beauty", 1): 0.07, ("hstu-beauty", 0): 0.05, ("hstu-beauty", 1): 0.07}
+    values = {("sasrec-beauty", 0): 0.06, ("sasrec-beauty", 1): 0.07, ("hstu-beauty", 0): 0.05, ("hstu-beauty", 1): 0.07,
+              ("tiger-beauty-cpu-rqkmeans", 0): 0.04}
     for (row, seed), hr10 in values.items():
         workdir = tmp_path / f"{row}-s{seed}"
         workdir.mkdir()
@@ -81,13 +82,15 @@ def test_the_family_table_reads_finished_trials_and_sets_the_published_rows_besi
             "status": "ok", "seed": seed, "trial_id": f"{row}{seed}", "hr@5": hr10 / 2, "hr@10": hr10, "ndcg@5": 0.01,
             "ndcg@10": 0.02, "params": 1000, "train_flops": 2e12, "wall_seconds": 60.0 + seed}))
     report = tmp_path / "table.md"
-    assert family_table.main(["--dataset", "amazon-beauty", "--runs", str(tmp_path), "--seeds", "0,1",
+    rows = "sasrec-beauty,hstu-beauty,tiger-beauty-cpu-rqkmeans"  # the last runs seed 0 only: no seed 1 is trained
+    assert family_table.main(["--dataset", "amazon-beauty", "--runs", str(tmp_path), "--seeds", "0,1", "--rows", rows,
                               "--report", str(report), "--json"]) == 0
     rows = {row["row"]: row for row in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]}
     assert rows["sasrec-beauty"]["hr@10"] == pytest.approx(0.065) and rows["hstu-beauty"]["hr@10"] == pytest.approx(0.06)
     assert rows["hstu-beauty"]["hr@10_sd"] == pytest.approx(0.01414, rel=1e-3) and rows["hstu-beauty"]["seeds"] == [0, 1]
+    assert rows["tiger-beauty-cpu-rqkmeans"]["seeds"] == [0] and rows["tiger-beauty-cpu-rqkmeans"]["hr@10"] == 0.04
     text = report.read_text()
     assert "| SASRec (ours, seeds 0,1) | 0.0325 (0.0035) | 0.0650 (0.0071) | 0.0100 (0.0000) | 0.0200 (0.0000) |" in text
     assert "| HSTU (phonism/genrec README) | 0.0486 | 0.0708 | 0.0340 | 0.0412 |" in text
     assert family_table.main(["--dataset", "amazon-beauty", "--runs", str(tmp_path), "--rows", "tiger"]) == 2
-    assert "unknown row 'tiger'; known: sasrec-beauty, hstu-beauty" in capsys.readouterr().err
+    assert "unknown row 'tiger'; known: sasrec-beauty, hstu-beauty, tiger-beauty-cpu," in capsys.readouterr().err
