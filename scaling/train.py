@@ -195,10 +195,12 @@ def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = Non
         events = EventLog(workdir, resumed_from, enabled=first_process)
         metrics_log = MetricsLog(workdir / "metrics.jsonl", events)
         best = BestEvaluation()  # the evaluation the result reports
+        earlier_seconds = 0.0  # wall time of the runs this one resumes (to their last checkpoint)
         if restored:
             _, state, saved = restored
             iterator.set_state(saved["iterator"])
             best = BestEvaluation.from_state(saved.get("best_eval"))
+            earlier_seconds = float(saved.get("wall_seconds", 0.0))
             metrics_log.keep_until(resumed_from)
             log(f"resumed from step {resumed_from}")
         else:
@@ -232,7 +234,7 @@ def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = Non
         def resume_state() -> dict:
             """What a resumed run needs besides the train state: data position, cumulative counts."""
             return {"iterator": iterator.get_state(), "tokens": meter.tokens, "train_flops": meter.flops,
-                    "best_eval": best.to_state()}
+                    "best_eval": best.to_state(), "wall_seconds": earlier_seconds + time.perf_counter() - started}
 
         def write_eval(valid: dict, test: dict, then: str) -> None:
             """An eval record, at the step's cumulative tokens and FLOPs (the training curves' x-axes)."""
@@ -307,7 +309,8 @@ def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = Non
         "train_flops": meter.flops,
         "six_n_d": flops.six_n_d(non_embedding, meter.tokens),
         "flop_convention": flops.FLOP_CONVENTION,
-        "wall_seconds": time.perf_counter() - started,
+        "wall_seconds": earlier_seconds + time.perf_counter() - started,  # over every resumed segment
+        "wall_seconds_this_run": time.perf_counter() - started,
         **meter.summary(),
         "peak_flops": peak_total,
         "peak_flops_source": peak_source,

@@ -107,6 +107,7 @@ def test_interrupted_run_resumes_bitwise(tmp_path, lab_cache, monkeypatch, finis
     monkeypatch.setattr(Trainer, "train_batch", real_train_batch)
     resumed = train_module.run(tiny(checkpoint_every=6), tmp_path)
     assert resumed["resumed_from_step"] == 6 and resumed["steps"] == 12
+    assert resumed["wall_seconds"] > resumed["wall_seconds_this_run"]  # the first run's time to its checkpoint counts
     _, uninterrupted = finished_run
     for key in ("hr@10", "ndcg@10", "mrr", "eval_loss", "test_loss", "tokens", "train_flops", "selected_step",
                 "valid_hr@10", "last_hr@10", "hr@5"):  # the step-4 evaluation's selection came through the checkpoint
