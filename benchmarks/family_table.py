@@ -3,9 +3,10 @@ rows, with the published rows of that dataset beside ours.
 
   --dataset amazon-beauty|ml-100k --runs DIR [--seeds 0,1,2] [--rows a,b] [--report FILE.md] [--json]
 
-Each row is a preset at its default run (the Beauty TIGER ablations, other IDs, at seed 0 only), trained by `python -m scaling.train` in a subprocess
-(benchmarks/ml100k_families.py: run_trial) with workdir DIR/ROW-sSEED: a trial with an ok
-result.json is read, not rerun; an interrupted one resumes. The table gives mean (sd over seeds) of test R@5, R@10, NDCG@5,
+Each row is a preset at its default run (the Beauty TIGER rows on other IDs at seed 0 only),
+trained by `python -m scaling.train` in a subprocess (benchmarks/ml100k_families.py: run_trial)
+with workdir DIR/ROW-sSEED: a trial with an ok result.json is read, not rerun; an interrupted one
+resumes. The table gives mean (sd over seeds) of test R@5, R@10, NDCG@5,
 NDCG@10 as result.json reports them (the evaluation of best validation HR@10, under each preset's
 protocol), and params, train FLOPs and wall seconds. amazon-beauty needs SCALING_LAB_DATA (see
 README: datasets). For ML-100K, `python -m benchmarks.ml100k_families` adds the popularity ranking

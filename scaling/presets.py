@@ -108,8 +108,8 @@ PRESETS: dict[str, TrialConfig] = {
     # The paper's protocol and IDs (history 20, 2,000 user buckets, the shared RQ-VAE IDs, beam
     # search over valid IDs; the exact scorer, 22,363 users x 12,101 items, is hours here), every
     # (history, next item) prefix of a training row an example (TIGER's), users packed into rows of
-    # 21, 16 rows (about 300 examples) a step. The paper's 4 + 4 blocks of d 128 cost 6.8e8 FLOPs
-    # an example: 1.5 epochs in 90 minutes. At a quarter of its width and half its depth (d 64, 4
+    # 21, 16 rows (about 300 examples) a step. The paper's 4 + 4 blocks of d 128 cost 2.9e8 FLOPs
+    # an example (12.6 s a step here): 0.8 epochs in 90 minutes. At half its width and depth (d 64, 4
     # heads of 16, feed-forward 256, 2 + 2 blocks; 1.6e7 FLOPs an example) the budget buys 12
     # epochs. AdamW 1e-3 after 100 warm-up steps (the paper's lr 0.01 is Adagrad's). Beauty's short
     # histories (8.9 items a user) leave 77% of the encoder's 81 slots padding, computed anyway.
