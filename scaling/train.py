@@ -285,6 +285,7 @@ def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = Non
             profiler.close()
             events.close()
             display.close()
+    this_run_seconds = time.perf_counter() - started
     counted = flops.param_counts(config.model, num_items)
     non_embedding = counted["params_non_embedding"]
     result = {
@@ -309,8 +310,8 @@ def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = Non
         "train_flops": meter.flops,
         "six_n_d": flops.six_n_d(non_embedding, meter.tokens),
         "flop_convention": flops.FLOP_CONVENTION,
-        "wall_seconds": earlier_seconds + time.perf_counter() - started,  # over every resumed segment
-        "wall_seconds_this_run": time.perf_counter() - started,
+        "wall_seconds": earlier_seconds + this_run_seconds,  # over every resumed segment
+        "wall_seconds_this_run": this_run_seconds,
         **meter.summary(),
         "peak_flops": peak_total,
         "peak_flops_source": peak_source,
