@@ -112,8 +112,8 @@ PRESETS: dict[str, TrialConfig] = {
     # an example (12.6 s a step here): 0.8 epochs in 90 minutes. Its width at half its depth and a
     # quarter of its feed-forward (d 128, 4 heads of 32, FF 512, 2 + 2 blocks; 5.9e7 FLOPs an
     # example, about 1.4 s a step alone) reached validation HR@10 .0277 after 2 epochs, where the
-    # d 64 shape of tiger-ml100k needed 8 epochs (3.5x its wall time) for .0287: 7 epochs, each
-    # evaluated (about 10 + 2.5 minutes). AdamW 1e-3 after 100 warm-up steps (the paper's lr 0.01
+    # d 64 shape of tiger-ml100k needed 8 epochs (3.5x its wall time) for .0287: 6 epochs, each
+    # evaluated (about 11.5 + 2.5 minutes alone). AdamW 1e-3 after 100 warm-up steps (the paper's lr 0.01
     # is Adagrad's), cosine decay to 0 over the run. Beauty's short histories (8.9 items a user)
     # leave most of the encoder's 81 slots padding, computed anyway: XLA executes 4.4x the model
     # FLOPs.
@@ -123,7 +123,7 @@ PRESETS: dict[str, TrialConfig] = {
                           d_ff=512, dropout=0.1, history_items=20, user_buckets=2000, targets_per_row=0,
                           ids="amazon-beauty:index_rqvae.json", ids_levels=4, ids_codebook=256,
                           ids_collision_code=False, exact_scorer=False),
-        train=TrainConfig(batch_size=16, epochs=7.0, learning_rate=1e-3, schedule="cosine", warmup_steps=100,
+        train=TrainConfig(batch_size=16, epochs=6.0, learning_rate=1e-3, schedule="cosine", warmup_steps=100,
                           eval_every=430, checkpoint_every=430, eval_batch_size=256, log_every=20,
                           exclude_history=False),
     ),
