@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 
 from analysis import bootstrap as boot  # noqa: E402
 from analysis import chinchilla, isoflop, power  # noqa: E402
+from analysis.floors import Floor  # noqa: E402
 from analysis.result import FitResult  # noqa: E402
 
 # Axis labels with units, keyed by the column they show.
@@ -71,6 +72,22 @@ def _draw_law(ax: plt.Axes, grid: np.ndarray, result: FitResult, predict: Callab
         ax.fill_between(grid, *band, color=color, alpha=0.2, label=f"{result.ci_level:.0%} bootstrap band")
 
 
+def _floor_line(ax: plt.Axes, floor: Floor | None) -> None:
+    """The generator's irreducible loss as a line (and the oracle's, dotted, where it differs)."""
+    if floor is None:
+        return
+    ax.axhline(floor.value, color="k", ls="-.", lw=1, label=floor.label)
+    if floor.kind == "Bayes" and np.isfinite(floor.oracle) and floor.oracle < floor.value:
+        ax.axhline(floor.oracle, color="0.4", ls=":", lw=1, label=f"oracle floor (knows each user's taste): {floor.oracle:.4g}")
+
+
+def _floor_limits(ax: plt.Axes, values: np.ndarray, floor: Floor | None) -> None:
+    """y limits that hold the data and the floor lines (not a bootstrap band's far tail)."""
+    low = min(np.min(values), floor.oracle if floor is not None and np.isfinite(floor.oracle) else np.inf,
+              floor.value if floor is not None else np.inf)
+    ax.set_ylim(low / 1.1, np.max(values) * 1.15)
+
+
 def law_text(result: FitResult, digits: int = 3) -> str:
     """The fitted parameters with their intervals, one line (for legends and titles)."""
     parts = []
@@ -81,8 +98,10 @@ def law_text(result: FitResult, digits: int = 3) -> str:
 
 
 def loss_vs_compute(compute: np.ndarray, loss: np.ndarray, on_front: np.ndarray, fit: FitResult | None,
-                    stem: str | Path, x_label: str = "train_flops", y_label: str = "eval_loss") -> list[Path]:
-    """All runs, the lower envelope, and the frontier law with its band."""
+                    stem: str | Path, x_label: str = "train_flops", y_label: str = "eval_loss",
+                    floor: Floor | None = None) -> list[Path]:
+    """All runs, the lower envelope, and the frontier law with its band; the source's
+    irreducible loss as a line when it has one."""
     figure, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter(compute, loss, s=18, color="0.6", label="runs")
     order = np.argsort(compute[on_front])
@@ -91,8 +110,11 @@ def loss_vs_compute(compute: np.ndarray, loss: np.ndarray, on_front: np.ndarray,
         grid = _grid(compute, log=True, stretch=2.0)
         _draw_law(ax, grid, fit, lambda p: power.predict(p, grid, "falling"),
                   f"L = E + A C^-alpha: E={fit.params['E']:.3g}, alpha={fit.params['alpha']:.3g}")
+    _floor_line(ax, floor)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    if floor is not None:
+        _floor_limits(ax, loss, floor)
     ax.set_xlabel(axis_label(x_label))
     ax.set_ylabel(axis_label(y_label))
     ax.set_title("Loss vs compute")
@@ -101,15 +123,19 @@ def loss_vs_compute(compute: np.ndarray, loss: np.ndarray, on_front: np.ndarray,
 
 
 def fitted_curve(x: np.ndarray, y: np.ndarray, fit: FitResult, predict: Callable[[dict, np.ndarray], np.ndarray],
-                 stem: str | Path, x_label: str, y_label: str, log_y: bool) -> list[Path]:
-    """Points and a fitted law of one variable (power or loglinear) with its bootstrap band."""
+                 stem: str | Path, x_label: str, y_label: str, log_y: bool, floor: Floor | None = None) -> list[Path]:
+    """Points and a fitted law of one variable (power or loglinear) with its bootstrap band (and
+    the source's irreducible loss, for a loss)."""
     figure, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter(x, y, s=20, color="C0", label="runs", zorder=3)
     grid = _grid(x, log=True)
     _draw_law(ax, grid, fit, lambda p: predict(p, grid), f"{fit.form}: {law_text(fit)}")
+    _floor_line(ax, floor)
     ax.set_xscale("log")
     if log_y:
         ax.set_yscale("log")
+    if floor is not None:
+        _floor_limits(ax, y, floor)
     ax.set_xlabel(axis_label(x_label))
     ax.set_ylabel(axis_label(y_label))
     ax.set_title(f"{y_label} vs {x_label}")
@@ -118,7 +144,7 @@ def fitted_curve(x: np.ndarray, y: np.ndarray, fit: FitResult, predict: Callable
 
 
 def isoflop_curves(n: np.ndarray, loss: np.ndarray, compute: np.ndarray, labels: np.ndarray, fit: FitResult,
-                   stem: str | Path) -> list[Path]:
+                   stem: str | Path, floor: Floor | None = None) -> list[Path]:
     """Left: loss vs N per budget (`labels` 0..k-1) with its parabola and vertex. Right: N*(C) and the power law."""
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
     colors = plt.cm.viridis(np.linspace(0, 0.9, max(labels.max() + 1, 1)))
@@ -133,7 +159,10 @@ def isoflop_curves(n: np.ndarray, loss: np.ndarray, compute: np.ndarray, labels:
             grid = np.geomspace(n[rows].min(), n[rows].max(), 100)
             left.plot(grid, np.polyval(minimum.coefficients, np.log(grid)), color=color, lw=1)
             left.plot(minimum.n_opt, minimum.loss_opt, "*", color=color, ms=11, mec="k")
+    _floor_line(left, floor)
     left.set_xscale("log")
+    if floor is not None:
+        _floor_limits(left, loss, floor)
     left.set_xlabel(axis_label("params"))
     left.set_ylabel("final loss (nats)")
     left.set_title("IsoFLOP profiles")
@@ -152,7 +181,8 @@ def isoflop_curves(n: np.ndarray, loss: np.ndarray, compute: np.ndarray, labels:
     return _save(figure, stem)
 
 
-def chinchilla_allocation(n: np.ndarray, d: np.ndarray, loss: np.ndarray, fit: FitResult, stem: str | Path) -> list[Path]:
+def chinchilla_allocation(n: np.ndarray, d: np.ndarray, loss: np.ndarray, fit: FitResult, stem: str | Path,
+                          floor: Floor | None = None) -> list[Path]:
     """Runs in (C, N) coloured by loss, with N_opt(C) from the joint law; and fitted vs observed loss."""
     compute = 6 * n * d
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
@@ -171,6 +201,10 @@ def chinchilla_allocation(n: np.ndarray, d: np.ndarray, loss: np.ndarray, fit: F
     right.scatter(loss, predicted, s=12)
     line = [min(loss.min(), predicted.min()), max(loss.max(), predicted.max())]
     right.plot(line, line, "k--", lw=1)
+    _floor_line(right, floor)
+    if floor is not None:
+        right.axhline(fit.params["E"], color="C3", lw=1, label=f"fitted E = {fit.params['E']:.4g}")
+        right.legend(fontsize=7)
     right.set_xscale("log")
     right.set_yscale("log")
     right.set_xlabel("observed loss (nats)")
@@ -254,7 +288,7 @@ def mfu_vs_size(params: np.ndarray, mfu: np.ndarray, stem: str | Path, groups: n
 
 def training_curves(x: np.ndarray, y: np.ndarray, trials: np.ndarray, sizes: np.ndarray, stem: str | Path,
                     x_label: str, y_label: str, envelope: np.ndarray | None = None, fit: FitResult | None = None,
-                    final_fit: FitResult | None = None, log_y: bool = True) -> list[Path]:
+                    final_fit: FitResult | None = None, log_y: bool = True, floor: Floor | None = None) -> list[Path]:
     """One line per trial through its evaluations, one colour per model size; optionally the lower
     envelope of all evaluations with the law fitted to it (and its band), and the law of the
     final-point frontier dashed beside it."""
@@ -277,10 +311,11 @@ def training_curves(x: np.ndarray, y: np.ndarray, trials: np.ndarray, sizes: np.
     if final_fit is not None:
         ax.plot(grid, power.predict(final_fit.params, grid, "falling"), "--", color="C1",
                 label=f"final-point frontier: E={final_fit.params['E']:.3g}, alpha={final_fit.params['alpha']:.3g}")
+    _floor_line(ax, floor)
     ax.set_xscale("log")
     if log_y:
         ax.set_yscale("log")
-        ax.set_ylim(np.min(y) / 1.15, np.max(y) * 1.15)  # the curves, not a bootstrap band's far tail
+        _floor_limits(ax, y, floor)
     ax.set_xlabel(axis_label(x_label))
     ax.set_ylabel(axis_label(y_label))
     ax.set_title(f"{y_label} during training vs {x_label}")

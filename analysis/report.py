@@ -17,15 +17,18 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from analysis import curves, frontier, isoflop, loglinear, plots, records
+from analysis import curves, floors, frontier, isoflop, loglinear, plots, records
 from analysis import tuning as tuning_module
 from analysis.errors import FitError
+from analysis.floors import Floor
 from analysis.result import FitResult
 from analysis.run import Columns, FitOptions, fit_table
 
 RUN_COLUMNS = ("trial_id", "model", "params", "params_non_embedding", "max_len", "seq_len", "d_model", "blocks",
                "tokens", "train_flops", "wall_seconds", "mfu", "final_train_loss", "eval_loss", "hr@10", "ndcg@10", "mrr")
 FIGURES = "figures"
+_FLOOR_CAPTION = ("; dash-dotted: the generator's irreducible loss on the evaluated events (the best a sequence "
+                  "model can reach), dotted: the oracle's (it knows each user's taste).")
 
 
 @dataclass
@@ -92,14 +95,35 @@ def _complete(table: pd.DataFrame, needed: list[str], what: str, report: Report)
     return subset
 
 
-def _fit_rows(name: str, fit: FitResult, target: str) -> list[list[str]]:
+FLOOR_HEADER = ["irreducible loss (generator)", "E − floor", "interval holds floor", "floor ≤ interval top"]
+
+
+def _fit_rows(name: str, fit: FitResult, target: str, floor: Floor | None = None) -> list[list[str]]:
+    """A row per parameter; the E row of a law fitted to a loss with a known floor also gives the
+    floor, E - floor and whether E's interval holds the floor (blank cells otherwise)."""
     rows = []
     for param, value in fit.params.items():
         interval = fit.ci.get(param)
+        cells = ["", "", "", ""]
+        if param == "E" and floor is not None:
+            holds, not_above = floor.covered_by(interval), floor.not_above(interval)
+            cells = [f"{floor.value:.4g} ± {floor.stderr:.2g} ({floor.kind})", _fmt(value - floor.value),
+                     {True: "yes", False: "NO", None: "–"}[holds], {True: "yes", False: "NO", None: "–"}[not_above]]
         rows.append([name, target, param, _fmt(value), f"[{_fmt(interval[0])}, {_fmt(interval[1])}]" if interval else "–",
                      str(fit.n_points), _fmt(fit.goodness.get("r2", fit.goodness.get("r2_log", float("nan")))),
-                     _fmt(fit.goodness.get("rmse_log", float("nan")))])
+                     _fmt(fit.goodness.get("rmse_log", float("nan")))] + cells)
     return rows
+
+
+def _fit_json(fit: FitResult, floor: Floor | None = None) -> dict:
+    """fit.to_json(), with the floor its E is compared with (and how) when there is one."""
+    out = fit.to_json()
+    if floor is not None and "E" in fit.params:
+        interval = fit.ci.get("E")
+        out["floor"] = {**floor.to_json(), "E_minus_floor": fit.params["E"] - floor.value,
+                        "interval_holds_floor": floor.covered_by(interval),
+                        "floor_not_above_interval": floor.not_above(interval)}
+    return out
 
 
 def _attempt(report: Report, what: str, step: Callable[[], None]) -> None:
@@ -149,9 +173,17 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
         no_columns = str(error)
     size_col = next((c for c in ((cols.n,) if cols.n else records.PARAMS_COLUMNS) if c in table.columns), "params")
     seq_col = next((c for c in records.SEQ_LEN_COLUMNS if c in table.columns), "max_len")
+    floor = floors.floor_for(table, loss_col) if loss_col else None
 
     laws: dict[str, FitResult] = {}  # fitted here, drawn again in later sections
     report.heading("Loss vs compute: frontier and its law")
+    if floor is not None:
+        report.fits["floor"] = floor.to_json()
+        oracle = f"; a predictor that knows each user's taste reaches {floor.oracle:.4g}" if floor.kind == "Bayes" else ""
+        report.text(f"The source is a generator that knows its irreducible loss on the events {loss_col} is measured "
+                    f"on: {floor.value:.4g} ± {floor.stderr:.2g} nats ({floor.kind} floor: the best a sequence model "
+                    f"can do from the history it sees){oracle}. Every loss figure draws it; every fitted E is "
+                    f"compared with it under Fitted laws.")
     if not loss_col:
         report.skip("loss vs compute", no_columns)
     elif (data := _complete(table, [compute_col, loss_col], "loss vs compute", report)) is not None:
@@ -167,21 +199,22 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
                 fit = fitted.result
             except FitError as error:
                 report.skip("frontier law fit", str(error))
-            report.figure(plots.loss_vs_compute(c, loss, on_front, fit, figures / "loss_vs_compute", compute_col, loss_col),
+            report.figure(plots.loss_vs_compute(c, loss, on_front, fit, figures / "loss_vs_compute", compute_col, loss_col,
+                                                floor),
                           "Final loss of every run against training compute; the lower envelope and the power "
-                          "law fitted to it, with its bootstrap band.", out)
+                          "law fitted to it, with its bootstrap band" + (_FLOOR_CAPTION if floor else "."), out)
             if tuned is not None:  # the same law on the runs at the base config's values
                 try:
                     untuned = fit_table(tuned.untuned, "frontier", Columns(c=compute_col, loss=loss_col, n=cols.n),
                                         FitOptions(bootstrap=options.bootstrap, seed=options.seed)).result
-                    report.fits["frontier_untuned"] = untuned.to_json()
-                    fit_rows.extend(_fit_rows("frontier L(C), untuned (base learning rate)", untuned, loss_col))
+                    report.fits["frontier_untuned"] = _fit_json(untuned, floor)
+                    fit_rows.extend(_fit_rows("frontier L(C), untuned (base learning rate)", untuned, loss_col, floor))
                 except FitError as error:
                     report.skip("untuned frontier law", str(error))
             if fit is not None:
                 laws["frontier"] = fit
-                report.fits["frontier"] = fit.to_json()
-                fit_rows.extend(_fit_rows("frontier L(C)", fit, loss_col))
+                report.fits["frontier"] = _fit_json(fit, floor)
+                fit_rows.extend(_fit_rows("frontier L(C)", fit, loss_col, floor))
                 report.figure(plots.residuals(c[on_front], loss[on_front], plots.power.predict(fit.params, c[on_front]),
                                               figures / "residuals_frontier", compute_col, "Frontier law residuals"),
                               "Residuals of the frontier law on the frontier runs.", out)
@@ -193,7 +226,8 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
         report.skip("training curves", no_columns)
     else:
         _attempt(report, "training curves", lambda: _curves_section(
-            report, table, Path(results), size_col, laws.get("frontier"), fit_rows, options, figures, out, say))
+            report, table, Path(results), size_col, laws.get("frontier"), fit_rows, options, figures, out, say,
+            floors.floor_for(table, "eval_loss")))
 
     report.heading("Loss vs model size, per sequence length")
     if not loss_col:
@@ -213,14 +247,15 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
                 say(f"report: {label} ...")
                 fitted = fit_table(group, "power", Columns(x=size_col, y=loss_col),
                                    FitOptions(bootstrap=options.bootstrap, seed=options.seed, direction="falling"))
-                report.fits[label] = fitted.result.to_json()
-                fit_rows.extend(_fit_rows(label, fitted.result, loss_col))
+                group_floor = floors.floor_for(group, loss_col)
+                report.fits[label] = _fit_json(fitted.result, group_floor)
+                fit_rows.extend(_fit_rows(label, fitted.result, loss_col, group_floor))
                 report.figure(plots.fitted_curve(fitted.data["x"], fitted.data["y"], fitted.result, plots.power.predict,
                                                  figures / f"loss_vs_size_{seq_col}{_fmt(seq_value)}", size_col, loss_col,
-                                                 log_y=True),
+                                                 log_y=True, floor=group_floor),
                               f"Final {loss_col} against model size at {seq_col} = {_fmt(seq_value)} (the longest "
                               f"training at that length), with the saturating power law L = E + A N^-alpha and its "
-                              f"bootstrap band.", out)
+                              f"bootstrap band" + (_FLOOR_CAPTION if group_floor else "."), out)
             _attempt(report, label, size_section)
 
     report.heading("Joint law L(N, D) and compute-optimal allocation")
@@ -239,12 +274,13 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
             fitted = fit_table(table, "chinchilla", Columns(n=cols.n, d=cols.d, c=cols.c, loss=loss_col),
                                FitOptions(bootstrap=options.bootstrap, seed=options.seed, holdout=options.holdout))
             fit = fitted.result
-            report.fits["chinchilla"] = fit.to_json()
-            fit_rows.extend(_fit_rows("Chinchilla L(N, D)", fit, loss_col))
+            report.fits["chinchilla"] = _fit_json(fit, floor)
+            fit_rows.extend(_fit_rows("Chinchilla L(N, D)", fit, loss_col, floor))
             report.figure(plots.chinchilla_allocation(fitted.data["n"], fitted.data["d"], fitted.data["loss"], fit,
-                                                      figures / "chinchilla_allocation"),
+                                                      figures / "chinchilla_allocation", floor),
                           f"Runs in (C, N) coloured by loss with N_opt(C) from the joint law; fitted vs observed "
-                          f"loss (N = {fitted.columns['n']}, D = {fitted.columns['d']}).", out)
+                          f"loss (N = {fitted.columns['n']}, D = {fitted.columns['d']})"
+                          + ("; the fitted E and the generator's irreducible loss as lines." if floor else "."), out)
             _holdout_row(holdout_rows, "Chinchilla L(N, D)", fit)
         _attempt(report, "Chinchilla joint law", chinchilla_section)
 
@@ -259,9 +295,9 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
             report.fits["isoflop"] = fit.to_json()
             fit_rows.extend(_fit_rows("IsoFLOP N_opt(C)", fit, "N*"))
             report.figure(plots.isoflop_curves(fitted.data["n"], fitted.data["loss"], fitted.data["c"],
-                                               fitted.data["budget"], fit, figures / "isoflop"),
+                                               fitted.data["budget"], fit, figures / "isoflop", floor),
                           "Loss against size per compute budget with the fitted parabolas and their minima; the "
-                          "power law through the minima.", out)
+                          "power law through the minima" + (_FLOOR_CAPTION if floor else "."), out)
             minima = isoflop.budget_minima(fit)
             report.table(["budget C (FLOP)", "runs", "N* (params)", "loss at N*", "N* inside sampled sizes"],
                          [[_fmt(m.compute), str(m.runs), _fmt(m.n_opt), _fmt(m.loss_opt), "yes" if m.interior else "NO"]
@@ -312,7 +348,15 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
 
     report.heading("Fitted laws")
     if fit_rows:
-        report.table(["law", "target", "parameter", "estimate", "95% CI", "points", "R²", "RMSE (log)"], fit_rows)
+        header = ["law", "target", "parameter", "estimate", "95% CI", "points", "R²", "RMSE (log)"]
+        if any(row[len(header)] for row in fit_rows):
+            report.text("Each E beside the generator's irreducible loss on the same events (± its standard error): "
+                        "E − floor, whether E's 95% interval holds the floor, and whether the floor lies at or below "
+                        "the interval's top (an E entirely below the reachable floor is a defect: no model beats it). "
+                        "Both checks allow the floor 2 standard errors.")
+            report.table(header + FLOOR_HEADER, fit_rows)
+        else:
+            report.table(header, [row[:len(header)] for row in fit_rows])
     else:
         report.text("No law could be fitted; see Skipped.")
     report.heading("Held-out extrapolation")
@@ -384,7 +428,7 @@ def _tuning_section(report: Report, tuned: "tuning_module.Tuning", figures: Path
 
 def _curves_section(report: Report, table: pd.DataFrame, results: Path, size_col: str, final_fit: FitResult | None,
                     fit_rows: list[list[str]], options: ReportOptions, figures: Path, out: Path,
-                    say: Callable[[str], None]) -> None:
+                    say: Callable[[str], None], floor: Floor | None = None) -> None:
     """Every trial's evaluations during training against tokens and FLOPs, one colour per size,
     and the frontier of the whole curves (Chinchilla approach 1) beside the final-point one."""
     say("report: training curves ...")
@@ -408,8 +452,8 @@ def _curves_section(report: Report, table: pd.DataFrame, results: Path, size_col
                 envelope = frontier.lower_envelope(x, y)
                 try:
                     fit = frontier.fit_frontier(x, y, bootstrap=options.bootstrap, seed=options.seed)
-                    report.fits["frontier_whole_curves"] = fit.to_json()
-                    fit_rows.extend(_fit_rows("frontier L(C), whole curves (approach 1)", fit, "eval_loss"))
+                    report.fits["frontier_whole_curves"] = _fit_json(fit, floor)
+                    fit_rows.extend(_fit_rows("frontier L(C), whole curves (approach 1)", fit, "eval_loss", floor))
                 except FitError as error:
                     report.skip("whole-curve frontier law", str(error))
             caption = (f"Validation {metric} at every evaluation during training against {x_col}, one line per run, "
@@ -417,10 +461,13 @@ def _curves_section(report: Report, table: pd.DataFrame, results: Path, size_col
             if envelope is not None:
                 caption += (" Black: the lower envelope over all runs' evaluations; red: the power law fitted to it "
                             "(Chinchilla approach 1); dashed: the law of the final-point frontier above.")
+            shown_floor = floor if metric == "eval_loss" else None
+            if shown_floor is not None:
+                caption += " D" + _FLOOR_CAPTION[3:]
             report.figure(plots.training_curves(x, y, part["trial_id"].to_numpy(), part["size"].to_numpy(float),
                                                 figures / f"curve_{metric.replace('@', '')}_vs_{x_col}", x_col,
                                                 metric, envelope, fit, final_fit if envelope is not None else None,
-                                                log_y), caption, out)
+                                                log_y, shown_floor), caption, out)
 
 
 def _holdout_row(rows: list[list[str]], name: str, fit: FitResult) -> None:

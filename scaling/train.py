@@ -30,6 +30,7 @@ from etils import epath
 
 from data.dataset import prepare_section
 from data.errors import DataError
+from data.floors import loss_floors
 from data.pipeline import PipelineConfig, epoch_plan, eval_dataset, train_dataset
 from data.ranking import DEFAULT_KS, ranking_metrics, ranks_from_top_k
 from data.split import EvalTargets, leave_one_out
@@ -172,6 +173,8 @@ def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = Non
     prepared = prepare_section(data_cfg)
     split = leave_one_out(prepared.sequences, data_cfg.split)
     num_items = prepared.sequences.num_items
+    seen = min(data_cfg.max_len, data_cfg.row_len)  # the history items an evaluated target sees (eval_dataset)
+    floors = loss_floors(data_cfg.name, {"": split.valid, "test_": split.test}, seen)
     pipeline = PipelineConfig(batch_size=train_cfg.batch_size, row_len=data_cfg.row_len, packed=data_cfg.packed,
                               window=data_cfg.window, whole_epochs=data_cfg.whole_epochs, seed=train_cfg.seed)
     rows_per_epoch = epoch_plan(split.train, pipeline, 0).num_rows
@@ -322,6 +325,7 @@ def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = Non
         "final_train_loss": meter.final_loss,
         "eval_loss": valid.get("loss"),
         "test_loss": test.get("loss"),
+        **floors,  # a synthetic source's irreducible loss on the events of eval_loss (test_: of test_loss)
         # test metrics at the evaluation of best validation HR@10 (scaling/selection.py), the last beside
         "selected_step": best.step,
         **{key: best.test.get(key) for key in RESULT_METRICS},

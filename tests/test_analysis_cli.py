@@ -114,6 +114,8 @@ def _report(tmp_path: Path, rows: list[dict], capsys) -> tuple[Path, dict]:
 @pytest.mark.slow(20)
 def test_report_from_a_synthetic_sweep(tmp_path, capsys):
     runs = synthetic.sweep_records(seed=0)
+    for run in runs[:-1]:  # a generator's floors: lower with more history (the planted law's E is 4.0)
+        run.update(floor_bayes=3.9 - 0.0005 * run["max_len"], floor_bayes_stderr=0.01, floor_oracle=3.7)
     results = _results(tmp_path / "results.jsonl", runs)
     synthetic.write_curves(runs, tmp_path)
     out = tmp_path / "report"
@@ -124,7 +126,7 @@ def test_report_from_a_synthetic_sweep(tmp_path, capsys):
     assert summary["skipped"] == []
     per_length = {f"L(N) at max_len={length}" for length in (50, 100, 200)}
     assert set(summary["fits"]) == {"frontier", "frontier_whole_curves", "chinchilla", "isoflop",
-                                    "hr@10_loglinear"} | per_length
+                                    "hr@10_loglinear", "floor"} | per_length
     # the envelope of every evaluation reaches lower losses than the final points alone at equal compute
     assert summary["fits"]["frontier_whole_curves"]["n_points"] > summary["fits"]["frontier"]["n_points"]
     assert all(summary["fits"][name]["n_points"] == 4 for name in per_length)  # 4 sizes at the longest training
@@ -143,6 +145,16 @@ def test_report_from_a_synthetic_sweep(tmp_path, capsys):
         assert relative in markdown  # every figure is linked from the page
         assert Path(path).is_file()
     assert "| frontier L(C) | eval_loss | alpha |" in markdown
+    # every E beside the floor of its runs: the lowest over all lengths, or its own length's
+    assert summary["fits"]["frontier"]["floor"]["value"] == pytest.approx(3.8)
+    assert summary["fits"]["frontier"]["floor"]["highest"] == pytest.approx(3.875)
+    assert summary["fits"]["L(N) at max_len=50"]["floor"]["value"] == pytest.approx(3.875)
+    chinchilla = summary["fits"]["chinchilla"]
+    assert chinchilla["floor"]["E_minus_floor"] == pytest.approx(chinchilla["E"] - 3.8)
+    assert chinchilla["floor"]["floor_not_above_interval"] is True  # the planted E, 4.0, is above every floor
+    assert "| irreducible loss (generator) | E − floor |" in markdown
+    assert "| Chinchilla L(N, D) | eval_loss | E |" in markdown and "3.8 ± 0.01 (Bayes)" in markdown
+    assert "knows its irreducible loss on the events eval_loss is measured on: 3.8 ± 0.01 nats" in markdown
     assert "| frontier L(C), whole curves (approach 1) | eval_loss | alpha |" in markdown
     assert "## Training curves" in markdown
     assert "Held-out extrapolation" in markdown and "<table>" in html and "<img src=\"figures/" in html
@@ -180,3 +192,23 @@ def test_report_declines_a_joint_law_when_data_never_varies(tmp_path, capsys):
         "as size" in summary["skipped"]
     assert "chinchilla" not in summary["fits"]
     assert {f"L(N) at max_len={length}" for length in (50, 100)} <= set(summary["fits"])
+
+
+def test_an_e_entirely_below_the_reachable_floor_is_flagged():
+    from analysis.floors import Floor, floor_for
+    from analysis.report import _fit_json, _fit_rows
+    from analysis.result import FitResult
+    import pandas as pd
+
+    fit = FitResult("power", {"E": 3.0, "A": 10.0, "alpha": 0.3}, 8, 0.0, {}, ci={"E": (2.9, 3.1)})
+    runs = pd.DataFrame({"floor_bayes": [3.2, 3.3], "floor_bayes_stderr": [0.02, 0.02], "floor_oracle": [3.0, 3.0],
+                         "test_floor_oracle": [2.0, 2.0]})
+    floor = floor_for(runs, "eval_loss")
+    assert (floor.value, floor.kind, floor.oracle, floor.highest) == (3.2, "Bayes", 3.0, 3.3)
+    checked = _fit_json(fit, floor)["floor"]
+    assert checked["interval_holds_floor"] is False and checked["floor_not_above_interval"] is False
+    assert _fit_rows("law", fit, "eval_loss", floor)[0][-4:] == ["3.2 ± 0.02 (Bayes)", "-0.2", "NO", "NO"]
+    assert floor_for(runs, "test_loss").kind == "oracle" and floor_for(runs, "final_train_loss") is None
+    within = Floor(3.13, 0.02, "Bayes", 3.0, 3.13)  # 1.5 standard errors above the interval's top
+    assert within.covered_by((2.9, 3.1)) and within.not_above((2.9, 3.1))
+    assert floor_for(pd.DataFrame({"eval_loss": [1.0]}), "eval_loss") is None
