@@ -143,6 +143,28 @@ def fitted_curve(x: np.ndarray, y: np.ndarray, fit: FitResult, predict: Callable
     return _save(figure, stem)
 
 
+def size_curves(curves: Sequence[tuple], stem: str | Path, x_label: str, y_label: str,
+                floor: Floor | None = None) -> list[Path]:
+    """Loss against size for several data sizes: per (label, x, y, fit, ...) its points and its
+    law with the bootstrap band, one colour each; the source's irreducible loss as a line."""
+    figure, ax = plt.subplots(figsize=(7, 4.5))
+    colors = plt.cm.viridis(np.linspace(0, 0.85, len(curves))) if len(curves) > 1 else ["C0"]
+    for color, (label, x, y, fit, *_) in zip(colors, curves):
+        ax.scatter(x, y, s=20, color=color, zorder=3)
+        grid = _grid(x, log=True)
+        _draw_law(ax, grid, fit, lambda p: power.predict(p, grid),
+                  f"{label}: E={fit.params['E']:.4g}, alpha={fit.params['alpha']:.3g}", color=color)
+    _floor_line(ax, floor)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _floor_limits(ax, np.concatenate([np.asarray(c[2], float) for c in curves]), floor)
+    ax.set_xlabel(axis_label(x_label))
+    ax.set_ylabel(axis_label(y_label))
+    ax.set_title(f"{y_label} vs {x_label}")
+    ax.legend(fontsize=7)
+    return _save(figure, stem)
+
+
 def isoflop_curves(n: np.ndarray, loss: np.ndarray, compute: np.ndarray, labels: np.ndarray, fit: FitResult,
                    stem: str | Path, floor: Floor | None = None) -> list[Path]:
     """Left: loss vs N per budget (`labels` 0..k-1) with its parabola and vertex. Right: N*(C) and the power law."""

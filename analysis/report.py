@@ -229,34 +229,14 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
             report, table, Path(results), size_col, laws.get("frontier"), fit_rows, options, figures, out, say,
             floors.floor_for(table, "eval_loss")))
 
-    report.heading("Loss vs model size, per sequence length")
+    report.heading("Loss vs model size, per sequence length and data size")
     if not loss_col:
         report.skip("loss vs size", no_columns)
     elif (data := _complete(table, [size_col, loss_col, seq_col], "loss vs size", report)) is not None:
         budget_col = "steps" if "steps" in data.columns else "tokens" if "tokens" in data.columns else None
         for seq_value in sorted(pd.unique(records.numeric(data, seq_col))):
-            group = data[records.numeric(data, seq_col) == seq_value]
-            if budget_col:  # hold the data fixed: the runs with the most training of this length
-                budget = pd.to_numeric(group[budget_col], errors="coerce")
-                group = group[budget >= 0.95 * budget.max()]
-            group = group.reset_index(drop=True)
-            group.attrs.update(data.attrs)
-            label = f"L(N) at {seq_col}={_fmt(seq_value)}"
-
-            def size_section(group: pd.DataFrame = group, label: str = label, seq_value: float = seq_value) -> None:
-                say(f"report: {label} ...")
-                fitted = fit_table(group, "power", Columns(x=size_col, y=loss_col),
-                                   FitOptions(bootstrap=options.bootstrap, seed=options.seed, direction="falling"))
-                group_floor = floors.floor_for(group, loss_col)
-                report.fits[label] = _fit_json(fitted.result, group_floor)
-                fit_rows.extend(_fit_rows(label, fitted.result, loss_col, group_floor))
-                report.figure(plots.fitted_curve(fitted.data["x"], fitted.data["y"], fitted.result, plots.power.predict,
-                                                 figures / f"loss_vs_size_{seq_col}{_fmt(seq_value)}", size_col, loss_col,
-                                                 log_y=True, floor=group_floor),
-                              f"Final {loss_col} against model size at {seq_col} = {_fmt(seq_value)} (the longest "
-                              f"training at that length), with the saturating power law L = E + A N^-alpha and its "
-                              f"bootstrap band" + (_FLOOR_CAPTION if group_floor else "."), out)
-            _attempt(report, label, size_section)
+            _size_sections(report, data[records.numeric(data, seq_col) == seq_value], seq_col, seq_value, size_col,
+                           loss_col, budget_col, fit_rows, options, figures, out, say)
 
     report.heading("Joint law L(N, D) and compute-optimal allocation")
     if not loss_col:
@@ -468,6 +448,48 @@ def _curves_section(report: Report, table: pd.DataFrame, results: Path, size_col
                                                 figures / f"curve_{metric.replace('@', '')}_vs_{x_col}", x_col,
                                                 metric, envelope, fit, final_fit if envelope is not None else None,
                                                 log_y, shown_floor), caption, out)
+
+
+def _data_sizes(group: pd.DataFrame, size_col: str, budget_col: str | None) -> list[tuple[float | None, pd.DataFrame]]:
+    """The runs of one sequence length split by data size (budget_col) where >= 4 sizes share one;
+    else the runs with the most training of that length (one group)."""
+    if budget_col is None:
+        return [(None, group)]
+    budget = pd.to_numeric(group[budget_col], errors="coerce")
+    shared = [(float(value), group[budget == value]) for value in sorted(budget.dropna().unique())
+              if group.loc[budget == value, size_col].nunique() >= 4]
+    return shared or [(None, group[budget >= 0.95 * budget.max()])]
+
+
+def _size_sections(report: Report, group: pd.DataFrame, seq_col: str, seq_value: float, size_col: str, loss_col: str,
+                   budget_col: str | None, fit_rows: list[list[str]], options: ReportOptions, figures: Path, out: Path,
+                   say: Callable[[str], None]) -> None:
+    """L(N) = E + A N^-alpha at each data size of one sequence length, on one figure."""
+    splits = _data_sizes(group, size_col, budget_col)
+    curves = []
+    for budget, runs in splits:
+        runs = runs.reset_index(drop=True)
+        runs.attrs.update(group.attrs)
+        label = f"L(N) at {seq_col}={_fmt(seq_value)}" + (f", {budget_col}={_fmt(budget)}" if len(splits) > 1 else "")
+
+        def fit_one(runs: pd.DataFrame = runs, label: str = label) -> None:
+            say(f"report: {label} ...")
+            fitted = fit_table(runs, "power", Columns(x=size_col, y=loss_col),
+                               FitOptions(bootstrap=options.bootstrap, seed=options.seed, direction="falling"))
+            run_floor = floors.floor_for(runs, loss_col)
+            report.fits[label] = _fit_json(fitted.result, run_floor)
+            fit_rows.extend(_fit_rows(label, fitted.result, loss_col, run_floor))
+            curves.append((label, fitted.data["x"], fitted.data["y"], fitted.result, run_floor))
+        _attempt(report, label, fit_one)
+    if curves:
+        floor = min((c[4] for c in curves if c[4] is not None), key=lambda f: f.value, default=None)
+        held = (f"one curve per data size ({budget_col})" if len(splits) > 1 and splits[0][0] is not None
+                else "the longest training at that length")
+        report.figure(plots.size_curves(curves, figures / f"loss_vs_size_{seq_col}{_fmt(seq_value)}", size_col,
+                                        loss_col, floor),
+                      f"Final {loss_col} against model size at {seq_col} = {_fmt(seq_value)} ({held}), with the "
+                      f"saturating power law L = E + A N^-alpha and its bootstrap band"
+                      + (_FLOOR_CAPTION if floor else "."), out)
 
 
 def _holdout_row(rows: list[list[str]], name: str, fit: FitResult) -> None:

@@ -124,13 +124,14 @@ def test_report_from_a_synthetic_sweep(tmp_path, capsys):
     summary = json.loads(captured.out.strip().splitlines()[-1])
     assert "skipped 1 record(s) whose status is not ok" in captured.err
     assert summary["skipped"] == []
-    per_length = {f"L(N) at max_len={length}" for length in (50, 100, 200)}
+    per_length = {f"L(N) at max_len={length}, steps={steps}"
+                  for length in (50, 100, 200) for steps in (200, 800, 3200)}
     assert set(summary["fits"]) == {"frontier", "frontier_whole_curves", "chinchilla", "isoflop",
                                     "hr@10_loglinear", "floor"} | per_length
     # the envelope of every evaluation reaches lower losses than the final points alone at equal compute
     assert summary["fits"]["frontier_whole_curves"]["n_points"] > summary["fits"]["frontier"]["n_points"]
-    assert all(summary["fits"][name]["n_points"] == 4 for name in per_length)  # 4 sizes at the longest training
-    alpha = summary["fits"]["L(N) at max_len=200"]["alpha"]
+    assert all(summary["fits"][name]["n_points"] == 4 for name in per_length)  # 4 sizes at each data size
+    alpha = summary["fits"]["L(N) at max_len=200, steps=3200"]["alpha"]
     assert 0.1 < alpha < 0.6  # the planted N exponent is 0.3 (the D term adds a constant at fixed D)
     names = {Path(p).name for p in summary["figures"]}
     for stem in ("loss_vs_compute", "residuals_frontier", "chinchilla_allocation", "isoflop", "metric_vs_compute",
@@ -148,7 +149,7 @@ def test_report_from_a_synthetic_sweep(tmp_path, capsys):
     # every E beside the floor of its runs: the lowest over all lengths, or its own length's
     assert summary["fits"]["frontier"]["floor"]["value"] == pytest.approx(3.8)
     assert summary["fits"]["frontier"]["floor"]["highest"] == pytest.approx(3.875)
-    assert summary["fits"]["L(N) at max_len=50"]["floor"]["value"] == pytest.approx(3.875)
+    assert summary["fits"]["L(N) at max_len=50, steps=200"]["floor"]["value"] == pytest.approx(3.875)
     chinchilla = summary["fits"]["chinchilla"]
     assert chinchilla["floor"]["E_minus_floor"] == pytest.approx(chinchilla["E"] - 3.8)
     assert chinchilla["floor"]["floor_not_above_interval"] is True  # the planted E, 4.0, is above every floor
