@@ -57,3 +57,21 @@ def leave_one_out(sequences: Sequences, mode: SplitMode = "reference") -> LeaveO
         valid=EvalTargets(without_valid, valid_items, valid_times),
         test=EvalTargets(without_test, test_items, test_times),
     )
+
+
+EVAL_SUBSET_SEED = 0  # one subset per dataset, whatever the trial's seed
+
+
+def eval_subset(split: LeaveOneOut, users: int) -> LeaveOneOut:
+    """`split` with its validation and test targets restricted to a fixed random subset of `users`
+    users (chosen by EVAL_SUBSET_SEED, kept in user order); the training sequences are unchanged.
+    users = 0, or at least the number of users, keeps every user."""
+    total = len(split.valid)
+    if users <= 0 or users >= total:
+        return split
+    chosen = np.sort(np.random.default_rng(EVAL_SUBSET_SEED).choice(total, users, replace=False))
+    return dataclasses.replace(split, valid=_targets_of(split.valid, chosen), test=_targets_of(split.test, chosen))
+
+
+def _targets_of(targets: EvalTargets, users: np.ndarray) -> EvalTargets:
+    return EvalTargets(targets.history.select_users(users), targets.targets[users], targets.target_timestamps[users])

@@ -30,7 +30,9 @@ class DataConfig(Section):
     """name: dataset name or path (see `python -m data --help`). max_len: history length; training
     rows hold max_len + 1 items (history and its next item), eval rows the last max_len items.
     whole_epochs: each epoch ends with its own partial batch, topped up with empty rows, as the
-    reference's DataLoader does; false: batches run on across epoch ends, always full."""
+    reference's DataLoader does; false: batches run on across epoch ends, always full.
+    eval_users: evaluate on a fixed random subset of that many users, the same for every trial of
+    the dataset (data.split.eval_subset; 0 = every user); training data is unchanged."""
 
     SECTION: ClassVar[str] = "data"
     ID_FIELDS: ClassVar[tuple[str, ...]] = ("name", "format", "columns", "user_core", "item_core", "split", "max_len",
@@ -46,6 +48,7 @@ class DataConfig(Section):
     packed: bool = False
     window: Literal["recent", "random"] = "recent"
     whole_epochs: bool = False
+    eval_users: int = non_negative(0)
 
     @property
     def row_len(self) -> int:

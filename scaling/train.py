@@ -33,7 +33,7 @@ from data.errors import DataError
 from data.floors import loss_floors
 from data.pipeline import PipelineConfig, epoch_plan, eval_dataset, train_dataset
 from data.ranking import DEFAULT_KS, ranking_metrics, ranks_from_top_k
-from data.split import EvalTargets, leave_one_out
+from data.split import EvalTargets, eval_subset, leave_one_out
 from models import family as families
 from scaling import checkpoint, distributed, flops, hardware, host
 from scaling.preemption import EXIT_PREEMPTED, Preempted, StopRequest, stop_with_parent
@@ -171,7 +171,7 @@ def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = Non
     # ---- Data -------------------------------------------------------------------------------
     mesh = make_mesh(config.mesh.spec)  # an impossible mesh fails before any data is read
     prepared = prepare_section(data_cfg)
-    split = leave_one_out(prepared.sequences, data_cfg.split)
+    split = eval_subset(leave_one_out(prepared.sequences, data_cfg.split), data_cfg.eval_users)
     num_items = prepared.sequences.num_items
     seen = min(data_cfg.max_len, data_cfg.row_len)  # the history items an evaluated target sees (eval_dataset)
     floors = loss_floors(data_cfg.name, {"": split.valid, "test_": split.test}, seen)

@@ -12,7 +12,7 @@ from data import synthetic
 from data.dataset import prepare
 from data.errors import DataError
 from data.floors import loss_floors
-from data.split import leave_one_out
+from data.split import eval_subset, leave_one_out
 
 NAME = "synthetic:users=400,items=60,topics=3,memory=0,mean_events=12,seed=5"
 
@@ -94,3 +94,17 @@ def test_memory_gives_the_oracle_floor_only() -> None:
     sim = synthetic.simulate(synthetic.parse_spec(name))
     assert "floor_bayes" not in floors
     assert floors["floor_oracle"] == pytest.approx(-sim.log_probs(_rows(sim, split.valid)).mean(), rel=1e-12)
+
+
+def test_a_fixed_evaluation_subset_keeps_training_and_gives_the_floor_of_its_own_users(split) -> None:
+    subset = eval_subset(split, 50)
+    again = eval_subset(split, 50)
+    assert subset.train is split.train and eval_subset(split, 0) is split and eval_subset(split, 10**6) is split
+    users = subset.valid.history.user_ids
+    assert len(users) == 50 and np.array_equal(users, again.valid.history.user_ids)  # the same users every time
+    assert np.array_equal(users, subset.test.history.user_ids) and np.all(np.diff(users) > 0)
+    chosen = np.searchsorted(split.valid.history.user_ids, users)
+    assert np.array_equal(subset.valid.targets, split.valid.targets[chosen])
+    assert np.array_equal(subset.test.history.user_items(3), split.test.history.user_items(int(chosen[3])))
+    floors = loss_floors(NAME, {"": subset.valid}, 5)
+    assert floors["floor_events"] == 50
