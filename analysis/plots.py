@@ -78,7 +78,8 @@ def _floor_line(ax: plt.Axes, floor: Floor | None) -> None:
         return
     ax.axhline(floor.value, color="k", ls="-.", lw=1, label=floor.label)
     if floor.kind == "Bayes" and np.isfinite(floor.oracle) and floor.oracle < floor.value:
-        ax.axhline(floor.oracle, color="0.4", ls=":", lw=1, label=f"oracle floor (knows each user's taste): {floor.oracle:.4g}")
+        ax.axhline(floor.oracle, color="0.4", ls=":", lw=1,
+                   label=f"oracle floor (knows each user's taste): {floor.oracle:.4g}")
 
 
 def _floor_limits(ax: plt.Axes, values: np.ndarray, floor: Floor | None) -> None:
@@ -123,19 +124,15 @@ def loss_vs_compute(compute: np.ndarray, loss: np.ndarray, on_front: np.ndarray,
 
 
 def fitted_curve(x: np.ndarray, y: np.ndarray, fit: FitResult, predict: Callable[[dict, np.ndarray], np.ndarray],
-                 stem: str | Path, x_label: str, y_label: str, log_y: bool, floor: Floor | None = None) -> list[Path]:
-    """Points and a fitted law of one variable (power or loglinear) with its bootstrap band (and
-    the source's irreducible loss, for a loss)."""
+                 stem: str | Path, x_label: str, y_label: str, log_y: bool) -> list[Path]:
+    """Points and a fitted law of one variable (power or loglinear) with its bootstrap band."""
     figure, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter(x, y, s=20, color="C0", label="runs", zorder=3)
     grid = _grid(x, log=True)
     _draw_law(ax, grid, fit, lambda p: predict(p, grid), f"{fit.form}: {law_text(fit)}")
-    _floor_line(ax, floor)
     ax.set_xscale("log")
     if log_y:
         ax.set_yscale("log")
-    if floor is not None:
-        _floor_limits(ax, y, floor)
     ax.set_xlabel(axis_label(x_label))
     ax.set_ylabel(axis_label(y_label))
     ax.set_title(f"{y_label} vs {x_label}")

@@ -27,6 +27,7 @@ from analysis.run import Columns, FitOptions, fit_table
 RUN_COLUMNS = ("trial_id", "model", "params", "params_non_embedding", "max_len", "seq_len", "d_model", "blocks",
                "tokens", "train_flops", "wall_seconds", "mfu", "final_train_loss", "eval_loss", "hr@10", "ndcg@10", "mrr")
 FIGURES = "figures"
+FLOOR_HEADER = ["irreducible loss (generator)", "E − floor", "interval holds floor", "floor ≤ interval top"]
 _FLOOR_CAPTION = ("; dash-dotted: the generator's irreducible loss on the evaluated events (the best a sequence "
                   "model can reach), dotted: the oracle's (it knows each user's taste).")
 
@@ -93,9 +94,6 @@ def _complete(table: pd.DataFrame, needed: list[str], what: str, report: Report)
     subset = table[keep].reset_index(drop=True)
     subset.attrs.update(table.attrs)
     return subset
-
-
-FLOOR_HEADER = ["irreducible loss (generator)", "E − floor", "interval holds floor", "floor ≤ interval top"]
 
 
 def _fit_rows(name: str, fit: FitResult, target: str, floor: Floor | None = None) -> list[list[str]]:
@@ -179,7 +177,8 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
     report.heading("Loss vs compute: frontier and its law")
     if floor is not None:
         report.fits["floor"] = floor.to_json()
-        oracle = f"; a predictor that knows each user's taste reaches {floor.oracle:.4g}" if floor.kind == "Bayes" else ""
+        oracle = (f"; a predictor that knows each user's taste reaches {floor.oracle:.4g}"
+                  if floor.kind == "Bayes" else "")
         report.text(f"The source is a generator that knows its irreducible loss on the events {loss_col} is measured "
                     f"on: {floor.value:.4g} ± {floor.stderr:.2g} nats ({floor.kind} floor: the best a sequence model "
                     f"can do from the history it sees){oracle}. Every loss figure draws it; every fitted E is "
@@ -199,8 +198,8 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
                 fit = fitted.result
             except FitError as error:
                 report.skip("frontier law fit", str(error))
-            report.figure(plots.loss_vs_compute(c, loss, on_front, fit, figures / "loss_vs_compute", compute_col, loss_col,
-                                                floor),
+            report.figure(plots.loss_vs_compute(c, loss, on_front, fit, figures / "loss_vs_compute", compute_col,
+                                                loss_col, floor),
                           "Final loss of every run against training compute; the lower envelope and the power "
                           "law fitted to it, with its bootstrap band" + (_FLOOR_CAPTION if floor else "."), out)
             if tuned is not None:  # the same law on the runs at the base config's values
