@@ -49,6 +49,20 @@ def group_budgets(compute: np.ndarray, tolerance_decades: float = BUDGET_TOLERAN
     return labels
 
 
+def group_budgets_within(compute: np.ndarray, groups: np.ndarray,
+                         tolerance_decades: float = BUDGET_TOLERANCE_DECADES) -> np.ndarray:
+    """group_budgets inside each value of `groups` (e.g. the history length: runs of one compute
+    but different sequence lengths lie on different IsoFLOP profiles); labels distinct across groups."""
+    labels = np.empty(len(compute), dtype=int)
+    offset = 0
+    for group in np.unique(groups):
+        rows = np.flatnonzero(groups == group)
+        inner = group_budgets(compute[rows], tolerance_decades)
+        labels[rows] = inner + offset
+        offset += inner.max() + 1
+    return labels
+
+
 def budget_minimum(n: np.ndarray, loss: np.ndarray, compute: np.ndarray) -> BudgetMinimum:
     """Vertex of the parabola of loss in ln N for one budget; FitError if it has no minimum."""
     log_n = np.log(n)

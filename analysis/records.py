@@ -71,6 +71,29 @@ def _records(path: Path, say: Callable[[str], None]) -> pd.DataFrame:
     return pd.json_normalize(rows)
 
 
+def params_for_compute(table: pd.DataFrame) -> tuple[str, dict[str, float]] | None:
+    """Of the parameter counts the table has (PARAMS_COLUMNS), the one for which C = 6 N D holds
+    best: the smallest median |log(train_flops / (6 N tokens))| over the runs, with each count's
+    median ratio; None without train_flops and tokens. The joint law's allocation and the IsoFLOP
+    profiles both read compute as 6 N D; with a full softmax over a large catalogue the output
+    table's FLOPs make the total count, not the non-embedding one, the N of that identity."""
+    if not {"train_flops", "tokens"} <= set(table.columns):
+        return None
+    flops = pd.to_numeric(table["train_flops"], errors="coerce").to_numpy(float)
+    tokens = pd.to_numeric(table["tokens"], errors="coerce").to_numpy(float)
+    ratios = {}
+    for name in PARAMS_COLUMNS:
+        if name in table.columns:
+            n = pd.to_numeric(table[name], errors="coerce").to_numpy(float)
+            ratio = flops / (6.0 * n * tokens)
+            ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
+            if ratio.size:
+                ratios[name] = float(np.median(ratio))
+    if not ratios:
+        return None
+    return min(ratios, key=lambda name: abs(np.log(ratios[name]))), ratios
+
+
 def source(table: pd.DataFrame) -> str:
     return table.attrs.get("source", "table")
 

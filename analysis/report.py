@@ -172,6 +172,8 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
     size_col = next((c for c in ((cols.n,) if cols.n else records.PARAMS_COLUMNS) if c in table.columns), "params")
     seq_col = next((c for c in records.SEQ_LEN_COLUMNS if c in table.columns), "max_len")
     floor = floors.floor_for(table, loss_col) if loss_col else None
+    compute_params = None if cols.n else records.params_for_compute(table)
+    compute_n = cols.n or (compute_params[0] if compute_params else None)  # N of C = 6 N D (joint law, IsoFLOP)
 
     laws: dict[str, FitResult] = {}  # fitted here, drawn again in later sections
     report.heading("Loss vs compute: frontier and its law")
@@ -245,12 +247,17 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
             say("report: Chinchilla joint law ...")
             from analysis.run import resolve_n_d_c
 
-            _, values = resolve_n_d_c(table, Columns(n=cols.n, d=cols.d, c=cols.c))
+            _, values = resolve_n_d_c(table, Columns(n=compute_n, d=cols.d, c=cols.c))
             spread = {name: np.unique(np.round(np.log(values[name]), 3)).size for name in ("n", "d")}
             if min(spread.values()) < 3:
                 raise FitError(f"needs at least 3 distinct values of both N and D (has {spread['n']} and "
                                f"{spread['d']}); vary data as well as size")
-            fitted = fit_table(table, "chinchilla", Columns(n=cols.n, d=cols.d, c=cols.c, loss=loss_col),
+            if compute_params:
+                chosen, ratios = compute_params
+                report.text(f"N is {chosen} here and in the IsoFLOP profiles: the count for which training compute "
+                            f"is 6 N D (median train_flops / 6 N D: " + ", ".join(
+                                f"{name} {ratio:.3g}" for name, ratio in ratios.items()) + ").")
+            fitted = fit_table(table, "chinchilla", Columns(n=compute_n, d=cols.d, c=cols.c, loss=loss_col),
                                FitOptions(bootstrap=options.bootstrap, seed=options.seed, holdout=options.holdout))
             fit = fitted.result
             report.fits["chinchilla"] = _fit_json(fit, floor)
@@ -269,7 +276,16 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
     else:
         def isoflop_section() -> None:
             say("report: IsoFLOP ...")
-            fitted = fit_table(table, "isoflop", Columns(n=cols.n, d=cols.d, c=cols.c, loss=loss_col), fit_options)
+            runs, budget_col = table, None
+            if seq_col in table.columns and table[seq_col].nunique() > 1:  # a profile per history length
+                budget_col = "isoflop_budget"
+                runs = table.assign(**{budget_col: isoflop.group_budgets_within(
+                    records.numeric(table, compute_col), table[seq_col].astype(str).to_numpy(),
+                    fit_options.budget_tolerance)})
+                report.text(f"A budget: runs within {fit_options.budget_tolerance} decades of compute at one "
+                            f"{seq_col}.")
+            fitted = fit_table(runs, "isoflop", Columns(n=compute_n, d=cols.d, c=cols.c, loss=loss_col,
+                                                        budget=budget_col), fit_options)
             fit = fitted.result
             report.fits["isoflop"] = fit.to_json()
             fit_rows.extend(_fit_rows("IsoFLOP N_opt(C)", fit, "N*"))
@@ -285,8 +301,8 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
             if outside:
                 report.text(f"Caution: {outside} of {len(minima)} budget minima lie outside the sizes trained at that "
                             "budget; they are extrapolations of the parabola.")
-            for reason in fit.extra["skipped_budgets"]:
-                report.text(f"Budget left out: {reason}.")
+            if fit.extra["skipped_budgets"]:
+                report.text("Budgets left out: " + "; ".join(fit.extra["skipped_budgets"]) + ".")
         _attempt(report, "IsoFLOP", isoflop_section)
 
     report.heading(f"{options.metric}: scaling with compute, size and sequence length")

@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 
 from etils import epath
 
+from data.sources import cache_dir
 from scaling.preemption import PARENT_ENV
 from scaling.progress import format_seconds
 from scaling.workdir import LOCK_NAME, WorkdirBusy, WorkdirLock
@@ -95,6 +96,15 @@ def _running(folder: epath.Path) -> bool:
     return any(WorkdirLock(folder, name).held_elsewhere() for name in (DRIVER_LOCK, LOCK_NAME))
 
 
+def compilation_cache_env(env: dict[str, str]) -> dict[str, str]:
+    """env with JAX's persistent compilation cache on, unless env sets it already: trials of one
+    shape (a size trained for several step counts, a constant learning rate) compile once per
+    machine. Every compilation is kept, the ~1 s ones of small models included. In the lab's cache
+    folder, on local disk (a multi-process CPU trial turns it off, scaling/distributed.py)."""
+    return {"JAX_COMPILATION_CACHE_DIR": str(cache_dir() / "xla"),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", **env}
+
+
 def run_local_trial(workdir: epath.Path, trial: Trial, env: dict[str, str] | None = None) -> dict[str, Any]:
     """One trial in its own process (crash isolation); resumes from its checkpoints if any. The
     process gets SIGTERM if this driver dies, so it checkpoints and stops rather than run on
@@ -103,7 +113,7 @@ def run_local_trial(workdir: epath.Path, trial: Trial, env: dict[str, str] | Non
     command = [sys.executable, "-m", "scaling.train", *train_args(workdir, trial)]
     with (folder / "train.log").open("ab") as train_log:
         process = subprocess.Popen(command, cwd=str(REPO_ROOT), stdout=subprocess.PIPE, stderr=train_log,
-                                   env={**(env or os.environ), PARENT_ENV: str(os.getpid())})
+                                   env={**compilation_cache_env(dict(env or os.environ)), PARENT_ENV: str(os.getpid())})
         stdout, _ = process.communicate()
     lines = stdout.decode(errors="replace").strip().splitlines()
     try:

@@ -117,6 +117,13 @@ def train_flops_per_step(config: TrialConfig, num_items: int) -> float:
     return flops.model_flops_from_counts(config.model, config.train, counts, num_items)
 
 
+def planned_compute(base: TrialConfig, point: Point, num_items: int, sweep_name: str = "") -> float:
+    """Training FLOPs of base with the point applied, at its configured steps (the planning
+    estimate of train_flops_per_step): e.g. an IsoFLOP budget equal to one run of a size ladder."""
+    config = _configure(base, point, sweep_name)
+    return train_flops_per_step(config, num_items) * config.train.steps
+
+
 def isoflop(budgets: Sequence[float], sizes: Sequence[Point], base: TrialConfig, num_items: int,
             sweep_name: str = "") -> list[Point]:
     """For each compute budget C and point (a size, or any combination of axes applied to base),

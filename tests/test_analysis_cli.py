@@ -131,6 +131,9 @@ def test_report_from_a_synthetic_sweep(tmp_path, capsys):
     # the envelope of every evaluation reaches lower losses than the final points alone at equal compute
     assert summary["fits"]["frontier_whole_curves"]["n_points"] > summary["fits"]["frontier"]["n_points"]
     assert all(summary["fits"][name]["n_points"] == 4 for name in per_length)  # 4 sizes at each data size
+    # IsoFLOP: 2 diagonals of 3 sizes at each history length; runs of one compute at other lengths
+    # are another profile, never one budget
+    assert len(summary["fits"]["isoflop"]["budgets"]) == 6
     alpha = summary["fits"]["L(N) at max_len=200, steps=3200"]["alpha"]
     assert 0.1 < alpha < 0.6  # the planted N exponent is 0.3 (the D term adds a constant at fixed D)
     names = {Path(p).name for p in summary["figures"]}

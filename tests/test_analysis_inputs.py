@@ -130,3 +130,18 @@ def test_drop_highest_removes_exactly_the_top_rows(tmp_path):
     path.write_text("loss\n" + "".join(f"{v}\n" for v in [3.0, 5.0, 2.0, 4.0, 1.0]))
     kept = records.drop_highest(records.load_table(path), "loss", 2)
     assert sorted(kept["loss"]) == [1.0, 2.0, 3.0]
+
+
+def test_the_n_of_c_equals_6nd_is_the_count_that_makes_it_hold():
+    """A full softmax over the catalogue costs 6 (items x d) FLOPs a token: its compute is 6 N D
+    with N the total count; a sampled softmax's is near the non-embedding one."""
+    import pandas as pd
+
+    non_embedding, total, tokens = np.array([600.0, 1500.0, 10_000.0]), np.array([16_600.0, 33_500.0, 74_000.0]), 1e6
+    full = pd.DataFrame({"params_non_embedding": non_embedding, "params": total, "tokens": tokens,
+                         "train_flops": 6.0 * (total + 0.02 * non_embedding) * tokens})
+    chosen, ratios = records.params_for_compute(full)
+    assert chosen == "params" and ratios["params"] == pytest.approx(1.0, abs=0.01) and ratios["params_non_embedding"] > 10
+    sampled = full.assign(train_flops=6.0 * 1.3 * non_embedding * tokens)
+    assert records.params_for_compute(sampled)[0] == "params_non_embedding"
+    assert records.params_for_compute(full.drop(columns="tokens")) is None

@@ -99,6 +99,14 @@ def test_budget_grouping_is_anchored_not_chained():
     assert all(np.ptp(log_c[labels == k]) <= 0.1 + 1e-9 for k in np.unique(labels))
 
 
+def test_budgets_are_grouped_within_each_history_length():
+    compute = np.array([1.00e9, 1.05e9, 1.10e9, 1.02e9, 1.08e9, 5e9])
+    history = np.array([50, 50, 50, 100, 100, 50])
+    labels = isoflop.group_budgets_within(compute, history, tolerance_decades=0.1)
+    assert labels[0] == labels[1] == labels[2] and labels[3] == labels[4]  # one compute, two profiles
+    assert len({labels[0], labels[3], labels[5]}) == 3
+
+
 def test_lower_envelope_and_frontier_law():
     rng = np.random.default_rng(0)
     compute = np.geomspace(1e15, 1e20, 40)

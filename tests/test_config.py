@@ -158,11 +158,12 @@ def test_configs_written_on_2026_12_01_load_with_their_ids() -> None:
 
 
 def test_shipped_specs_and_presets_keep_their_2026_12_01_ids() -> None:
+    """Every id of 2026-12-01 is still produced (a spec may have gained trials since)."""
     ids = {config.trial_id for config in _all_configs(PRESETS_2026_12_01, SPECS_2026_12_01)}
-    assert ids == set(GOLDEN)
+    assert set(GOLDEN) <= ids
     if SHARED_IDS.is_file():  # the list kept beside the project, when present
         spec_ids = {t.trial_id for spec in SPECS_2026_12_01 for t in load_spec(spec).trials()}
-        assert spec_ids == set(SHARED_IDS.read_text().split())
+        assert set(SHARED_IDS.read_text().split()) <= spec_ids
 
 
 def _with_new_field(cls: type, name: str) -> type:

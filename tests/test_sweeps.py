@@ -18,7 +18,7 @@ from scaling.config import ConfigError, DataConfig, TrainConfig, TrialConfig
 from scaling.tensorboard import read_scalars
 from sweeps import runner
 from sweeps.results import ResultsStore
-from sweeps.spec import Sweep, axis, grid, isoflop, ladder, load_spec, train_flops_per_step, zipped
+from sweeps.spec import Sweep, axis, grid, isoflop, ladder, load_spec, planned_compute, train_flops_per_step, zipped
 from tests.conftest import xla_flags
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +59,23 @@ def test_isoflop_gives_each_size_the_steps_that_spend_the_budget() -> None:
         assert spent == pytest.approx(trial.labels["budget"], rel=0.05)
     small, medium = trials[0].config.train.steps, trials[1].config.train.steps
     assert small > medium  # the smaller model gets more steps for the same budget
+
+
+def test_isoflop_budget_of_a_ladder_run_gives_it_its_own_steps() -> None:
+    for size in SIZES:
+        budget = planned_compute(BASE, size, 100)
+        longer = planned_compute(BASE, size.merge(axis("steps", "train.steps", [3 * BASE.train.steps])[0]), 100)
+        assert longer == pytest.approx(3 * budget)
+        (point,) = isoflop([budget], [size], BASE, 100)
+        assert point.overrides["train.steps"] == BASE.train.steps
+
+
+def test_local_trials_share_a_compilation_cache_unless_one_is_set(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SCALING_LAB_CACHE", str(tmp_path))
+    env = runner.compilation_cache_env({"PATH": "/bin"})
+    assert env["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "xla") and env["PATH"] == "/bin"
+    assert env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0"
+    assert runner.compilation_cache_env({"JAX_COMPILATION_CACHE_DIR": "/mine"})["JAX_COMPILATION_CACHE_DIR"] == "/mine"
 
 
 def test_results_store_keeps_one_line_per_trial(tmp_path: Path) -> None:
