@@ -301,6 +301,10 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
             if outside:
                 report.text(f"Caution: {outside} of {len(minima)} budget minima lie outside the sizes trained at that "
                             "budget; they are extrapolations of the parabola.")
+            if fit.bootstrap and not fit.ci:
+                report.text(f"No interval for N_opt(C): {fit.bootstrap - fit.bootstrap_failed} of {fit.bootstrap} "
+                            f"resamples could be refitted (each budget needs {isoflop.MIN_RUNS_PER_BUDGET} distinct "
+                            "sizes in a draw; more sizes per budget give an interval).")
             if fit.extra["skipped_budgets"]:
                 report.text("Budgets left out: " + "; ".join(fit.extra["skipped_budgets"]) + ".")
         _attempt(report, "IsoFLOP", isoflop_section)
