@@ -41,15 +41,16 @@ def refit_each(refit: Callable[[np.ndarray], dict[str, float]], indices: np.ndar
 
 def attach(result: FitResult, samples: np.ndarray, requested: int, failed: int, level: float = 0.95) -> FitResult:
     """Fill `result`'s ci/se from bootstrap `samples` (columns in result.params order). No interval
-    when under a quarter of the resamples (or under 2) could be refitted: the few that could are
-    biased towards the original draw (e.g. an IsoFLOP budget of exactly 3 sizes keeps all 3 in
-    2 of 9 draws), and their spread would read as a certainty the data does not have."""
+    when under a tenth of the resamples (or under 2) could be refitted, or when those that could
+    all gave the same estimates: such draws are the original one again (e.g. an IsoFLOP budget of
+    exactly 3 sizes keeps all 3 in 2 of 9 draws), and a zero-width interval would read as a
+    certainty the data does not have."""
     result.samples = samples
     result.bootstrap = requested
     result.bootstrap_failed = failed
     result.ci_level = level
     finite = samples[np.all(np.isfinite(samples), axis=1)]
-    if len(finite) < max(2, requested / 4):
+    if len(finite) < max(2, requested / 10) or not np.ptp(finite, axis=0).any():
         result.ci, result.se, result.samples = {}, {}, samples[:0]  # nor a band in the figures
         return result
     tail = 100 * (1 - level) / 2

@@ -303,8 +303,9 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
                             "budget; they are extrapolations of the parabola.")
             if fit.bootstrap and not fit.ci:
                 report.text(f"No interval for N_opt(C): {fit.bootstrap - fit.bootstrap_failed} of {fit.bootstrap} "
-                            f"resamples could be refitted (each budget needs {isoflop.MIN_RUNS_PER_BUDGET} distinct "
-                            "sizes in a draw; more sizes per budget give an interval).")
+                            f"resamples could be refitted, each the original draw again (each budget needs "
+                            f"{isoflop.MIN_RUNS_PER_BUDGET} distinct sizes in a draw; more sizes per budget give an "
+                            "interval).")
             if fit.extra["skipped_budgets"]:
                 report.text("Budgets left out: " + "; ".join(fit.extra["skipped_budgets"]) + ".")
         _attempt(report, "IsoFLOP", isoflop_section)
