@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from analysis import curves, floors, frontier, isoflop, loglinear, plots, records
+from analysis import allocation, curves, floors, frontier, isoflop, loglinear, plots, records
 from analysis import tuning as tuning_module
 from analysis.errors import FitError
 from analysis.floors import Floor
@@ -122,6 +122,25 @@ def _fit_json(fit: FitResult, floor: Floor | None = None) -> dict:
                         "interval_holds_floor": floor.covered_by(interval),
                         "floor_not_above_interval": floor.not_above(interval)}
     return out
+
+
+def _interval(ci: list[float] | None) -> str:
+    return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "no interval"
+
+
+def _allocation_agreement(report: Report, agreement: dict) -> None:
+    """The IsoFLOP minima beside the joint law's N_opt(C), budget by budget, and the two exponents."""
+    report.fits["allocation_agreement"] = agreement
+    report.text("N_opt(C) by both routes: each budget's IsoFLOP minimum beside the joint law's compute-optimal "
+                "N at that compute.")
+    report.table(["budget C (FLOP)", "IsoFLOP N*", "joint law N_opt(C)", "ratio"],
+                 [[_fmt(b["compute"]), _fmt(b["isoflop_n_opt"]), _fmt(b["joint_n_opt"]), f"{b['ratio']:.3g}"]
+                  for b in agreement["budgets"]])
+    overlap = {True: "overlap", False: "do NOT overlap", None: "cannot be compared (an interval is missing)"}
+    report.text(f"Exponent a of N_opt ∝ C^a: IsoFLOP {agreement['a_opt_isoflop']:.3g} "
+                f"{_interval(agreement['a_opt_isoflop_ci'])}, joint law {agreement['a_opt_joint']:.3g} "
+                f"{_interval(agreement['a_opt_joint_ci'])}; the intervals "
+                f"{overlap[agreement['intervals_overlap']]}.")
 
 
 def _attempt(report: Report, what: str, step: Callable[[], None]) -> None:
@@ -260,6 +279,7 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
             fitted = fit_table(table, "chinchilla", Columns(n=compute_n, d=cols.d, c=cols.c, loss=loss_col),
                                FitOptions(bootstrap=options.bootstrap, seed=options.seed, holdout=options.holdout))
             fit = fitted.result
+            laws["chinchilla"] = fit
             report.fits["chinchilla"] = _fit_json(fit, floor)
             fit_rows.extend(_fit_rows("Chinchilla L(N, D)", fit, loss_col, floor))
             report.figure(plots.chinchilla_allocation(fitted.data["n"], fitted.data["d"], fitted.data["loss"], fit,
@@ -287,6 +307,7 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
             fitted = fit_table(runs, "isoflop", Columns(n=compute_n, d=cols.d, c=cols.c, loss=loss_col,
                                                         budget=budget_col), fit_options)
             fit = fitted.result
+            laws["isoflop"] = fit
             report.fits["isoflop"] = fit.to_json()
             fit_rows.extend(_fit_rows("IsoFLOP N_opt(C)", fit, "N*"))
             report.figure(plots.isoflop_curves(fitted.data["n"], fitted.data["loss"], fitted.data["c"],
@@ -309,6 +330,8 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
             if fit.extra["skipped_budgets"]:
                 report.text("Budgets left out: " + "; ".join(fit.extra["skipped_budgets"]) + ".")
         _attempt(report, "IsoFLOP", isoflop_section)
+        if "isoflop" in laws and "chinchilla" in laws:
+            _allocation_agreement(report, allocation.compare(laws["isoflop"], laws["chinchilla"]))
 
     report.heading(f"{options.metric}: scaling with compute, size and sequence length")
     if not compute_col:

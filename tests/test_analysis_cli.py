@@ -127,13 +127,17 @@ def test_report_from_a_synthetic_sweep(tmp_path, capsys):
     per_length = {f"L(N) at max_len={length}, steps={steps}"
                   for length in (50, 100, 200) for steps in (200, 800, 3200)}
     assert set(summary["fits"]) == {"frontier", "frontier_whole_curves", "chinchilla", "isoflop",
-                                    "hr@10_loglinear", "floor"} | per_length
+                                    "allocation_agreement", "hr@10_loglinear", "floor"} | per_length
     # the envelope of every evaluation reaches lower losses than the final points alone at equal compute
     assert summary["fits"]["frontier_whole_curves"]["n_points"] > summary["fits"]["frontier"]["n_points"]
     assert all(summary["fits"][name]["n_points"] == 4 for name in per_length)  # 4 sizes at each data size
     # IsoFLOP: 2 diagonals of 3 sizes at each history length; runs of one compute at other lengths
     # are another profile, never one budget
     assert len(summary["fits"]["isoflop"]["budgets"]) == 6
+    agreement = summary["fits"]["allocation_agreement"]  # both routes to N_opt(C), budget by budget
+    assert len(agreement["budgets"]) == 6
+    assert agreement["a_opt_joint"] == pytest.approx(summary["fits"]["chinchilla"]["a_opt"])
+    assert agreement["a_opt_joint"] == pytest.approx(0.35 / 0.65, abs=0.05)  # the planted beta / (alpha + beta)
     alpha = summary["fits"]["L(N) at max_len=200, steps=3200"]["alpha"]
     assert 0.1 < alpha < 0.6  # the planted N exponent is 0.3 (the D term adds a constant at fixed D)
     names = {Path(p).name for p in summary["figures"]}
@@ -161,6 +165,7 @@ def test_report_from_a_synthetic_sweep(tmp_path, capsys):
     assert "knows its irreducible loss on the events eval_loss is measured on: 3.8 ± 0.01 nats" in markdown
     assert "| frontier L(C), whole curves (approach 1) | eval_loss | alpha |" in markdown
     assert "## Training curves" in markdown
+    assert "N_opt(C) by both routes" in markdown and "| budget C (FLOP) | IsoFLOP N* | joint law N_opt(C) |" in markdown
     assert "Held-out extrapolation" in markdown and "<table>" in html and "<img src=\"figures/" in html
     runs_section = markdown.split("## Runs")[1].split("## ")[0]
     assert "d256-l200-s3200" in runs_section and "d512" not in runs_section  # the failed trial is not a run

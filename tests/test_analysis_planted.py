@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from analysis import chinchilla, frontier, holdout, isoflop, loglinear, power, synthetic
+from analysis import allocation, chinchilla, frontier, holdout, isoflop, loglinear, power, synthetic
 from analysis.lbfgs import minimize_batch
 
 SEEDS = range(4)
@@ -90,6 +92,26 @@ def test_isoflop_recovers_the_allocation_exponent():
         assert fit.params["a_opt"] == pytest.approx(a_opt, abs=0.03)
         assert fit.params["b_opt"] == pytest.approx(1 - fit.params["a_opt"])
         assert fit.ci["a_opt"][0] < a_opt + 0.02 and fit.ci["a_opt"][1] > a_opt - 0.02
+
+
+def test_both_routes_to_n_opt_agree_on_a_planted_law_and_not_on_another():
+    planted = synthetic.CHINCHILLA_LIKE
+    n, c, loss = synthetic.isoflop_runs(planted, np.geomspace(1e18, 1e21, 5), 9, 1.5, 0.003, 0)
+    iso = isoflop.fit_isoflop(n, loss, c, bootstrap=40, seed=0)
+    joint = chinchilla.fit_chinchilla(n, c / (6 * n), loss, bootstrap=20, seed=0)
+    agreement = allocation.compare(iso, joint)
+    assert [b["compute"] for b in agreement["budgets"]] == [b["compute"] for b in iso.extra["budgets"]]
+    assert agreement["max_abs_log_ratio"] < np.log(1.15)  # each budget's N* within 15% of the joint law's
+    assert agreement["intervals_overlap"] is True
+    assert agreement["a_opt_joint"] == pytest.approx(joint.params["a_opt"])
+
+    steeper = dict(joint.params, beta=joint.params["beta"] * 2)  # another law: N_opt grows faster with C
+    steeper.update(chinchilla.allocation(steeper["alpha"], steeper["beta"], steeper["A"], steeper["B"]))
+    wrong = dataclasses.replace(joint, params=steeper, ci={"a_opt": (steeper["a_opt"] - 0.01, steeper["a_opt"] + 0.01)})
+    disagreement = allocation.compare(iso, wrong)
+    assert disagreement["intervals_overlap"] is False and disagreement["isoflop_inside_joint_interval"] is False
+    assert disagreement["max_abs_log_ratio"] > np.log(1.5)
+    assert allocation.compare(iso, dataclasses.replace(joint, ci={}))["intervals_overlap"] is None
 
 
 def test_budget_grouping_is_anchored_not_chained():
