@@ -35,7 +35,7 @@ def compare(isoflop_fit: FitResult, joint_fit: FitResult) -> dict[str, Any]:
     ci_iso, ci_joint = isoflop_fit.ci.get("a_opt"), joint_fit.ci.get("a_opt")
     ratios = np.array([b["ratio"] for b in budgets])
     return {"budgets": budgets,
-            "max_abs_log_ratio": float(np.max(np.abs(np.log(ratios)))) if ratios.size else float("nan"),
+            "max_abs_log_ratio": float(np.max(np.abs(np.log(ratios)))) if ratios.size else None,
             "a_opt_isoflop": float(a_iso), "a_opt_isoflop_ci": list(ci_iso) if ci_iso else None,
             "a_opt_joint": float(a_joint), "a_opt_joint_ci": list(ci_joint) if ci_joint else None,
             "intervals_overlap": _overlap(ci_iso, ci_joint),

@@ -1,4 +1,4 @@
-"""A sweep report: fits, tables and figures from a results file, as Markdown and HTML in one folder.
+"""A sweep report: fits, tables and figures from a results file, as Markdown, HTML and fits.json in one folder.
 
 Every section is attempted; one whose columns are missing or whose data cannot support the fit
 says why where it stands, and is listed again under "Skipped", instead of failing the report. The
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import html
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -152,7 +153,8 @@ def _attempt(report: Report, what: str, step: Callable[[], None]) -> None:
 
 def build_report(results: str | Path, out: str | Path, options: ReportOptions = ReportOptions(),
                  progress: Callable[[str], None] | None = None) -> Report:
-    """Write `out`/report.md, `out`/report.html and `out`/figures/*.{png,svg} from a results file."""
+    """Write `out`/report.md, `out`/report.html, `out`/fits.json (every fitted law, as the `--json` summary
+    gives it) and `out`/figures/*.{png,svg} from a results file."""
     say = progress or (lambda message: None)
     out = Path(out)
     figures = out / FIGURES
@@ -398,6 +400,7 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
 
     (out / "report.md").write_text(render_markdown(report))
     (out / "report.html").write_text(render_html(report, title=f"Scaling report: {Path(results).name}"))
+    (out / "fits.json").write_text(json.dumps(report.fits, indent=1, sort_keys=True, allow_nan=False) + "\n")
     return report
 
 

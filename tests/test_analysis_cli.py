@@ -134,6 +134,7 @@ def test_report_from_a_synthetic_sweep(tmp_path, capsys):
     # IsoFLOP: 2 diagonals of 3 sizes at each history length; runs of one compute at other lengths
     # are another profile, never one budget
     assert len(summary["fits"]["isoflop"]["budgets"]) == 6
+    assert json.loads((out / "fits.json").read_text()) == summary["fits"]  # the fits beside the page
     agreement = summary["fits"]["allocation_agreement"]  # both routes to N_opt(C), budget by budget
     assert len(agreement["budgets"]) == 6
     assert agreement["a_opt_joint"] == pytest.approx(summary["fits"]["chinchilla"]["a_opt"])
