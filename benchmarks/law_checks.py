@@ -7,7 +7,7 @@ known irreducible loss (issue 32), from the report's fits.json.
 The checks:
 - every fitted E is at or above the reachable floor within its interval (no model beats the floor);
 - the joint law's E is within 5% of the floor (goal 2%);
-- each law refitted without its largest-compute run(s) predicts them within 2%;
+- each law of the loss refitted without its largest-compute run(s) predicts them within 2%;
 - the IsoFLOP minima and the joint law's allocation agree: the two N_opt(C) exponents' intervals overlap.
 A check whose inputs the report lacks (no interval, no forecast) is "not checked", never passed.
 """
@@ -54,7 +54,7 @@ def check(fits: dict[str, Any]) -> dict[str, Any]:
                "floor_not_above_interval": fit["floor"]["floor_not_above_interval"],
                "interval_holds_floor": fit["floor"]["interval_holds_floor"]} for name, fit in laws.items()]
     forecasts = [{"law": name, "compute": c, "observed": o, "predicted": p, "error": e}
-                 for name, fit in fits.items() if isinstance(fit, dict) and isinstance(fit.get("holdout"), dict)
+                 for name, fit in laws.items() if isinstance(fit.get("holdout"), dict)  # laws of the loss
                  for c, o, p, e in zip(fit["holdout"]["compute"], fit["holdout"]["observed"],
                                        fit["holdout"]["predicted"], fit["holdout"]["relative_error"])]
     joint = next((row for row in e_rows if row["law"] == JOINT), None)

@@ -26,6 +26,8 @@ def _law(e: float, ci: list[float] | None, forecast_error: float | None = None) 
 
 GOOD = {"floor": FLOOR, "frontier": _law(4.1, [3.9, 4.3], 0.01), "chinchilla": _law(4.05, [3.95, 4.2], -0.015),
         "isoflop": {"form": "isoflop", "a_opt": 0.5},
+        "hr@10_loglinear": {"form": "loglinear", "holdout": {"compute": [1e12], "observed": [0.1], "predicted": [0.2],
+                                                             "relative_error": [1.0]}},  # not a loss: not checked
         "allocation_agreement": {"budgets": [], "a_opt_isoflop": 0.5, "a_opt_isoflop_ci": [0.4, 0.6],
                                  "a_opt_joint": 0.55, "a_opt_joint_ci": [0.5, 0.6], "intervals_overlap": True}}
 
