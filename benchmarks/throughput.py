@@ -65,9 +65,12 @@ def data_batches(config: TrialConfig, count: int) -> tuple[list[dict[str, np.nda
 
 
 def measure(config: TrialConfig, batches: list[dict[str, np.ndarray]], num_items: int, warmup: int,
-            time_limit_bytes: float = float("inf")) -> dict:
+            time_limit_bytes: float = float("inf"), profile_dir: Path | None = None,
+            device_peak: tuple[float, str] | None = None) -> dict:
     """Compiles the train step and times it on `batches`, unless its compiled temporaries exceed
-    time_limit_bytes (then the row has memory figures and no timings)."""
+    time_limit_bytes (then the row has memory figures and no timings). profile_dir: one more step
+    is traced there (jax.profiler), beside the compiled program's HLO (trace_step). device_peak:
+    FLOP/s per device and its source, in place of scaling.hardware's."""
     mesh = make_mesh(config.mesh.spec)
     trainer = build_trainer(config, num_items, mesh, total_steps=len(batches))
     rows, row_len = batches[0]["items"].shape
@@ -87,13 +90,15 @@ def measure(config: TrialConfig, batches: list[dict[str, np.ndarray]], num_items
                 device_batch = trainer.train_batch(batch)
                 jax.block_until_ready(device_batch)
                 started = time.perf_counter()
-                state, metrics = trainer.train_step(state, device_batch, jax.random.key(1))
+                state, metrics = compiled(state, device_batch, jax.random.key(1))  # the program compiled above
                 jax.block_until_ready(metrics)
                 step_counts.append({name: float(value) for name, value in metrics["counts"].items()})
                 if index >= warmup:
                     times.append(time.perf_counter() - started)
                     if probe is not None:  # the best of 3 back-to-back calls: the first one after a step runs cold
                         rates.append(max(probe.rate() for _ in range(3)))
+            if profile_dir is not None:
+                trace_step(compiled, state, trainer.train_batch(batches[-1]), profile_dir)
     xla_flops, xla_dot_flops = xla_cost.total_flops(compiled), xla_cost.dot_flops(lowered.as_text())
     if trainer.config.train.grad_accum > 1:  # XLA counts the micro-batch loop body once: count the unrolled step
         xla_flops, xla_dot_flops = _xla_counts_in_one_batch(trainer.config, batches[0], num_items, mesh)
@@ -105,7 +110,7 @@ def measure(config: TrialConfig, batches: list[dict[str, np.ndarray]], num_items
                                     config.train)
     step_seconds = statistics.median(times) if times else None
     # Measured beside the steps (and re-cached): a peak cached on a busier machine would inflate MFU.
-    peak_per_device, peak_source = hardware.peak_flops_per_device(
+    peak_per_device, peak_source = device_peak or hardware.peak_flops_per_device(
         config.model.compute_dtype, remeasure=True, measured_rate=statistics.median(rates) if rates else None)
     peak = peak_per_device * jax.device_count()
     real_tokens = statistics.mean(counts["tokens"] for counts in step_counts)
@@ -127,6 +132,18 @@ def measure(config: TrialConfig, batches: list[dict[str, np.ndarray]], num_items
         "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "flop_convention": flops.FLOP_CONVENTION,
     }
+
+
+HLO_FILE = "train_step.hlo.txt"
+
+
+def trace_step(compiled: jax.stages.Compiled, state: dict, device_batch: dict, folder: Path) -> None:
+    """One step of the compiled train step under jax.profiler.trace into `folder`, and the
+    program's optimised HLO in folder/HLO_FILE (its op metadata names what each traced op computes)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / HLO_FILE).write_text(compiled.as_text())
+    with jax.profiler.trace(str(folder)):
+        jax.block_until_ready(compiled(state, device_batch, jax.random.key(2)))
 
 
 def _xla_counts_in_one_batch(config: TrialConfig, batch: dict[str, np.ndarray], num_items: int, mesh) -> tuple[float, float]:
@@ -215,18 +232,29 @@ def config_from(args: argparse.Namespace) -> TrialConfig:
             overrides.append(f"data.name={args.data}")
     else:
         name = args.model or families.DEFAULT_FAMILY
-        config = TrialConfig(data=DataConfig(max_len=args.seq_len - 1, packed=args.packed),
+        config = TrialConfig(data=DataConfig(packed=args.packed),
                              train=TrainConfig(batch_size=args.batch or 64, negatives=args.negatives))
         wanted = {"d_model": args.d_model, "blocks": args.blocks, "heads": args.heads, "max_positions": args.seq_len,
                   "dropout": 0.0, "input_dropout": 0.0, "compute_dtype": args.dtype, "attention": args.attention,
                   "attention_block": args.attention_block}
-        overrides = [f"model.family={name}", *_model_overrides(name, wanted, asked)]
+        # the row length with the model, in one step: rows longer than the default positions are valid
+        overrides = [f"data.max_len={args.seq_len - 1}", f"model.family={name}", *_model_overrides(name, wanted, asked)]
     if args.mesh is not None or not args.config:
         overrides.append(f"mesh.spec={args.mesh or 'auto'}")
     return with_overrides(config, overrides + list(args.set or []))
 
 
 DEFAULT_NUM_ITEMS = 3706  # ML-1M's catalogue
+
+
+def batches_for(args: argparse.Namespace, config: TrialConfig) -> tuple[list[dict[str, np.ndarray]], int]:
+    """(--warmup + --repeats host batches, catalogue size): the data's with --preset or --config,
+    else random ids over --num-items."""
+    count = args.warmup + args.repeats
+    if args.preset or args.config:
+        return data_batches(config, count)
+    num_items = args.num_items or DEFAULT_NUM_ITEMS
+    return [random_batch(config.train.batch_size, args.seq_len, num_items, seed) for seed in range(count)], num_items
 
 
 def _config_mesh(path: str | None) -> str:
@@ -272,7 +300,8 @@ def compile_only(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command's flags (benchmarks.accelerator describes its shapes with them)."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", help="a scaling.train preset; with --data, time its real batches")
@@ -307,7 +336,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweep.add_argument("--time-limit-bytes", type=float, default=8e9,
                        help="compile only (memory, no timing) when the step's temporaries exceed this")
     sweep.add_argument("--out", help="append one JSON line per point to this file")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     host.keep_freed_memory_mapped()
     host.simulate_cpu_devices(args.mesh or _config_mesh(args.config))
     if args.compile_only:
@@ -323,11 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_from(args)
         count = args.warmup + args.repeats
-        if args.preset or args.config:
-            batches, num_items = data_batches(config, count)
-        else:
-            num_items = args.num_items or DEFAULT_NUM_ITEMS
-            batches = [random_batch(config.train.batch_size, args.seq_len, num_items, seed) for seed in range(count)]
+        batches, num_items = batches_for(args, config)
     except (ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

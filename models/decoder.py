@@ -23,7 +23,8 @@ from models import axes, family, parametrization, tables
 from models.attention import causal_query_blocks
 from models.family import TRAIN_MULTIPLIER, BatchField, FamilyConfig
 from models.fields import ConfigError, positive, fraction
-from models.layers import RowDropout, hand_written_kernels, l2_normalize, logical_param, row_keys, truncated_normal
+from models.layers import (EMBEDDING_SCOPE, LOSS_SCOPE, NEGATIVES_SCOPE, RowDropout, hand_written_kernels, l2_normalize,
+                           logical_param, row_keys, truncated_normal)
 from models.losses import (full_softmax_loss, in_batch_log_q, in_batch_negatives, sample_negatives,
                            sampled_softmax_loss, scores_all_items)
 
@@ -77,10 +78,11 @@ class SequentialRecommender(nn.Module):
         cfg = self.config
         dtype = jnp.dtype(cfg.compute_dtype)
         real = (batch["segment_ids"] > 0)[..., None]
-        if item_vectors is None:
-            item_vectors = jnp.take(self.item_table, batch["items"], axis=0, mode="clip")
-        x = item_vectors * math.sqrt(parametrization.input_width(cfg))  # sqrt(D): the input scale
-        x = x + jnp.take(self.position_table, batch["positions"], axis=0, mode="clip")
+        with jax.named_scope(EMBEDDING_SCOPE):
+            if item_vectors is None:
+                item_vectors = jnp.take(self.item_table, batch["items"], axis=0, mode="clip")
+            x = item_vectors * math.sqrt(parametrization.input_width(cfg))  # sqrt(D): the input scale
+            x = x + jnp.take(self.position_table, batch["positions"], axis=0, mode="clip")
         rows = batch.get(family.ROW_IDS)  # training only: dropout masks are drawn per row
         x = self.input_dropout(x, rows, deterministic=deterministic)
         x = nn.with_logical_constraint(jnp.where(real, x, 0.0).astype(dtype), (axes.BATCH, axes.LENGTH, axes.EMBED))
@@ -130,11 +132,14 @@ class DecoderModel(family.Model):
         table = params["item_embedding"]
         targets = batch["targets"]
         if self.train.loss == "full_softmax":
-            loss_sum, count = full_softmax_loss(outputs, targets, table, self.train.temperature, self.num_items)
+            with jax.named_scope(LOSS_SCOPE):
+                loss_sum, count = full_softmax_loss(outputs, targets, table, self.train.temperature, self.num_items)
         else:
-            negatives, negative_log_q, target_log_q = self._negatives(batch, negatives_rng)
-            loss_sum, count = sampled_softmax_loss(outputs, targets, table, negatives, self.train.temperature,
-                                                   negative_log_q=negative_log_q, target_log_q=target_log_q)
+            with jax.named_scope(NEGATIVES_SCOPE):
+                negatives, negative_log_q, target_log_q = self._negatives(batch, negatives_rng)
+            with jax.named_scope(LOSS_SCOPE):
+                loss_sum, count = sampled_softmax_loss(outputs, targets, table, negatives, self.train.temperature,
+                                                       negative_log_q=negative_log_q, target_log_q=target_log_q)
         return loss_sum, count, {"losses": {}, "metrics": {}}
 
     def _negatives(self, batch: Mapping[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, Any, Any]:

@@ -44,7 +44,7 @@ from models.family import TRAIN_MULTIPLIER, BatchField, FamilyConfig
 from models.fields import ConfigError, constrained, fraction, non_negative, positive
 from models.id_trie import IdTrie, build_trie
 from models.moe import capacity
-from models.layers import RowDropout, logical_param, row_keys, truncated_normal
+from models.layers import EMBEDDING_SCOPE, LOSS_SCOPE, RowDropout, logical_param, row_keys, truncated_normal
 
 PAD, BOS, SPECIALS = 0, 1, 2
 _TOKENS = (axes.BATCH, axes.LENGTH)
@@ -180,7 +180,8 @@ class EncDecNetwork(nn.Module):
         sequence's example id, from which its dropout masks are drawn (training only)."""
         cfg = self.config
         dtype = jnp.dtype(cfg.compute_dtype)
-        x = jnp.take(self.table, tokens, axis=0)
+        with jax.named_scope(EMBEDDING_SCOPE):
+            x = jnp.take(self.table, tokens, axis=0)
         bias = None
         if cfg.positions == "learned":
             x = x + self.encoder_positions[None, : tokens.shape[1]]
@@ -199,7 +200,8 @@ class EncDecNetwork(nn.Module):
         consecutive (B, C) sequences a mixture-of-experts feed-forward routes together."""
         cfg = self.config
         length = tokens.shape[-1]
-        x = jnp.take(self.table, tokens, axis=0)
+        with jax.named_scope(EMBEDDING_SCOPE):
+            x = jnp.take(self.table, tokens, axis=0)
         bias = None
         if cfg.positions == "learned":
             x = x + self.decoder_positions[:length]
@@ -363,9 +365,10 @@ class EncDecModel(family.Model):
         logits, state = self.network.apply({"params": params}, examples["encoder"], examples["decoder"],
                                            deterministic=False, group=examples["group"], rows=examples["ids"],
                                            rngs={"dropout": dropout_rng}, mutable=["intermediates"])
-        log_probs = jax.nn.log_softmax(logits, axis=-1)
-        nll = -jnp.take_along_axis(log_probs, local[..., None], axis=-1)[..., 0]  # (rows, L + 1)
-        loss_sum = jnp.sum(jnp.where(weight[:, None] > 0, nll, 0.0) * weight[:, None])
+        with jax.named_scope(LOSS_SCOPE):
+            log_probs = jax.nn.log_softmax(logits, axis=-1)
+            nll = -jnp.take_along_axis(log_probs, local[..., None], axis=-1)[..., 0]  # (rows, L + 1)
+            loss_sum = jnp.sum(jnp.where(weight[:, None] > 0, nll, 0.0) * weight[:, None])
         return loss_sum, jnp.sum(weight) * cfg.id_length, moe_aux(state.get("intermediates", {}), cfg)
 
     def coordinates(self, params: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:

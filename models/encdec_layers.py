@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models import axes, parametrization
-from models.layers import RowDropout, logical_param
+from models.layers import ATTENTION_SCOPE, RowDropout, logical_param
 from models.moe import MoEFeedForward
 
 _XAVIER = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
@@ -117,15 +117,16 @@ class Attention(nn.Module):
         C axis (a memory row's) serve all its C query sequences. -> (B, [C,] T, D)."""
         dtype = q.dtype
         shared = k.ndim < q.ndim  # (B, C, H, T, E) queries against (B, H, S, E) memory
-        scores = jnp.einsum("bchte,bhse->bchts" if shared else "...hte,...hse->...hts", q, k)
-        scores = scores.astype(jnp.float32) * (self.logit_factor / math.sqrt(self.head_dim))
-        if bias is not None:
-            scores = scores + bias
-        scores = jnp.where(mask, scores, _NEG_INF)
-        # No dropout on the attention weights: on a CPU drawing a mask per (query, key) pair costs
-        # more than the whole attention (the residual branches and embeddings keep theirs).
-        weights = jnp.where(mask, jax.nn.softmax(scores, axis=-1), 0.0).astype(dtype)
-        attended = jnp.einsum("bchts,bhse->bchte" if shared else "...hts,...hse->...hte", weights, v)
+        with jax.named_scope(ATTENTION_SCOPE):
+            scores = jnp.einsum("bchte,bhse->bchts" if shared else "...hte,...hse->...hts", q, k)
+            scores = scores.astype(jnp.float32) * (self.logit_factor / math.sqrt(self.head_dim))
+            if bias is not None:
+                scores = scores + bias
+            scores = jnp.where(mask, scores, _NEG_INF)
+            # No dropout on the attention weights: on a CPU drawing a mask per (query, key) pair costs
+            # more than the whole attention (the residual branches and embeddings keep theirs).
+            weights = jnp.where(mask, jax.nn.softmax(scores, axis=-1), 0.0).astype(dtype)
+            attended = jnp.einsum("bchts,bhse->bchte" if shared else "...hts,...hse->...hte", weights, v)
         return einops.rearrange(attended, "... h t e -> ... t (h e)") @ self.w_o.astype(dtype)
 
     def __call__(self, x: jax.Array, keys_from: jax.Array | None, mask: jax.Array, bias: jax.Array | None,

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 from models import attention, axes, family, parametrization
 from models.decoder import DecoderConfig, DecoderFamily
 from models.fields import ConfigError, non_negative, positive
-from models.layers import (RowDropout, add_bias, attention_mask, hand_written_kernels, layer_norm, logical_param,
-                           torch_linear_bias_init)
+from models.layers import (ATTENTION_SCOPE, RowDropout, add_bias, attention_mask, hand_written_kernels, layer_norm,
+                           logical_param, torch_linear_bias_init)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,12 +125,14 @@ class HSTUBlock(nn.Module):
         q = einops.rearrange(q, "b l (h d) -> b l h d", h=heads) * parametrization.attention_factor(cfg, not cfg.dqk, over_sqrt_d=False)
         k = einops.rearrange(k, "b l (h d) -> b l h d", h=heads)
 
-        if cfg.attention == "blockwise":
-            attended = attention.blockwise(q, k, v, w_pos, w_time, context["timestamps"], context["next_timestamps"],
-                                           context["segment_ids"], cfg.divisor, cfg.attention_block)
-        else:
-            attended = attention.dense(q, k, v, w_pos, w_time, context["time_buckets"], context["mask"], cfg.divisor,
-                                       cfg.causal_splits)
+        with jax.named_scope(ATTENTION_SCOPE):
+            if cfg.attention == "blockwise":
+                attended = attention.blockwise(q, k, v, w_pos, w_time, context["timestamps"],
+                                               context["next_timestamps"], context["segment_ids"], cfg.divisor,
+                                               cfg.attention_block)
+            else:
+                attended = attention.dense(q, k, v, w_pos, w_time, context["time_buckets"], context["mask"],
+                                           cfg.divisor, cfg.causal_splits)
         attended = einops.rearrange(attended, "b l h d -> b l (h d)")
         gated = u * layer_norm(attended)
         gated = RowDropout(cfg.dropout)(gated, context["rows"], deterministic=deterministic)
@@ -156,9 +158,10 @@ class HSTU(DecoderFamily):
         if config.attention == "blockwise":  # each block builds its own tiles
             context.update({name: batch[name] for name in ("timestamps", "next_timestamps", "segment_ids")})
         else:
-            context["mask"] = attention_mask(batch["segment_ids"])
-            context["time_buckets"] = attention.time_buckets(batch["next_timestamps"], batch["timestamps"],
-                                                             config.time_buckets)
+            with jax.named_scope(ATTENTION_SCOPE):
+                context["mask"] = attention_mask(batch["segment_ids"])
+                context["time_buckets"] = attention.time_buckets(batch["next_timestamps"], batch["timestamps"],
+                                                                 config.time_buckets)
         return context
 
     def linear_flops_per_token(self, config: HSTUConfig) -> float:

@@ -19,6 +19,13 @@ import jax.numpy as jnp
 
 Initializer = Callable[..., jax.Array]
 
+# jax.named_scope names of a step's parts: they reach XLA's op metadata, and profiles are
+# attributed by them (benchmarks/accelerator.py). Metadata only: the numbers do not change.
+ATTENTION_SCOPE = "attention"
+EMBEDDING_SCOPE = "embedding_lookup"
+NEGATIVES_SCOPE = "negatives"
+LOSS_SCOPE = "loss"
+
 _forced_kernels: list[bool] = []
 
 

@@ -27,7 +27,8 @@ from models import axes, family, parametrization
 from models.attention import causal_query_blocks
 from models.decoder import DecoderConfig, DecoderFamily
 from models.fields import ConfigError, non_negative
-from models.layers import RowDropout, attention_mask, layer_norm, logical_param, torch_linear_bias_init, truncated_normal
+from models.layers import (ATTENTION_SCOPE, RowDropout, attention_mask, layer_norm, logical_param,
+                           torch_linear_bias_init, truncated_normal)
 
 _NEG_INF = -1e9
 _XAVIER_NORMAL = nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
@@ -87,15 +88,16 @@ class SASRecBlock(nn.Module):
         k = split_heads(x @ w_k + b_k)
         v = split_heads(x @ w_v + b_v)
         blocks = []
-        for start, end in causal_query_blocks(x.shape[1], cfg.causal_splits):
-            q_block, k_block, v_block = (jnp.swapaxes(t, 1, 2) for t in (q[:, start:end], k[:, :end], v[:, :end]))
-            scores = jnp.einsum("bhid,bhjd->bhij", q_block, k_block) * (
-                parametrization.attention_factor(cfg, True, over_sqrt_d=True) / math.sqrt(d // heads))
-            mask = context["mask"][:, None, start:end, :end]
-            scores = jnp.where(mask, scores.astype(jnp.float32), _NEG_INF)
-            weights = jnp.where(mask, jax.nn.softmax(scores, axis=-1), 0.0).astype(dtype)
-            weights = dropout(weights, deterministic=deterministic)
-            blocks.append(jnp.swapaxes(jnp.einsum("bhij,bhjd->bhid", weights, v_block), 1, 2))
+        with jax.named_scope(ATTENTION_SCOPE):
+            for start, end in causal_query_blocks(x.shape[1], cfg.causal_splits):
+                q_block, k_block, v_block = (jnp.swapaxes(t, 1, 2) for t in (q[:, start:end], k[:, :end], v[:, :end]))
+                scores = jnp.einsum("bhid,bhjd->bhij", q_block, k_block) * (
+                    parametrization.attention_factor(cfg, True, over_sqrt_d=True) / math.sqrt(d // heads))
+                mask = context["mask"][:, None, start:end, :end]
+                scores = jnp.where(mask, scores.astype(jnp.float32), _NEG_INF)
+                weights = jnp.where(mask, jax.nn.softmax(scores, axis=-1), 0.0).astype(dtype)
+                weights = dropout(weights, deterministic=deterministic)
+                blocks.append(jnp.swapaxes(jnp.einsum("bhij,bhjd->bhid", weights, v_block), 1, 2))
         attended = einops.rearrange(jnp.concatenate(blocks, axis=1), "b l h d -> b l (h d)")
         y = layer_norm(query_in + (attended @ w_out.astype(dtype) + b_out.astype(dtype)), eps=1e-8)
 
@@ -114,7 +116,8 @@ class SASRec(DecoderFamily):
         return truncated_normal(math.sqrt(1.0 / parametrization.input_width(config)))  # the reference's N(0, 1/D)
 
     def block_context(self, config: SASRecConfig, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-        return {"positions": batch["positions"], "mask": attention_mask(batch["segment_ids"])}
+        with jax.named_scope(ATTENTION_SCOPE):
+            return {"positions": batch["positions"], "mask": attention_mask(batch["segment_ids"])}
 
     def linear_flops_per_token(self, config: SASRecConfig) -> float:
         d = config.d_model

@@ -31,9 +31,11 @@ PEAK_BF16 = {
     "NVIDIA H100": 989e12,  # SXM; 1979e12 assumes 2:4 sparsity
     "NVIDIA H200": 989e12,
     "NVIDIA B200": 2250e12,  # HGX B200 datasheet: 4.5 PFLOPS FP16/BF16 with sparsity, half of it dense
+    "NVIDIA L4": 121e12,  # NVIDIA L4 datasheet: BF16 Tensor Core 242 TFLOPS with sparsity, half of it dense
 }
 # fp32 where it differs from bf16 (A100/H100 use TF32 tensor cores for fp32 matmuls by default).
-PEAK_FP32 = {"NVIDIA A100": 156e12, "NVIDIA H100": 495e12, "NVIDIA H200": 495e12, "NVIDIA B200": 1100e12}
+PEAK_FP32 = {"NVIDIA A100": 156e12, "NVIDIA H100": 495e12, "NVIDIA H200": 495e12, "NVIDIA B200": 1100e12,
+             "NVIDIA L4": 30.3e12}  # NVIDIA L4 datasheet: FP32 30.3 TFLOPS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +67,8 @@ ACCELERATORS = {
     "h200": Accelerator("NVIDIA H200", 141e9, 1, "NVIDIA H200 datasheet: 989 TFLOPS bf16 dense, 141 GB HBM3e"),
     "b200": Accelerator("NVIDIA B200", 180e9, 1, "NVIDIA DGX B200: 2.25 PFLOPS bf16 dense per GPU, 1,440 GB HBM3e "
                                                  "for 8 GPUs"),
+    "l4": Accelerator("NVIDIA L4", 24e9, 1, "NVIDIA L4 datasheet: 121 TFLOPS bf16 dense (242 with sparsity), "
+                                            "30.3 TFLOPS fp32, 24 GB GDDR6"),
 }
 
 
@@ -87,8 +91,9 @@ class UnknownDevice(ValueError):
 
 
 def datasheet_peak(device_kind: str, dtype: str) -> float:
-    """Peak FLOP/s of one device of this kind; the longest table key that prefixes it wins."""
-    matches = [k for k in PEAK_BF16 if device_kind.startswith(k)]
+    """Peak FLOP/s of one device of this kind; the longest table key that prefixes it up to a
+    word's end wins ("NVIDIA H100 80GB HBM3" is an H100; "NVIDIA L40S" is not an L4)."""
+    matches = [k for k in PEAK_BF16 if device_kind.startswith(k) and not device_kind[len(k):][:1].isalnum()]
     if not matches:
         raise UnknownDevice(f"no peak FLOP/s known for device kind {device_kind!r}; add it to scaling/hardware.py")
     key = max(matches, key=len)

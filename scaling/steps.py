@@ -30,6 +30,7 @@ from scaling.config import TrainConfig
 
 TrainState = dict[str, Any]
 Batch = dict[str, jax.Array]
+OPTIMIZER_SCOPE = "optimizer"  # jax.named_scope of the parameter update (profiles are attributed by it)
 
 
 def learning_rate(train: TrainConfig, total_steps: int, peak: float) -> optax.ScalarOrSchedule:
@@ -146,8 +147,9 @@ class StepFunctions:
             new_params, opt_state, grads, loss_sum, count, aux = self._sparse_update(state, batch, rng)
         else:
             grads, loss_sum, count, aux = self.gradients(params, batch, rng)
-            updates, opt_state = self.optimizer.update(grads, state["opt_state"], params)
-            new_params = optax.apply_updates(params, updates)
+            with jax.named_scope(OPTIMIZER_SCOPE):
+                updates, opt_state = self.optimizer.update(grads, state["opt_state"], params)
+                new_params = optax.apply_updates(params, updates)
         new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1}
         counts = {**self.model.step_counts(batch), "positions": count}
         metrics = {"loss_sum": loss_sum, "positions": count, "grad_norm": optax.tree.norm(grads), "counts": counts,
@@ -163,20 +165,22 @@ class StepFunctions:
         touched_ids = self.model.touched_rows({**batch, STEP_INPUTS: shared}, rng)
         touched = {name: catalogue.gather_rows(params[name], touched_ids[name]) for name in self.tables}
         grads, loss_sum, count, aux = self.gradients({**params, **touched}, batch, rng, shared)
-        dense, _ = self._split(params)
-        dense_grads, table_grads = self._split(grads)
-        updates, dense_state = self.optimizer.update(dense_grads, state["opt_state"]["dense"], dense)
-        new_params = dict(optax.apply_updates(dense, updates))
-        rate = learning_rate(self.train, self.total_steps, self.train.table_learning_rate or self.train.learning_rate)
-        rate_fn = rate if callable(rate) else (lambda _, value=rate: jnp.asarray(value, jnp.float32))
-        table_states = state["opt_state"]["tables"]
-        new_states = {key: {} for key in table_states}
-        for name in self.tables:
-            new_params[name], updated = table_optimizers.update(
-                self.train.table_optimizer, self.train, rate_fn, step, params[name],
-                {key: table_states[key][name] for key in table_states}, touched[name], table_grads[name])
-            for key, value in updated.items():
-                new_states[key][name] = value
+        with jax.named_scope(OPTIMIZER_SCOPE):
+            dense, _ = self._split(params)
+            dense_grads, table_grads = self._split(grads)
+            updates, dense_state = self.optimizer.update(dense_grads, state["opt_state"]["dense"], dense)
+            new_params = dict(optax.apply_updates(dense, updates))
+            table_rate = self.train.table_learning_rate or self.train.learning_rate
+            rate = learning_rate(self.train, self.total_steps, table_rate)
+            rate_fn = rate if callable(rate) else (lambda _, value=rate: jnp.asarray(value, jnp.float32))
+            table_states = state["opt_state"]["tables"]
+            new_states = {key: {} for key in table_states}
+            for name in self.tables:
+                new_params[name], updated = table_optimizers.update(
+                    self.train.table_optimizer, self.train, rate_fn, step, params[name],
+                    {key: table_states[key][name] for key in table_states}, touched[name], table_grads[name])
+                for key, value in updated.items():
+                    new_states[key][name] = value
         return new_params, {"dense": dense_state, "tables": new_states}, grads, loss_sum, count, aux
 
     def eval_step(self, params: Any, batch: Batch) -> dict:
