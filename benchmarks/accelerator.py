@@ -32,7 +32,6 @@ the network (the smoke sweep's data is generated; tiger-beauty falls back to syn
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import importlib.metadata
 import json
@@ -45,6 +44,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
+
+from benchmarks.accelerator_shapes import SHAPES, SMALL_SHAPES, Shape
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Amazon Beauty 5-core's shape (22,363 users, 12,101 items, 8.9 events a user); popularity flat
@@ -65,43 +66,6 @@ SERVE_K = 5
 # time and computes the same (XLA's own passes are unchanged; tests/conftest.py does the same).
 SMALL_COMPILE_FLAG = "--xla_backend_optimization_level=0"
 
-
-@dataclasses.dataclass(frozen=True)
-class Shape:
-    """One timed training step: `python -m benchmarks.throughput` flags (a --preset reads data)."""
-
-    name: str
-    flags: tuple[str, ...]
-    profiled: bool = False
-
-
-def _decoder(model: str, d: int, blocks: int, heads: int, length: int, batch: int, *extra: str,
-             items: int = 100_000, negatives: int = 128) -> tuple[str, ...]:
-    return ("--model", model, "--d-model", str(d), "--blocks", str(blocks), "--heads", str(heads), "--seq-len",
-            str(length), "--batch", str(batch), "--dtype", "bfloat16", "--num-items", str(items), "--negatives",
-            str(negatives), *extra)
-
-
-TIGER = ("--preset", "tiger-beauty", "--set", "model.compute_dtype=bfloat16")
-SHAPES = (
-    Shape("HSTU large", _decoder("hstu", 512, 8, 4, 1024, 32, "--packed"), profiled=True),
-    Shape("HSTU long", _decoder("hstu", 256, 4, 4, 8192, 4, "--attention", "blockwise")),
-    Shape("HSTU mid", _decoder("hstu", 256, 4, 4, 200, 64)),
-    Shape("HSTU mid, big batch", _decoder("hstu", 256, 4, 4, 200, 1024)),
-    Shape("SASRec mid", _decoder("sasrec", 256, 4, 4, 200, 64)),
-    Shape("tiger-beauty", (*TIGER, "--batch", "256")),
-)
-_TOY = {"items": 1000, "negatives": 16}
-SMALL_SHAPES = (
-    Shape("HSTU large", _decoder("hstu", 32, 2, 2, 64, 4, "--packed", **_TOY), profiled=True),
-    Shape("HSTU long", _decoder("hstu", 16, 1, 2, 256, 2, "--attention", "blockwise", "--attention-block", "64",
-                                **_TOY)),
-    Shape("HSTU mid", _decoder("hstu", 16, 1, 2, 32, 4, **_TOY)),
-    Shape("HSTU mid, big batch", _decoder("hstu", 16, 1, 2, 32, 16, **_TOY)),
-    Shape("SASRec mid", _decoder("sasrec", 16, 1, 2, 32, 4, **_TOY)),
-    Shape("tiger-beauty", (*TIGER, "--batch", "8", *(f"--set=model.{key}" for key in (
-        "d_model=16", "heads=2", "head_dim=8", "d_ff=32", "encoder_blocks=1", "decoder_blocks=1")))),
-)
 
 # Profile attribution: jax.named_scope names (models/layers.py, scaling/steps.py) -> part.
 OPTIMIZER, ATTENTION, LOOKUPS, MATMULS, OTHER = (
@@ -210,7 +174,7 @@ def run_shape(shape: Shape, flags: list[str], profile_dir: Path | None, peak: tu
 
 def part_of(op_name: str) -> str:
     """The part of a step an op belongs to, from its JAX name stack (op_name metadata)."""
-    from models.layers import ATTENTION_SCOPE, EMBEDDING_SCOPE, LOSS_SCOPE, NEGATIVES_SCOPE
+    from models.family import ATTENTION_SCOPE, EMBEDDING_SCOPE, LOSS_SCOPE, NEGATIVES_SCOPE
     from scaling.steps import OPTIMIZER_SCOPE
 
     words = set(re.findall(r"[A-Za-z_]\w*", op_name))  # "transpose(jvp(attention))" holds "attention"

@@ -26,11 +26,29 @@ from models.fields import ConfigError, Section, build_section, check_value, coer
 
 BUILTIN_MODULES = {"hstu": "models.hstu", "sasrec": "models.sasrec", "encdec": "models.encdec"}
 PLUGINS_ENV = "SCALING_LAB_FAMILIES"
+ACCELERATOR_PATHS_ENV = "SCALING_LAB_ACCELERATOR_PATHS"
+# jax.named_scope names of a step's parts, shared by every family: they reach XLA's op metadata,
+# and profiles are attributed by them (benchmarks/accelerator.py). Metadata only: no number changes.
+ATTENTION_SCOPE = "attention"
+EMBEDDING_SCOPE = "embedding_lookup"
+NEGATIVES_SCOPE = "negatives"
+LOSS_SCOPE = "loss"
 
 Batch = Mapping[str, Any]
 TRAIN_MULTIPLIER = 3  # FLOP convention: backward = 2 x forward for every matmul
 ROW_IDS = "row_ids"  # (B,) int32 in a training batch: each row's index in the step's whole batch
 STEP_INPUTS = "step_inputs"  # in a training (micro-)batch: Model.step_inputs of the step's whole batch
+
+
+def accelerator_paths() -> bool:
+    """Whether a CPU runs what a GPU or TPU runs ($SCALING_LAB_ACCELERATOR_PATHS=1): the plain
+    autodiff forms of models/layers.py (hand_written_kernels) and one micro-batch per step
+    (scaling.trainer.auto_grad_accum), so that the accelerators' code is exercised, slower, on a
+    CPU. Unset or 0: the CPU's own paths."""
+    value = os.environ.get(ACCELERATOR_PATHS_ENV, "")
+    if value not in ("", "0", "1"):
+        raise ConfigError(f"${ACCELERATOR_PATHS_ENV}={value!r}: expected 1 (an accelerator's paths) or 0 (the CPU's)")
+    return value == "1"
 
 
 def block_outputs(module: Any, params: Any, *args: Any) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 LayerNorm and bias addition come in two forms with the same numbers: plain jnp with autodiff,
 and XLA:CPU-tuned kernels (row means as matrix-vector products, hand-written backward passes)
-that are slower elsewhere. `hand_written_kernels()` picks the CPU form on a CPU backend only;
-`force_hand_written_kernels` overrides it (tests compare the two).
+that are slower elsewhere. `hand_written_kernels()` picks the CPU form on a CPU backend only,
+unless `models.family.accelerator_paths()` asks for an accelerator's code on the CPU;
+`force_hand_written_kernels` overrides both (tests compare the two).
 """
 
 from __future__ import annotations
@@ -17,21 +18,21 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from models.family import (ATTENTION_SCOPE, EMBEDDING_SCOPE, LOSS_SCOPE, NEGATIVES_SCOPE,  # noqa: F401 (the models' scopes)
+                           accelerator_paths)
+
 Initializer = Callable[..., jax.Array]
 
-# jax.named_scope names of a step's parts: they reach XLA's op metadata, and profiles are
-# attributed by them (benchmarks/accelerator.py). Metadata only: the numbers do not change.
-ATTENTION_SCOPE = "attention"
-EMBEDDING_SCOPE = "embedding_lookup"
-NEGATIVES_SCOPE = "negatives"
-LOSS_SCOPE = "loss"
 
 _forced_kernels: list[bool] = []
 
 
 def hand_written_kernels() -> bool:
-    """Whether traced code uses the XLA:CPU-tuned kernels: on the CPU backend, unless forced."""
-    return _forced_kernels[-1] if _forced_kernels else jax.default_backend() == "cpu"
+    """Whether traced code uses the XLA:CPU-tuned kernels: on the CPU backend, unless forced or
+    accelerator_paths()."""
+    if _forced_kernels:
+        return _forced_kernels[-1]
+    return jax.default_backend() == "cpu" and not accelerator_paths()
 
 
 @contextlib.contextmanager

@@ -88,13 +88,14 @@ def _splits_evenly(rows: int, batch_split: int) -> bool:
 
 
 def auto_grad_accum(config: TrialConfig, mesh: Mesh) -> int:
-    """Micro-batches per step when train.grad_accum = 0: 1 on accelerators; on a CPU the fewest
-    whose attention scores stay cache-sized (CPU_SCORES_BYTES). Each elementwise pass over the
-    (rows, heads, L, L) tensors then stays in cache instead of streaming from memory; measured on
-    this 2-core CPU, the hstu-large-ml1m step at batch 128 went from 1.6 s to 0.92 s."""
+    """Micro-batches per step when train.grad_accum = 0: 1 on accelerators (and on a CPU running
+    their paths, models.family.accelerator_paths); on a CPU the fewest whose attention scores stay
+    cache-sized (CPU_SCORES_BYTES). Each elementwise pass over the (rows, heads, L, L) tensors then
+    stays in cache instead of streaming from memory; measured on this 2-core CPU, the
+    hstu-large-ml1m step at batch 128 went from 1.6 s to 0.92 s."""
     if config.train.grad_accum:
         return config.train.grad_accum
-    if mesh.devices.flat[0].platform != "cpu":
+    if mesh.devices.flat[0].platform != "cpu" or families.accelerator_paths():
         return 1
     batch, batch_split = config.train.batch_size, mesh.shape["data"] * mesh.shape["fsdp"]
     valid = [m for m in range(1, batch + 1) if batch % m == 0 and _splits_evenly(batch // m, batch_split)]

@@ -1,6 +1,13 @@
 """The test run's environment and shared fixtures: simulated devices, compile flags, one
 compilation cache and one default data cache per run (the user's own cache is only read, for an
-already-fetched recbole wheel), and the costliest files started first."""
+already-fetched recbole wheel), and the costliest files started first.
+
+SCALING_LAB_ACCELERATOR_PATHS=1 python -m pytest ... runs the model tests on the CPU as a GPU or
+TPU runs them: plain autodiff instead of the XLA:CPU kernels and one micro-batch per step (the
+library reads the variable: models.family.accelerator_paths), bf16 compute in the model configs
+the tests build, and fp32 tolerances widened to bf16's (tests/model_paths.py). Tests of the CPU's
+own paths (its kernels, its micro-batching) still run those. The header names the paths run.
+"""
 
 from __future__ import annotations
 
@@ -76,6 +83,14 @@ def ml100k(lab_cache: Path):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SCALING_LAB_CACHE", str(lab_cache))
         return prepare("ml-100k")
+
+
+def pytest_report_header() -> str:
+    from models.family import accelerator_paths
+
+    if accelerator_paths():
+        return "model paths: an accelerator's (SCALING_LAB_ACCELERATOR_PATHS=1: plain autodiff, bf16, one micro-batch)"
+    return "model paths: the backend's own"
 
 
 def _cost(item: pytest.Item) -> float:

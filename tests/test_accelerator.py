@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import accelerator
+from benchmarks import accelerator, accelerator_shapes
 from scaling import hardware, profiling
 from tests.conftest import xla_flags
 
@@ -119,7 +119,7 @@ def test_small_run_writes_every_section(tmp_path: Path, lab_cache: Path) -> None
     for dtype in ("bfloat16", "float32"):
         assert result["matmul"][dtype]["measured"] > 0 and result["matmul"][dtype]["datasheet"] is None
     rows = {row["shape"]: row for row in result["shapes"]}
-    assert list(rows) == [shape.name for shape in accelerator.SMALL_SHAPES]
+    assert list(rows) == [shape.name for shape in accelerator_shapes.SMALL_SHAPES]
     for row in rows.values():
         assert "error" not in row, row
         assert math.isfinite(row["step_seconds"]) and row["step_seconds"] > 0

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models.config import ModelConfig
 from models.decoder import MODEL_INPUTS, build_model
 from tests import numpy_reference as ref
+from tests.model_paths import gradient_atol, model_config, tolerance
 
 ITEMS = 12
 ROW = 14  # tokens per row; deliberately != max_positions, so the divisor N is not the row length
@@ -22,7 +22,7 @@ CONFIG = dict(d_model=8, blocks=2, heads=2, dqk=4, dv=4, max_positions=16, ffn_d
 LENGTHS = (5, 7, 3, 9, 4, 6, 14)
 PACKING = ((0, 1), (2, 4, 5), (3,), (6,))  # user indices per packed row: 12, 13, 9, 14 tokens
 GAPS = np.array([0, 0, 1, 2, 3, 7, 20, 150, 4000, 90_000, 2_000_000, 60_000_000, 600_000_000])
-TOL = 1e-5
+TOL = tolerance(1e-5)
 TEMPERATURE = 0.05
 
 
@@ -75,7 +75,7 @@ def model_inputs(batch: dict) -> dict:
 @pytest.fixture(scope="module", params=["hstu", "sasrec"])
 def family(request):
     """Everything a test needs for one family, computed once: one compile, one batch shape."""
-    cfg = ModelConfig(family=request.param, **CONFIG)
+    cfg = model_config(family=request.param, **CONFIG)
     model = build_model(cfg, ITEMS)
     users = make_users()
     padded, padded_where = make_batch(users, [(u,) for u in range(len(users))], len(users))
@@ -187,7 +187,7 @@ def test_full_softmax_loss_equals_the_reference(family) -> None:
 
 
 def test_sasrec_gelu_equals_the_reference() -> None:
-    cfg = ModelConfig(family="sasrec", ffn_activation="gelu", **CONFIG)
+    cfg = model_config(family="sasrec", ffn_activation="gelu", **CONFIG)
     model = build_model(cfg, ITEMS)
     users = make_users()
     packed, where = make_batch(users, list(PACKING), len(users))
@@ -251,8 +251,10 @@ def test_training_gradients_equal_finite_differences_of_the_reference(family, la
         minus = _reference_mean_loss(_with_leaf(params, path, leaf - eps * direction), cfg, users_in_order, negatives_per_user)
         expected = (plus - minus) / (2 * eps)
         for all_items, tree in grads.items():
-            got = float(np.sum(np.asarray(_leaf(tree, path), np.float64) * direction))
-            assert got == pytest.approx(expected, rel=2e-3, abs=2e-4), (cfg.family, layout, path, all_items)
+            gradient = _leaf(tree, path)
+            got = float(np.sum(np.asarray(gradient, np.float64) * direction))
+            assert got == pytest.approx(expected, rel=2e-3, abs=gradient_atol(2e-4, gradient)), \
+                (cfg.family, layout, path, all_items)
 
 
 def _leaf(tree: dict, path: tuple[str, ...]) -> np.ndarray:

@@ -12,6 +12,7 @@ import pytest
 from models.config import ModelConfig
 from models.decoder import build_model
 from models.losses import full_softmax_loss, sampled_softmax_loss
+from tests.model_paths import model_config, tolerance
 
 ROW, ITEMS = 14, 30
 CONFIG = dict(d_model=8, blocks=2, heads=2, dqk=4, dv=3, max_positions=16, dropout=0.0, input_dropout=0.0)
@@ -73,7 +74,7 @@ def batch_of(row_list: list[dict]) -> dict[str, jnp.ndarray]:
 
 @pytest.fixture(scope="module", params=["hstu", "sasrec"])
 def model_and_params(request):
-    cfg = ModelConfig(family=request.param, ffn_dim=12, **CONFIG)
+    cfg = model_config(family=request.param, ffn_dim=12, **CONFIG)
     model = build_model(cfg, ITEMS)
     example = batch_of([rows(users()[:1])])
     params = nn.unbox(model.init(jax.random.key(0), example)["params"])
@@ -106,7 +107,7 @@ def test_hstu_equals_the_numpy_reference(model_and_params) -> None:
     numpy_params = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
     for index, (items, times) in enumerate(people):
         expected = hstu_reference(numpy_params, cfg, items, times - 1_000_000, np.append(times[1:], times[-1]) - 1_000_000)
-        np.testing.assert_allclose(out[index, :len(items)], expected, atol=2e-5)
+        np.testing.assert_allclose(out[index, :len(items)], expected, atol=tolerance(2e-5))
 
 
 def test_losses_against_direct_formulas() -> None:

@@ -15,6 +15,7 @@ from models.config import ModelConfig
 from models.encdec import EncDecModel, EncDecNetwork, vocabulary_codes
 from models.encdec_layers import FeedForward
 from models.moe import MoEFeedForward, capacity, route
+from tests.model_paths import model_config
 
 D, F, GROUPS, TOKENS = 8, 16, 2, 6
 
@@ -115,7 +116,7 @@ def _encdec(experts: int):
     base = dict(family="encdec", d_model=8, heads=2, d_ff=16, encoder_blocks=1, decoder_blocks=2, dropout=0.0,
                 history_items=3, user_buckets=5, ids_levels=2, ids_codebook=4, relative_buckets=8,
                 relative_max_distance=16, targets_per_row=3)
-    config = ModelConfig(**base, **({"experts": 1, "top_k": 1, "capacity_factor": 1.0} if experts else {}))
+    config = model_config(**base, **({"experts": 1, "top_k": 1, "capacity_factor": 1.0} if experts else {}))
     codes = np.array([(a, b, 0) for a in range(4) for b in range(3)])
     return EncDecModel(EncDecNetwork(config), config, len(codes), vocabulary_codes(codes, config), {})
 

@@ -23,7 +23,7 @@ from scaling.trainer import build_trainer
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENGINE = [*sorted((REPO_ROOT / "scaling").glob("*.py")), *sorted((REPO_ROOT / "sweeps").glob("*.py")),
           *sorted((REPO_ROOT / "benchmarks").glob("*.py"))]
-CONFIGURATION = {"presets.py"}  # named trial configs: data, not logic
+CONFIGURATION = {"presets.py", "accelerator_shapes.py"}  # named trial and benchmark configs: data, not logic
 
 
 def test_registry_knows_the_builtin_families_and_refuses_a_second_one_under_a_name() -> None:

@@ -8,11 +8,12 @@ import jax
 import numpy as np
 import pytest
 
-from models.config import ModelConfig
+from models.family import ACCELERATOR_PATHS_ENV
 from scaling.config import DataConfig, MeshConfig, TrainConfig, TrialConfig
 from scaling.mesh import make_mesh
 from scaling.steps import make_optimizer
 from scaling.trainer import build_trainer
+from tests.model_paths import BF16_TOL, assert_gradients_close, model_config, tolerance
 
 ROWS, ROW_LEN, ITEMS = 8, 12, 40
 
@@ -28,10 +29,12 @@ def batch() -> dict:
             "segment_ids": segments, "positions": np.broadcast_to(np.arange(ROW_LEN), (ROWS, ROW_LEN)).astype(np.int32) * segments}
 
 
-def trainer_for(**train_changes):
+def trainer_for(compute_dtype: str | None = None, **train_changes):
+    dtype = {"compute_dtype": compute_dtype} if compute_dtype else {}
     config = TrialConfig(
         data=DataConfig(max_len=ROW_LEN - 1),
-        model=ModelConfig(family="hstu", d_model=16, blocks=1, heads=2, max_positions=ROW_LEN, dropout=0.0, input_dropout=0.0),
+        model=model_config(family="hstu", d_model=16, blocks=1, heads=2, max_positions=ROW_LEN, dropout=0.0,
+                           input_dropout=0.0, **dtype),
         train=TrainConfig(batch_size=ROWS, steps=3, eval_batch_size=ROWS, loss="full_softmax", **train_changes),
         mesh=MeshConfig("data=1"),
     )
@@ -50,19 +53,16 @@ def test_gradient_accumulation_equals_one_big_batch() -> None:
     host_batch = batch()
     whole, loss_whole, count_whole = gradients(trainer_for(grad_accum=1), host_batch)
     accumulated, loss_acc, count_acc = gradients(trainer_for(grad_accum=4), host_batch)
-    assert count_whole == count_acc and loss_whole == pytest.approx(loss_acc, rel=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), accumulated, whole)
+    assert count_whole == count_acc and loss_whole == pytest.approx(loss_acc, rel=tolerance(1e-5))
+    assert_gradients_close(accumulated, whole, rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.slow
 def test_bfloat16_compute_tracks_float32() -> None:
     host_batch = batch()
-    trainer32 = trainer_for()
-    config16 = dataclasses.replace(trainer32.config, model=dataclasses.replace(trainer32.config.model, compute_dtype="bfloat16"))
-    trainer16 = build_trainer(config16, ITEMS, trainer32.mesh, total_steps=3)
-    _, loss32, count = gradients(trainer32, host_batch)
-    grads16, loss16, _ = gradients(trainer16, host_batch)
-    assert loss16 / count == pytest.approx(loss32 / count, rel=0.03)
+    _, loss32, count = gradients(trainer_for("float32"), host_batch)
+    grads16, loss16, _ = gradients(trainer_for("bfloat16"), host_batch)
+    assert loss16 / count == pytest.approx(loss32 / count, rel=BF16_TOL)
     assert all(g.dtype == np.float32 for g in jax.tree.leaves(grads16))  # parameters stay float32
 
 
@@ -112,11 +112,14 @@ def test_step_returns_the_counts_model_flops_need() -> None:
                                                           int(np.sum(host_batch["targets"] > 0))))
 
 
-def test_auto_grad_accum_keeps_cpu_attention_scores_cache_sized() -> None:
+def test_auto_grad_accum_keeps_cpu_attention_scores_cache_sized(monkeypatch: pytest.MonkeyPatch) -> None:
     from scaling.trainer import CPU_SCORES_BYTES, auto_grad_accum
     from scaling.presets import preset
 
     large = preset("hstu-large-ml1m")  # 2 heads, rows of 201: 323 KB of scores per row
+    monkeypatch.setenv(ACCELERATOR_PATHS_ENV, "1")
+    assert auto_grad_accum(large, make_mesh("data=1", jax.devices()[:1])) == 1  # as on an accelerator
+    monkeypatch.setenv(ACCELERATOR_PATHS_ENV, "0")  # the CPU's micro-batching, on any paths
     assert auto_grad_accum(large, make_mesh("data=1", jax.devices()[:1])) == 16  # 8 rows = 2.6 MB
     assert auto_grad_accum(large, make_mesh("data=8", jax.devices()[:8])) == 2  # 8 rows on each device
     per_row = large.model.heads * large.data.row_len ** 2 * 4
