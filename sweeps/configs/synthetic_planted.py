@@ -41,10 +41,10 @@ SIZES = ladder("size", [
     {"model.blocks": 2, "model.d_model": 64, "model.heads": 2},
 ], labels=["d8x1", "d16x1", "d24x1", "d32x2", "d48x2", "d64x2"])
 
-# Each budget's 4 sizes are meant to bracket its optimum; the placement is a plan, not yet checked
-# by a run. First probes (2026-12-07, a 98 GFLOP/s 2-core CPU): 0.11-0.12 s a step at d8 and d16,
-# overhead-bound. Validation loss against the Bayes floor of 4.336 +- 0.024 nats (oracle 4.158):
-# d8 5.653 at SHORT and 4.794 at LONG (capacity-bound, 10.6% above the floor); d16 5.095 at SHORT.
+# Each budget's 4 sizes bracket its optimum: run whole on 2026-12-07 (24 trials in 27.5 minutes on
+# 2 cores, data cached), every IsoFLOP minimum lay inside its budget's sizes. The frontier law's E
+# came out at 4.337 and L(N)'s at 8M tokens at 4.332 against the Bayes floor of 4.336 +- 0.024 nats
+# (oracle 4.158); the joint law's at 4.124 (benchmarks/results/planted-2026-12-07.md says why).
 BUDGETS = ((3e11, SIZES[0:4]), (1e12, SIZES[1:5]), (3e12, SIZES[2:6]))
 
 SWEEP = Sweep(
