@@ -67,7 +67,7 @@ SERVE_K = 5
 SMALL_COMPILE_FLAG = "--xla_backend_optimization_level=0"
 
 
-# Profile attribution: jax.named_scope names (models/layers.py, scaling/steps.py) -> part.
+# Profile attribution: jax.named_scope names (models/family.py, scaling/steps.py) -> part.
 OPTIMIZER, ATTENTION, LOOKUPS, MATMULS, OTHER = (
     "optimizer", "attention", "embedding lookups, negatives, loss", "other matmuls", "other")
 PARTS = (ATTENTION, MATMULS, LOOKUPS, OPTIMIZER, OTHER)
@@ -387,7 +387,7 @@ def page(result: dict[str, Any]) -> str:
              "accelerator.json (`command`).", "",
              *_shape_lines(result["shapes"]), "", *_data_notes(result["shapes"]),
              "## Where the HSTU large step spends device time", "",
-             "Ops attributed by the jax.named_scope names in their metadata (models/layers.py, scaling/steps.py): "
+             "Ops attributed by the jax.named_scope names in their metadata (models/family.py, scaling/steps.py): "
              "attention (HSTU's pointwise attention, its masks and time buckets), the embedding lookups, negative "
              "sampling and the loss's scoring, the optimizer update; other matmuls are the blocks' projections.", "",
              *_profile_lines(result["profile"]), "",
