@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from benchmarks.ml100k_families import Row, _si, chosen_rows, mean_sd, rows_parser, run_trial
+from scaling.metrics_log import read_records
 
 ROWS = (
     Row("dense", "dense feed-forward 256", "tiger-ml100k", ("model.ids_seed={seed}",)),
@@ -32,11 +33,9 @@ ROWS = (
 ROUTER = ("moe_dropped", "moe_load_max", "moe_entropy", "moe_balance")
 
 
-def router_stats(metrics_path: Path) -> dict[str, float]:
+def router_stats(workdir: Path) -> dict[str, float]:
     """Mean over logged training steps, and last logged value, of each router statistic."""
-    if not metrics_path.exists():
-        return {}
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    records = read_records(workdir)
     stats: dict[str, float] = {}
     for name in ROUTER:
         values = [r[f"aux/{name}"] for r in records if f"aux/{name}" in r]
@@ -95,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results = []
             for seed in seeds:
                 result = run_trial(row, seed, args.runs)
-                results.append({**result, **router_stats(args.runs / f"{row.name}-s{seed}" / "metrics.jsonl")})
+                results.append({**result, **router_stats(args.runs / f"{row.name}-s{seed}")})
             summaries.append(summarise(row, results))
     except RuntimeError as error:
         print(f"error: {error}", file=sys.stderr)

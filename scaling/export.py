@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scaling.metrics_log import read_records
 from scaling.serve import MANIFEST, sha256
 
 FORMAT_VERSION = 1
@@ -91,14 +92,11 @@ def checkpoint_steps(workdir: Path) -> list[int]:
 
 
 def _eval_records(workdir: Path) -> dict[int, dict]:
-    path = workdir / "metrics.jsonl"
     records: dict[int, dict] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            record = json.loads(line) if line.strip() else {}
-            if any(key.startswith("eval/") for key in record):
-                records.setdefault(int(record["step"]), {}).update(
-                    {k[len("eval/"):]: v for k, v in record.items() if k.startswith("eval/")})
+    for record in read_records(workdir):
+        if any(key.startswith("eval/") for key in record):
+            records.setdefault(int(record["step"]), {}).update(
+                {k[len("eval/"):]: v for k, v in record.items() if k.startswith("eval/")})
     return records
 
 

@@ -22,7 +22,7 @@ import math
 import sys
 import time
 import traceback
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -39,10 +39,12 @@ from scaling import checkpoint, distributed, flops, hardware, host
 from scaling.preemption import EXIT_PREEMPTED, Preempted, StopRequest, stop_with_parent
 from scaling.profiling import StepProfiler, parse_range
 from scaling.selection import BestEvaluation
-from scaling.workdir import WorkdirBusy, WorkdirLock, write_atomically
+from scaling.lease import WorkdirBusy, workdir_lock
+from scaling.workdir import write_atomically
 from scaling.config import ConfigError, ModelConfig, TrialConfig, from_json, with_overrides
 from scaling.mesh import logical_names, make_mesh, parse_mesh_spec
 from scaling.meter import StepMeter
+from scaling.metrics_log import MetricsLog, read_records
 from scaling.progress import TrialProgress
 from scaling.tensorboard import EventLog
 from scaling.presets import PRESETS, preset
@@ -68,45 +70,6 @@ def check_finite(step: int, metrics: dict) -> None:
 def log(message: str) -> None:
     if jax.process_index() == 0:
         print(message, file=sys.stderr, flush=True)
-
-
-class MetricsLog:
-    """One JSON object per line in WORKDIR/metrics.jsonl (process 0 only), each also sent to
-    `events` (TensorBoard). Local files are appended to; object stores (gs://), which cannot
-    append, get the whole file rewritten."""
-
-    def __init__(self, path: epath.Path, events: EventLog | None = None):
-        self.path, self.events = path, events
-        self.appendable = not str(path).startswith(("gs://", "s3://"))
-        self.lines = path.read_text().splitlines() if path.exists() and not self.appendable else []
-
-    def keep_until(self, step: int) -> None:
-        """Drop the records of steps after `step` (those a killed run logged past its last
-        checkpoint, which the resumed run logs again) and any partial last line."""
-        if jax.process_index() != 0 or not self.path.exists():
-            return
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                if json.loads(line)["step"] <= step:
-                    kept.append(line)
-            except (json.JSONDecodeError, KeyError, TypeError):
-                pass
-        write_atomically(self.path, "".join(line + "\n" for line in kept))
-        self.lines = kept if not self.appendable else []
-
-    def write(self, record: dict) -> None:
-        if jax.process_index() != 0:
-            return
-        if self.events is not None:
-            self.events.write(record)
-        line = json.dumps(record, sort_keys=True)
-        if self.appendable:
-            with open(self.path, "a") as handle:
-                handle.write(line + "\n")
-        else:
-            self.lines.append(line)
-            self.path.write_text("\n".join(self.lines) + "\n")
 
 
 def evaluate(trainer: Any, params: Any, targets: EvalTargets) -> dict[str, float]:
@@ -159,10 +122,11 @@ def evaluate(trainer: Any, params: Any, targets: EvalTargets) -> dict[str, float
 
 
 def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = None,
-        profile: tuple[int, int] | None = None) -> dict[str, Any]:
+        profile: tuple[int, int] | None = None, still_owner: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """Train one trial to completion (resuming if WORKDIR has checkpoints); returns result.json.
     Raises Preempted after saving the current step when `stop` is requested (SIGTERM).
-    profile: (START, STOP) training steps to trace into WORKDIR/profile/."""
+    profile: (START, STOP) training steps to trace into WORKDIR/profile/.
+    still_owner: raises (WorkdirLost) once another process owns the workdir; checked every step."""
     stop = stop or StopRequest()
     started = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -196,7 +160,7 @@ def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = Non
         resumed_from = restored[0] if restored else None
         first_process = jax.process_index() == 0
         events = EventLog(workdir, resumed_from, enabled=first_process)
-        metrics_log = MetricsLog(workdir / "metrics.jsonl", events)
+        metrics_log = MetricsLog(workdir, events)
         best = BestEvaluation()  # the evaluation the result reports
         earlier_seconds = 0.0  # wall time of the runs this one resumes (to their last checkpoint)
         if restored:
@@ -250,6 +214,7 @@ def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = Non
 
         try:
             while step < total_steps:
+                still_owner()
                 profiler.before(step + 1)
                 state, metrics = train_step(state, trainer.train_batch(next(iterator)), step_key)
                 step += 1
@@ -267,11 +232,13 @@ def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = Non
                 if saved_now:
                     drain()
                     checkpoint.save(checkpoints, step, state, resume_state())
+                    metrics_log.flush()
                     events.flush()
                 if stop.requested():
                     drain()
                     if not saved_now:
                         checkpoint.save(checkpoints, step, state, resume_state())
+                    metrics_log.flush()
                     log(f"SIGTERM: saving step {step} and stopping")
                     raise Preempted(step)
             drain()
@@ -282,6 +249,7 @@ def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = Non
             test = evaluate(trainer, state["params"], split.test)
             valid = evaluate(trainer, state["params"], split.valid)
             write_eval(valid, test, "done")
+            metrics_log.flush()
         finally:  # an interrupted run still completes the checkpoint it started
             checkpoints.wait_until_finished()
             checkpoints.close()
@@ -333,7 +301,7 @@ def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = Non
         **{f"valid_{key}": best.valid.get(key) for key in VALID_METRICS},
         **{key: value for key, value in best.test.items() if key not in STANDARD_METRICS},  # a family's own
         "resumed_from_step": resumed_from,
-        **plateau(workdir / "metrics.jsonl"),
+        **plateau(workdir),
     }
     return result
 
@@ -352,13 +320,10 @@ VALID_METRICS = ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr"
 PLATEAU_EVALS = 10
 
 
-def plateau(metrics_path: epath.Path, count: int = PLATEAU_EVALS) -> dict[str, Any]:
-    """Mean test HR@10 and NDCG@10 over the last `count` evaluations in metrics.jsonl (periodic
+def plateau(workdir: epath.Path, count: int = PLATEAU_EVALS) -> dict[str, Any]:
+    """Mean test HR@10 and NDCG@10 over the last `count` evaluations of the trial's metrics (periodic
     and final): the reference's plateau statistic (its last 10 epochs), steadier than one epoch."""
-    if not metrics_path.exists():
-        return {}
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    last = [r for r in records if "eval/test_hr@10" in r][-count:]
+    last = [r for r in read_records(workdir) if "eval/test_hr@10" in r][-count:]
     if not last:
         return {}
     return {"plateau_evals": len(last),
@@ -431,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     host.keep_freed_memory_mapped()
     workdir = epath.Path(args.workdir)
-    lock = WorkdirLock(workdir)
+    lock = workdir_lock(workdir)
     with StopRequest() as stop:
         stop_with_parent()
         try:
@@ -440,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             lock.release()
 
 
-def _main(args: argparse.Namespace, workdir: epath.Path, stop: StopRequest, lock: WorkdirLock) -> int:
+def _main(args: argparse.Namespace, workdir: epath.Path, stop: StopRequest, lock: Any) -> int:
     try:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
         stop.rearm()  # jax.distributed installs a SIGTERM handler of its own
@@ -460,7 +425,7 @@ def _main(args: argparse.Namespace, workdir: epath.Path, stop: StopRequest, lock
                 saved.write_text(config.to_json())
             except OSError as error:
                 raise ConfigError(f"--workdir {args.workdir}: cannot write there ({error.strerror or error})") from None
-        result = run(config, workdir, stop, profile)
+        result = run(config, workdir, stop, profile, lock.check)
         code = 0
     except (ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -2,8 +2,7 @@
 
 A lock file held with flock(2) for the life of the process marks a local workdir as in use; the
 kernel releases it when the process ends however it ends (SIGKILL included), so a stale lock
-never blocks a rerun. Object-store workdirs (gs://) are not locked: a sweep driver runs each
-trial once there.
+never blocks a rerun. Object-store workdirs (gs://) are leased instead (scaling/lease.py).
 """
 
 from __future__ import annotations
@@ -57,6 +56,9 @@ class WorkdirLock:
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         handle.flush()
         self._handle = handle
+
+    def check(self) -> None:
+        """Nothing to do: the kernel keeps a held lock for the life of the process."""
 
     def held_elsewhere(self) -> bool:
         """Whether another process holds the lock now (False for an object-store workdir). Probes

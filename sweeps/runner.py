@@ -17,7 +17,8 @@ from etils import epath
 from data.sources import cache_dir
 from scaling.preemption import PARENT_ENV
 from scaling.progress import format_seconds
-from scaling.workdir import LOCK_NAME, WorkdirBusy, WorkdirLock
+from scaling.lease import WorkdirBusy, workdir_lock
+from scaling.workdir import LOCK_NAME
 from sweeps.monitor import SweepMonitor
 from sweeps.results import ResultsStore
 from sweeps.spec import Sweep, Trial
@@ -91,9 +92,9 @@ def status_of(workdir: epath.Path, trials: Sequence[Trial]) -> dict[str, str]:
 
 
 def _running(folder: epath.Path) -> bool:
-    """A local trial runs while its driver or its training process holds its lock (released when
-    they end, however they end). An object-store workdir has no locks: never shown running."""
-    return any(WorkdirLock(folder, name).held_elsewhere() for name in (DRIVER_LOCK, LOCK_NAME))
+    """A trial runs while its driver or its training process holds its lock (local: released when
+    they end, however they end) or an unexpired lease (object stores)."""
+    return any(workdir_lock(folder, name).held_elsewhere() for name in (DRIVER_LOCK, LOCK_NAME))
 
 
 def compilation_cache_env(env: dict[str, str]) -> dict[str, str]:
@@ -142,7 +143,7 @@ def run_trials(sweep: Sweep, workdir: epath.Path, trials: Sequence[Trial], paral
                            interval=progress_every)
 
     def one(trial: Trial) -> None:
-        claim = WorkdirLock(trial_dir(workdir, trial), DRIVER_LOCK)  # two drivers never run one trial
+        claim = workdir_lock(trial_dir(workdir, trial), DRIVER_LOCK)  # two drivers never run one trial
         try:
             trial_dir(workdir, trial).mkdir(parents=True, exist_ok=True)
             claim.acquire()

@@ -155,11 +155,11 @@ def test_plateau_is_the_mean_of_the_last_ten_test_evaluations(tmp_path) -> None:
     lines += [{"step": s, "eval/test_hr@10": s / 100, "eval/test_ndcg@10": s / 200, "eval/valid_hr@10": 1.0}
               for s in range(1, 13)]
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
-    got = train_module.plateau(path)
+    got = train_module.plateau(tmp_path)
     assert got["plateau_evals"] == 10
     assert got["plateau_hr@10"] == pytest.approx(sum(range(3, 13)) / 1000)
     assert got["plateau_ndcg@10"] == pytest.approx(sum(range(3, 13)) / 2000)
-    assert train_module.plateau(tmp_path / "missing.jsonl") == {}
+    assert train_module.plateau(tmp_path / "missing") == {}
 
 
 @pytest.mark.slow
