@@ -28,11 +28,18 @@ def _interpolated(steps: np.ndarray, known_steps: list[int], known: list[float])
     return np.interp(steps, known_steps, known)
 
 
-def trial_curve(metrics_path: Path) -> pd.DataFrame:
-    """The eval records of one metrics.jsonl: step, tokens, train_flops, eval_loss (validation),
-    hr@10 (validation); empty when it has none."""
+def metrics_lines(trial_folder: Path) -> list[str]:
+    """A trial's metrics records: metrics.jsonl, then metrics.parts/*.jsonl in name order (the
+    parts an object-store workdir is written in, scaling/metrics_log.py)."""
+    paths = [trial_folder / "metrics.jsonl", *sorted((trial_folder / "metrics.parts").glob("*.jsonl"))]
+    return [line for path in paths if path.is_file() for line in path.read_text().splitlines()]
+
+
+def trial_curve(lines: list[str]) -> pd.DataFrame:
+    """The eval records of one trial's metrics lines: step, tokens, train_flops, eval_loss
+    (validation), hr@10 (validation); empty when it has none."""
     rows, train_steps, train_tokens, train_flops = [], [], [], []
-    for line in metrics_path.read_text().splitlines():
+    for line in lines:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
@@ -60,9 +67,9 @@ def load_curves(results_path: Path, trial_ids: list[str]) -> pd.DataFrame:
     folder = Path(results_path).parent / "trials"
     parts = []
     for trial_id in trial_ids:
-        path = folder / str(trial_id) / "metrics.jsonl"
-        if path.is_file():
-            curve = trial_curve(path)
+        lines = metrics_lines(folder / str(trial_id))
+        if lines:
+            curve = trial_curve(lines)
             if len(curve):
                 parts.append(curve.assign(trial_id=trial_id))
     if not parts:

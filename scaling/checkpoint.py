@@ -17,11 +17,14 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 
+def absolute(directory: epath.PathLike) -> epath.Path:
+    """`directory` as orbax requires it: a relative local path made absolute, gs:// as is."""
+    return epath.Path(directory) if "://" in str(directory) else epath.Path(os.path.abspath(os.fspath(directory)))
+
+
 def manager(directory: epath.PathLike, keep: int, asynchronous: bool = True) -> ocp.CheckpointManager:
-    """A manager of `directory`; a relative local path is made absolute, as orbax requires."""
-    path = epath.Path(directory)
-    if "://" not in str(directory):
-        path = epath.Path(os.path.abspath(os.fspath(directory)))
+    """A manager of `directory` (local or gs://)."""
+    path = absolute(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=asynchronous, create=True)
     return ocp.CheckpointManager(path, options=options, item_names=("state", "data"))
 
@@ -75,7 +78,7 @@ def abstract_like(state: Any, shardings: Any) -> Any:
 def restore_params(directory: epath.PathLike, step: int | None = None) -> tuple[Any, int]:
     """(the parameters of a trial's checkpoint as host numpy arrays, its step): the newest step
     unless one is named; no model, mesh or optimizer needed. FileNotFoundError when there is none."""
-    path = epath.Path(os.path.abspath(os.fspath(directory)))
+    path = absolute(directory)
     steps = sorted(int(p.name) for p in path.iterdir() if p.name.isdigit() and (p / "state").is_dir()) \
         if path.is_dir() else []
     if not steps or (step is not None and step not in steps):

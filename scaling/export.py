@@ -37,6 +37,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from scaling.metrics_log import read_records
 from scaling.serve import MANIFEST, sha256
@@ -75,7 +76,7 @@ class ExportError(Exception):
 class TrainedTrial:
     """A finished (or checkpointed) trial, rebuilt for inference."""
 
-    workdir: Path
+    workdir: epath.Path
     config: Any  # scaling.config.TrialConfig
     family: Any
     model: Any
@@ -85,13 +86,13 @@ class TrainedTrial:
     train_sequences: Any  # data.sequences.Sequences: what the model trained on
 
 
-def checkpoint_steps(workdir: Path) -> list[int]:
+def checkpoint_steps(workdir: epath.Path) -> list[int]:
     folder = workdir / "checkpoints"
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / "state").is_dir()) \
         if folder.is_dir() else []
 
 
-def _eval_records(workdir: Path) -> dict[int, dict]:
+def _eval_records(workdir: epath.Path) -> dict[int, dict]:
     records: dict[int, dict] = {}
     for record in read_records(workdir):
         if any(key.startswith("eval/") for key in record):
@@ -100,7 +101,7 @@ def _eval_records(workdir: Path) -> dict[int, dict]:
     return records
 
 
-def choose_step(workdir: Path, step: str, metric: str) -> int:
+def choose_step(workdir: epath.Path, step: str, metric: str) -> int:
     """The checkpoint step `step` names: an integer, "last", or "best" (the kept checkpoint whose
     evaluation in metrics.jsonl has the best `metric`; losses are minimised, the rest maximised)."""
     steps = checkpoint_steps(workdir)
@@ -120,7 +121,7 @@ def choose_step(workdir: Path, step: str, metric: str) -> int:
     return int(step)
 
 
-def load_trial(workdir: Path, step: int | None = None, log: Callable[[str], None] | None = None) -> TrainedTrial:
+def load_trial(workdir: epath.Path, step: int | None = None, log: Callable[[str], None] | None = None) -> TrainedTrial:
     """The trial's config, data, model and the parameters of checkpoint `step` (default the last)."""
     from data.dataset import prepare_section
     from data.split import leave_one_out
@@ -212,7 +213,7 @@ def code_version() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
-def step_metrics(workdir: Path, step: int) -> dict[str, float]:
+def step_metrics(workdir: epath.Path, step: int) -> dict[str, float]:
     """The metrics of `step`: result.json's when it is the trial's final step, else its eval record."""
     result_path = workdir / "result.json"
     if result_path.exists():
@@ -288,7 +289,7 @@ def write_export(trial: TrainedTrial, out: Path, k: int, platforms: Sequence[str
         "popular_items": popular, "popular_shares": shares}))
     info = {
         "format_version": FORMAT_VERSION, "family": trial.config.model.family, "trial_id": trial.config.trial_id,
-        "workdir": str(trial.workdir.resolve()), "step": trial.step, "metrics": step_metrics(trial.workdir, trial.step),
+        "workdir": str(trial.workdir if "://" in str(trial.workdir) else Path(trial.workdir).resolve()), "step": trial.step, "metrics": step_metrics(trial.workdir, trial.step),
         "k": k, "history_length": trial.config.data.max_len, "platforms": list(exported.platforms),
         "num_items": sequences.num_items, "num_users": sequences.num_users, "data": trial.config.data.name,
         "signature": SIGNATURE, "code_version": code_version(), "jax_version": jax.__version__,
@@ -304,9 +305,10 @@ def write_export(trial: TrainedTrial, out: Path, k: int, platforms: Sequence[str
     return info
 
 
-def export_trial(workdir: Path, out: Path, step: str = "last", metric: str = "valid_hr@10", k: int = 50,
+def export_trial(workdir: epath.Path, out: Path, step: str = "last", metric: str = "valid_hr@10", k: int = 50,
                  platforms: Sequence[str] = PLATFORMS, log: Callable[[str], None] = lambda message: None) -> dict:
     """Export checkpoint `step` (N, last, best by `metric`) of the trial in `workdir` to `out`."""
+    workdir = epath.Path(workdir)
     chosen = choose_step(workdir, step, metric)
     log(f"exporting {workdir} step {chosen}")
     trial = load_trial(workdir, chosen, log)
@@ -318,7 +320,8 @@ def export_trial(workdir: Path, out: Path, step: str = "last", metric: str = "va
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m scaling.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", type=Path, required=True, help="a trial's workdir (config.json, checkpoints/)")
+    parser.add_argument("--workdir", type=epath.Path, required=True,
+                        help="a trial's workdir (config.json, checkpoints/; local or gs://)")
     parser.add_argument("--step", default="last", help="checkpoint step: N, last, or best (by --metric)")
     parser.add_argument("--metric", default="valid_hr@10", help="metrics.jsonl eval metric that picks --step best")
     parser.add_argument("--out", type=Path, required=True, help="the export directory (must not exist or be empty)")

@@ -2,12 +2,13 @@
 preconditions: an object cannot be flock(2)ed, but it can be written only if its generation is
 still the one the writer read (GCS's ifGenerationMatch; tensorstore's conditional writes).
 
-WORKDIR/NAME holds {"holder", "token", "expires"}. A process takes it by writing it where it is
+WORKDIR/NAME holds {"holder", "host", "pid", "token", "expires"}. A process takes it by writing it where it is
 missing (generation "none"), renews it every RENEW_SECONDS with the generation of its own last
 write, and deletes it on release. An owner that stops renewing (killed, its host lost) is taken
 over once `expires` (wall clock, LEASE_SECONDS after its last renewal; hosts' clocks agree to far
 less than that) has passed: the taker writes with the stale owner's generation, so of two takers
-exactly one wins. An owner whose renewal fails because another took over has lost it: `check()`
+exactly one wins. An owner on this host whose process is gone is stale at once (a killed sweep
+driver's rerun need not wait out the lease). An owner whose renewal fails because another took over has lost it: `check()`
 raises, and the training loop stops without writing anything more. A process paused for longer
 than the lease can still write until its next renewal finds out; the lease bounds that to one
 renewal interval past the pause, it does not fence single writes.
@@ -82,11 +83,22 @@ class ObjectLease:
 
     def _write_if(self, generation: bytes) -> bytes:
         """Write this process's lease where the stored generation is `generation`; b'' if it was not."""
-        content = {"holder": self.holder, "token": self.token, "expires": self.clock() + self.lease_seconds}
+        content = {"holder": self.holder, "host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
+                   "expires": self.clock() + self.lease_seconds}
         return self.store.write(self.name, json.dumps(content).encode(), if_equal=generation).result().generation
 
     def _expired(self, content: dict[str, Any]) -> bool:
-        return float(content.get("expires", 0.0)) <= self.clock()
+        """Past its expiry, or held by a process of this host that no longer exists."""
+        if float(content.get("expires", 0.0)) <= self.clock():
+            return True
+        if content.get("host") == socket.gethostname() and isinstance(content.get("pid"), int):
+            try:
+                os.kill(content["pid"], 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                pass
+        return False
 
     def acquire(self, patience_seconds: float = 1.0) -> None:
         """Take the lease, retrying for patience_seconds; WorkdirBusy names a live holder."""

@@ -18,6 +18,7 @@ import json
 import shlex
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,6 +26,8 @@ from etils import epath
 
 from data.errors import DataError
 from scaling.config import ConfigError
+from scaling.metrics_log import read_lines
+from scaling.workdir import is_local
 from sweeps import runner
 from sweeps.results import ResultsStore
 from sweeps.spec import Sweep, describe, format_number, load_spec
@@ -121,16 +124,41 @@ def _launcher(args: argparse.Namespace, sweep: Sweep):
 
 
 def write_report(workdir: epath.Path) -> str | None:
-    """Fits and figures of the results into WORKDIR/report (via `python -m analysis report`)."""
-    results = workdir / "results.jsonl"
+    """Fits and figures of the results into WORKDIR/report (via `python -m analysis report`). The
+    analysis reads local files: an object-store workdir's results and trial metrics are staged in a
+    local folder and the report is copied back."""
     report = workdir / "report"
-    command = [sys.executable, "-m", "analysis", "report", str(results), "--out", str(report)]
-    done = subprocess.run(command, cwd=str(runner.REPO_ROOT), capture_output=True, text=True)
-    if done.returncode != 0:
-        runner.log(f"report failed: {(done.stderr.strip().splitlines() or ['no output'])[-1]}")
-        return None
+    with tempfile.TemporaryDirectory(prefix="report-") as staging:
+        local = workdir if is_local(workdir) else stage_results(workdir, Path(staging))
+        command = [sys.executable, "-m", "analysis", "report", str(local / "results.jsonl"), "--out", str(local / "report")]
+        done = subprocess.run(command, cwd=str(runner.REPO_ROOT), capture_output=True, text=True)
+        if done.returncode != 0:
+            runner.log(f"report failed: {(done.stderr.strip().splitlines() or ['no output'])[-1]}")
+            return None
+        if not is_local(workdir):
+            copy_tree(epath.Path(local / "report"), report)
     runner.log(f"report written to {report}")
     return str(report)
+
+
+def stage_results(workdir: epath.Path, local: Path) -> Path:
+    """WORKDIR's results.jsonl and each recorded trial's metrics (as one metrics.jsonl) in `local`."""
+    (local / "results.jsonl").write_text((workdir / "results.jsonl").read_text())
+    for trial_id in ResultsStore(workdir).load():
+        lines = read_lines(workdir / "trials" / trial_id)
+        if lines:
+            (local / "trials" / trial_id).mkdir(parents=True)
+            (local / "trials" / trial_id / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
+    return local
+
+
+def copy_tree(source: epath.Path, target: epath.Path) -> None:
+    """Every file under `source` to the same place under `target` (local to gs:// or back)."""
+    for path in sorted(source.rglob("*")):
+        if path.is_file():
+            destination = target / str(path.relative_to(source))
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            destination.write_bytes(path.read_bytes())
 
 
 def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
@@ -204,7 +232,7 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
     runner.log(f"best {args.best} = {record[args.best]:.6g}: trial {trial.trial_id} "
                + " ".join(f"{k}={v}" for k, v in trial.labels.items()))
     try:
-        summary = export.export_trial(Path(str(runner.trial_dir(workdir, trial))), Path(args.out), args.step,
+        summary = export.export_trial(runner.trial_dir(workdir, trial), Path(args.out), args.step,
                                       _step_metric(args.best),
                                       args.k, export.PLATFORMS, runner.log)
     except export.ExportError as error:

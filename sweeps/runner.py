@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import fnmatch
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 from etils import epath
 
 from data.sources import cache_dir
+from scaling.lease import WorkdirBusy, workdir_lock
 from scaling.preemption import PARENT_ENV
 from scaling.progress import format_seconds
-from scaling.lease import WorkdirBusy, workdir_lock
-from scaling.workdir import LOCK_NAME
+from scaling.workdir import LOCK_NAME, is_local
 from sweeps.monitor import SweepMonitor
 from sweeps.results import ResultsStore
 from sweeps.spec import Sweep, Trial
@@ -106,13 +108,31 @@ def compilation_cache_env(env: dict[str, str]) -> dict[str, str]:
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", **env}
 
 
+@contextlib.contextmanager
+def trial_log(folder: epath.Path) -> Iterator[BinaryIO]:
+    """FOLDER/train.log opened for appending. An object store cannot append, and a process's
+    stderr needs a file: there the log is written locally and added to the stored one after."""
+    if is_local(folder):
+        with (folder / "train.log").open("ab") as handle:
+            yield handle
+        return
+    with tempfile.TemporaryFile() as handle:
+        try:
+            yield handle
+        finally:
+            handle.seek(0)
+            stored = folder / "train.log"
+            earlier = stored.read_bytes() if stored.exists() else b""
+            stored.write_bytes(earlier + handle.read())
+
+
 def run_local_trial(workdir: epath.Path, trial: Trial, env: dict[str, str] | None = None) -> dict[str, Any]:
     """One trial in its own process (crash isolation); resumes from its checkpoints if any. The
     process gets SIGTERM if this driver dies, so it checkpoints and stops rather than run on
     unrecorded (a rerun of the sweep resumes it)."""
     folder = trial_dir(workdir, trial)
     command = [sys.executable, "-m", "scaling.train", *train_args(workdir, trial)]
-    with (folder / "train.log").open("ab") as train_log:
+    with trial_log(folder) as train_log:
         process = subprocess.Popen(command, cwd=str(REPO_ROOT), stdout=subprocess.PIPE, stderr=train_log,
                                    env={**compilation_cache_env(dict(env or os.environ)), PARENT_ENV: str(os.getpid())})
         stdout, _ = process.communicate()
@@ -122,7 +142,8 @@ def run_local_trial(workdir: epath.Path, trial: Trial, env: dict[str, str] | Non
     except json.JSONDecodeError:
         result = {}
     if process.returncode != 0 and result.get("status", "ok") == "ok":
-        tail = (folder / "train.log").read_text().strip().splitlines()[-1:] or ["no output"]
+        tail = (folder / "train.log").read_text().strip().splitlines()[-1:] if (folder / "train.log").exists() else []
+        tail = tail or ["no output"]
         result = {"status": f"failed: exit {process.returncode}: {tail[0][:300]}"}
     return result
 

@@ -85,6 +85,16 @@ def ml100k(lab_cache: Path):
         return prepare("ml-100k")
 
 
+@pytest.fixture
+def gcs_bucket() -> str:
+    """gs://BUCKET of a fresh in-memory GCS emulator (tests/gcs_emulator.py), every client of this
+    process and its subprocesses pointed at it; stopped after the test."""
+    from tests.gcs_emulator import gcs_emulator
+
+    with gcs_emulator() as bucket:
+        yield bucket
+
+
 def pytest_report_header() -> str:
     from models.family import accelerator_paths
 

@@ -2,6 +2,7 @@
 tensorstore's file driver, whose generation preconditions are the same calls as on gs://
 (tests/test_object_store.py runs it against a GCS emulator)."""
 
+import json
 import time
 
 import pytest
@@ -67,3 +68,17 @@ def test_renewal_keeps_a_live_owner(tmp_path) -> None:
 def test_local_folders_keep_flock_and_buckets_get_leases(tmp_path) -> None:
     assert isinstance(workdir_lock(tmp_path), WorkdirLock)
     assert isinstance(workdir_lock("gs://bucket/sweep/trials/abc"), ObjectLease)
+
+
+def test_an_owner_of_this_host_that_is_gone_is_stale_at_once(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    ghost = ObjectLease(tmp_path, ".lock")
+    ghost.acquire()
+    ghost._stop.set()
+    content, generation = ghost._read()
+    content["pid"] = int(dead.stdout)  # as if a killed driver had written it
+    ghost.store.write(".lock", json.dumps(content).encode(), if_equal=generation).result()
+    ObjectLease(tmp_path, ".lock").acquire(patience_seconds=0)
