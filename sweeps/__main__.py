@@ -136,7 +136,7 @@ def write_report(workdir: epath.Path) -> str | None:
             runner.log(f"report failed: {(done.stderr.strip().splitlines() or ['no output'])[-1]}")
             return None
         if not is_local(workdir):
-            copy_tree(epath.Path(local / "report"), report)
+            copy_tree(Path(local) / "report", report)
     runner.log(f"report written to {report}")
     return str(report)
 
@@ -152,8 +152,8 @@ def stage_results(workdir: epath.Path, local: Path) -> Path:
     return local
 
 
-def copy_tree(source: epath.Path, target: epath.Path) -> None:
-    """Every file under `source` to the same place under `target` (local to gs:// or back)."""
+def copy_tree(source: Path, target: epath.Path) -> None:
+    """Every file under the local folder `source` to the same place under `target` (gs:// too)."""
     for path in sorted(source.rglob("*")):
         if path.is_file():
             destination = target / str(path.relative_to(source))
