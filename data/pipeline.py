@@ -156,27 +156,31 @@ class TrainRows(grain.IterDataset):
 
 
 class _TrainRowIterator(grain.DatasetIterator):
-    """State: (epoch, row) of the next stream row this process yields, and how many rows of the
-    current local slice it has yielded."""
+    """State: (epoch, row) of the start of the current global batch in the stream, and how many
+    rows of its local slice this process has yielded. The batch's start is the same in every
+    process, so the state process 0 checkpoints restores every process (each adds its own slice
+    offset), with any number of processes. A state without "global" (written before 2026-12-07)
+    holds the process's own position: (epoch, row) of its next row."""
 
     def __init__(self, rows: TrainRows):
         super().__init__()
         self._rows = rows
-        self._epoch, self._row, self._in_slice = 0, 0, 0
-        self._advance(rows.process_index * rows.local_rows)
+        self._batch_epoch, self._batch_row = 0, 0  # the start of the current global batch
+        self._epoch, self._row, self._in_slice = self._forward(0, 0, rows.process_index * rows.local_rows)
 
-    def _advance(self, count: int) -> None:
-        """Move `count` rows forward in the stream, across epoch ends."""
+    def _forward(self, epoch: int, row: int, count: int) -> tuple[int, int, int]:
+        """(epoch, row, 0) of the stream row `count` rows after (epoch, row), across epoch ends."""
         config = self._rows.config
-        self._row += count
-        while config.num_epochs is None or self._epoch < config.num_epochs:
-            num_rows = self._rows.stream_rows(self._epoch)
+        row += count
+        while config.num_epochs is None or epoch < config.num_epochs:
+            num_rows = self._rows.stream_rows(epoch)
             if num_rows == 0:
                 raise DataError("no user has 2 training interactions: nothing to train on")
-            if self._row < num_rows:
-                return
-            self._row -= num_rows
-            self._epoch += 1
+            if row < num_rows:
+                break
+            row -= num_rows
+            epoch += 1
+        return epoch, row, 0
 
     def __next__(self) -> Batch:
         rows = self._rows
@@ -184,19 +188,32 @@ class _TrainRowIterator(grain.DatasetIterator):
             raise StopIteration
         plan = rows.plan(self._epoch)
         row = plan_row(plan, rows.train, self._row) if self._row < plan.num_rows else _empty_row(plan.capacity)
-        self._in_slice += 1
-        skip = 0
-        if self._in_slice == rows.local_rows:  # jump over the other processes' slices
-            self._in_slice, skip = 0, (rows.process_count - 1) * rows.local_rows
-        self._advance(1 + skip)
+        in_slice = self._in_slice + 1
+        if in_slice == rows.local_rows:  # the slice is done: on to this process's slice of the next batch
+            self._batch_epoch, self._batch_row, _ = self._forward(self._batch_epoch, self._batch_row,
+                                                                  rows.config.batch_size)
+            self._epoch, self._row, self._in_slice = self._forward(self._batch_epoch, self._batch_row,
+                                                                   rows.process_index * rows.local_rows)
+        else:
+            self._epoch, self._row, _ = self._forward(self._epoch, self._row, 1)
+            self._in_slice = in_slice
         return row
 
     def get_state(self) -> dict[str, Any]:
-        return {"epoch": self._epoch, "row": self._row, "in_slice": self._in_slice}
+        return {"epoch": self._batch_epoch, "row": self._batch_row, "in_slice": self._in_slice, "global": True}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self._epoch, self._row, self._in_slice = int(state["epoch"]), int(state["row"]), int(state["in_slice"])
-        self._advance(0)
+        rows = self._rows
+        epoch, row, in_slice = int(state["epoch"]), int(state["row"]), int(state["in_slice"])
+        if not state.get("global"):  # the process's own next row, which equals the batch's start in process 0
+            if rows.process_index != 0 or row < in_slice:
+                raise DataError("a data-iterator state written before 2026-12-07 restores one process at a "
+                                "batch boundary only; resume that checkpoint with one process")
+            row -= in_slice
+        self._batch_epoch, self._batch_row, _ = self._forward(epoch, row, 0)
+        self._epoch, self._row, _ = self._forward(self._batch_epoch, self._batch_row,
+                                                  rows.process_index * rows.local_rows + in_slice)
+        self._in_slice = in_slice
 
 
 def _this_process(process_index: int | None, process_count: int | None) -> tuple[int, int]:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 
 import jax
+from jax._src import distributed as jax_distributed  # the client of the coordination service
 
 from scaling.config import ConfigError
+from scaling.watchdog import PeerWatchdog
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
@@ -33,6 +35,25 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     elif auto:
         jax.distributed.initialize()
     _no_persistent_cache_for_cpu_collectives()
+    _watch_peers()
+
+
+_watchdog: PeerWatchdog | None = None
+
+
+def _watch_peers() -> None:
+    """In a job of several processes, end this one when a peer is lost (scaling/watchdog.py)."""
+    global _watchdog
+    client = jax_distributed.global_state.client
+    if jax.process_count() > 1 and client is not None and _watchdog is None:
+        _watchdog = PeerWatchdog(client, jax.process_index(), jax.process_count())
+        _watchdog.start()
+
+
+def finished() -> None:
+    """This process's trial ended normally: its peers need not wait for it."""
+    if _watchdog is not None:
+        _watchdog.finished()
 
 
 def _no_persistent_cache_for_cpu_collectives() -> None:

@@ -426,6 +426,7 @@ def _main(args: argparse.Namespace, workdir: epath.Path, stop: StopRequest, lock
             except OSError as error:
                 raise ConfigError(f"--workdir {args.workdir}: cannot write there ({error.strerror or error})") from None
         result = run(config, workdir, stop, profile, lock.check)
+        distributed.finished()
         code = 0
     except (ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -130,3 +130,40 @@ def test_missing_or_impossible_start_up_arguments_are_refused() -> None:
         distributed.initialize("localhost:1", 2, 2)
     distributed.initialize("localhost:1", 1, 0)  # a job of one process: nothing to join
     assert jax.process_count() == 1
+
+
+@pytest.mark.slow(80)
+def test_dead_host_fails_fast(tmp_path: Path, lab_cache: Path, ml100k) -> None:
+    """Process 1 of 2 SIGKILLed mid-training (its host lost): process 0 exits within 60 s (here
+    5 s of silence, SCALING_LAB_PEER_TIMEOUT_SECONDS) with one line and the preemption status;
+    the job run again resumes from the last checkpoint to the uninterrupted run's numbers."""
+    import time
+
+    steps = ("--steps", "120", "--set", "train.checkpoint_every=20", "--set", "train.log_every=10")
+    one = tmp_path / "one"
+    done = subprocess.run(command(one, *steps), cwd=REPO_ROOT, env=environment(4, lab_cache), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    job = str(free_port())
+    env = {**environment(2, lab_cache), "SCALING_LAB_PEER_TIMEOUT_SECONDS": "5"}
+    logs = [tmp_path / f"process{i}.err" for i in range(2)]
+    workers = [subprocess.Popen(command(tmp_path / "two", *steps, *explicit_coordinator(job, i)[0]), cwd=REPO_ROOT,
+                                env=env, stdout=subprocess.DEVNULL, stderr=logs[i].open("w")) for i in range(2)]
+    try:
+        deadline = time.monotonic() + 240
+        while not (tmp_path / "two" / "checkpoints" / "40").is_dir():
+            assert time.monotonic() < deadline and workers[0].poll() is None, logs[0].read_text()[-2000:]
+            time.sleep(0.1)
+        workers[1].kill()
+        killed = time.monotonic()
+        code = workers[0].wait(timeout=60)
+        detected = time.monotonic() - killed
+    finally:
+        for worker in workers:
+            worker.kill()
+    errors = [line for line in logs[0].read_text().splitlines() if line.startswith("error:")]
+    assert code == 143 and detected < 60, (code, detected)
+    assert len(errors) == 1 and errors[0].startswith("error: process 1 of 2 has not been heard from for 5 s")
+    resumed = run_two(tmp_path / "two", lab_cache, "hstu", lambda index: steps + explicit_coordinator(job, index)[0])
+    assert resumed["resumed_from_step"] >= 40
+    assert_same(json.loads((one / "result.json").read_text()), resumed)

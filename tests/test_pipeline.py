@@ -150,6 +150,26 @@ def test_iterator_state_round_trip_resumes_exactly(split, whole_epochs: bool) ->
     assert state["epoch"] == 1
 
 
+@pytest.mark.parametrize("resume_processes", [2, 1])
+def test_the_state_process_0_saves_resumes_every_process_of_any_job(split, resume_processes: int) -> None:
+    """A multi-process checkpoint holds process 0's iterator state only (orbax writes its JSON
+    from the primary host): restored in every process, each continues its own slice, and the
+    global batches go on as one stream, with the same or another number of processes."""
+    config = PipelineConfig(batch_size=4, row_len=12, packed=True, seed=5)
+    iterators = [iter(train_dataset(split.train, config, p, 2)) for p in range(2)]
+    for _ in range(9):  # crosses an epoch boundary
+        for iterator in iterators:
+            next(iterator)
+    state = iterators[0].get_state()
+    assert iterators[1].get_state() == state
+    expected = [np.concatenate([next(iterator)["items"] for iterator in iterators]) for _ in range(5)]
+    fresh = [iter(train_dataset(split.train, config, p, resume_processes)) for p in range(resume_processes)]
+    for iterator in fresh:
+        iterator.set_state(state)
+    resumed = [np.concatenate([next(iterator)["items"] for iterator in fresh]) for _ in range(5)]
+    assert all(np.array_equal(a, b) for a, b in zip(expected, resumed))
+
+
 def test_eval_rows_hold_truncated_history_and_target(split) -> None:
     batches = list(eval_dataset(split.test, row_len=12, batch_size=16))
     assert len(batches) == 3 and all(b["items"].shape == (16, 12) for b in batches)
