@@ -2,13 +2,14 @@
 preconditions: an object cannot be flock(2)ed, but it can be written only if its generation is
 still the one the writer read (GCS's ifGenerationMatch; tensorstore's conditional writes).
 
-WORKDIR/NAME holds {"holder", "host", "pid", "token", "expires"}. A process takes it by writing it where it is
-missing (generation "none"), renews it every RENEW_SECONDS with the generation of its own last
-write, and deletes it on release. An owner that stops renewing (killed, its host lost) is taken
-over once `expires` (wall clock, LEASE_SECONDS after its last renewal; hosts' clocks agree to far
-less than that) has passed: the taker writes with the stale owner's generation, so of two takers
-exactly one wins. An owner on this host whose process is gone is stale at once (a killed sweep
-driver's rerun need not wait out the lease). An owner whose renewal fails because another took over has lost it: `check()`
+WORKDIR/NAME holds {"holder", "host", "pid", "token", "expires"}. A process takes it by writing
+it where it is missing (generation "none"), renews it every quarter of LEASE_SECONDS (120 s,
+SCALING_LAB_LEASE_SECONDS) with the generation of its own last write, and deletes it on release.
+An owner that stops renewing (killed, its host lost) is taken over once `expires` (wall clock,
+LEASE_SECONDS after its last renewal; hosts' clocks agree to far less than that) has passed: the
+taker writes with the stale owner's generation, so of two takers exactly one wins. An owner on
+this host whose process is gone is stale at once (a killed sweep driver's rerun need not wait out
+the lease). An owner whose renewal fails because another took over has lost it: `check()`
 raises, and the training loop stops without writing anything more. A process paused for longer
 than the lease can still write until its next renewal finds out; the lease bounds that to one
 renewal interval past the pause, it does not fence single writes.
@@ -31,7 +32,6 @@ from etils import epath
 from scaling.workdir import LOCK_NAME, WorkdirBusy, WorkdirLock, is_local
 
 LEASE_SECONDS = float(os.environ.get("SCALING_LAB_LEASE_SECONDS", 120.0))
-RENEW_SECONDS = LEASE_SECONDS / 4
 
 
 class WorkdirLost(WorkdirBusy):
