@@ -2,7 +2,7 @@
 known irreducible loss (issue 32), from the report's fits.json.
 
   python -m sweeps run sweeps/configs/synthetic_planted.py --parallel 2
-  python -m benchmarks.law_checks runs/synthetic_planted/report [--out checks.md] [--json]
+  python -m benchmarks.law_checks workdirs/synthetic_planted/report [--out checks.md] [--json]
 
 The checks:
 - every fitted E is at or above the reachable floor within its interval (no model beats the floor);
