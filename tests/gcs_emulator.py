@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -65,17 +66,21 @@ def gcs_emulator(bucket: str = "lab-tests", timeout: float = 20.0) -> Iterator[s
     """Start the emulator, yield gs://BUCKET, stop it and restore the environment."""
     port = _free_port()
     endpoint = f"http://127.0.0.1:{port}"
+    # the server's log to a file: a pipe nobody reads fills up with the tracebacks of requests whose
+    # clients hung up (tensorstore closes connections early) and blocks the server
+    server_log = tempfile.TemporaryFile()
     process = subprocess.Popen([sys.executable, str(SERVER), "start", "--host", "127.0.0.1", "--port", str(port),
                                 "--in-memory", "--default-bucket", bucket, "-q"],
                                env={**os.environ, "GCS_EMULATOR_PARENT_PID": str(os.getpid())},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                               stdout=subprocess.DEVNULL, stderr=server_log)
     saved = {key: os.environ.get(key) for key in client_environment(endpoint)}
     try:
         deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None:
+                server_log.seek(0)
                 raise RuntimeError(f"the GCS emulator exited ({process.returncode}): "
-                                   f"{process.stderr.read().decode(errors='replace')[-500:]}")
+                                   f"{server_log.read().decode(errors='replace')[-500:]}")
             try:
                 with urllib.request.urlopen(endpoint + "/", timeout=0.5) as answer:
                     if answer.read() == b"OK":
@@ -100,7 +105,7 @@ def gcs_emulator(bucket: str = "lab-tests", timeout: float = 20.0) -> Iterator[s
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        process.stderr.close()
+        server_log.close()
         _reset_clients()
 
 
