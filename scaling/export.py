@@ -289,7 +289,8 @@ def write_export(trial: TrainedTrial, out: Path, k: int, platforms: Sequence[str
         "popular_items": popular, "popular_shares": shares}))
     info = {
         "format_version": FORMAT_VERSION, "family": trial.config.model.family, "trial_id": trial.config.trial_id,
-        "workdir": str(trial.workdir if "://" in str(trial.workdir) else Path(trial.workdir).resolve()), "step": trial.step, "metrics": step_metrics(trial.workdir, trial.step),
+        "workdir": str(trial.workdir if "://" in str(trial.workdir) else Path(trial.workdir).resolve()),
+        "step": trial.step, "metrics": step_metrics(trial.workdir, trial.step),
         "k": k, "history_length": trial.config.data.max_len, "platforms": list(exported.platforms),
         "num_items": sequences.num_items, "num_users": sequences.num_users, "data": trial.config.data.name,
         "signature": SIGNATURE, "code_version": code_version(), "jax_version": jax.__version__,
