@@ -96,18 +96,20 @@ def _checkpoints(folder: epath.Path) -> list[int]:
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.exists() else []
 
 
-@pytest.mark.slow(70)
+@pytest.mark.slow(60)
 def test_a_sweep_on_the_bucket_is_killed_resumes_reports_and_exports_as_on_disk(gcs_bucket, tmp_path, lab_cache,
                                                                                  ml100k) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     spec = tmp_path / "bucket.py"
     spec.write_text(SPEC)
-    local = _sweeps("run", str(spec), "--workdir", str(tmp_path / "local"), "--no-report", lab_cache=lab_cache)
+    local = _sweeps("run", str(spec), "--workdir", str(tmp_path / "local"), "--no-report", "--parallel", "2",
+                    lab_cache=lab_cache)
     assert local["ok"] == 2
 
     bucket = epath.Path(gcs_bucket) / "sweep"
-    driver = subprocess.Popen([sys.executable, "-m", "sweeps", "run", str(spec), "--workdir", str(bucket), "--json"],
+    driver = subprocess.Popen([sys.executable, "-m", "sweeps", "run", str(spec), "--workdir", str(bucket), "--json",
+                               "--parallel", "2"],
                               cwd=REPO_ROOT, env=dict(os.environ, SCALING_LAB_CACHE=str(lab_cache)),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     trials = [json.loads(line)["trial_id"] for line in (tmp_path / "local" / "results.jsonl").read_text().splitlines()]
@@ -122,7 +124,7 @@ def test_a_sweep_on_the_bucket_is_killed_resumes_reports_and_exports_as_on_disk(
         assert time.monotonic() < deadline, "the killed driver's trial did not stop"
         time.sleep(0.5)
 
-    resumed = _sweeps("run", str(spec), "--workdir", str(bucket), lab_cache=lab_cache)
+    resumed = _sweeps("run", str(spec), "--workdir", str(bucket), "--parallel", "2", lab_cache=lab_cache)
     assert (resumed["ok"], resumed["failed"]) == (2, 0)
     on_disk = {r["trial_id"]: r for r in map(json.loads, (tmp_path / "local" / "results.jsonl").read_text().splitlines())}
     on_bucket = {r["trial_id"]: r for r in map(json.loads, (bucket / "results.jsonl").read_text().splitlines())}
