@@ -166,10 +166,11 @@ class _TrainRowIterator(grain.DatasetIterator):
         super().__init__()
         self._rows = rows
         self._batch_epoch, self._batch_row = 0, 0  # the start of the current global batch
-        self._epoch, self._row, self._in_slice = self._forward(0, 0, rows.process_index * rows.local_rows)
+        self._epoch, self._row = self._forward(0, 0, rows.process_index * rows.local_rows)
+        self._in_slice = 0
 
-    def _forward(self, epoch: int, row: int, count: int) -> tuple[int, int, int]:
-        """(epoch, row, 0) of the stream row `count` rows after (epoch, row), across epoch ends."""
+    def _forward(self, epoch: int, row: int, count: int) -> tuple[int, int]:
+        """(epoch, row) of the stream row `count` rows after (epoch, row), across epoch ends."""
         config = self._rows.config
         row += count
         while config.num_epochs is None or epoch < config.num_epochs:
@@ -180,7 +181,7 @@ class _TrainRowIterator(grain.DatasetIterator):
                 break
             row -= num_rows
             epoch += 1
-        return epoch, row, 0
+        return epoch, row
 
     def __next__(self) -> Batch:
         rows = self._rows
@@ -190,12 +191,13 @@ class _TrainRowIterator(grain.DatasetIterator):
         row = plan_row(plan, rows.train, self._row) if self._row < plan.num_rows else _empty_row(plan.capacity)
         in_slice = self._in_slice + 1
         if in_slice == rows.local_rows:  # the slice is done: on to this process's slice of the next batch
-            self._batch_epoch, self._batch_row, _ = self._forward(self._batch_epoch, self._batch_row,
-                                                                  rows.config.batch_size)
-            self._epoch, self._row, self._in_slice = self._forward(self._batch_epoch, self._batch_row,
-                                                                   rows.process_index * rows.local_rows)
+            self._batch_epoch, self._batch_row = self._forward(self._batch_epoch, self._batch_row,
+                                                               rows.config.batch_size)
+            self._epoch, self._row = self._forward(self._batch_epoch, self._batch_row,
+                                                   rows.process_index * rows.local_rows)
+            self._in_slice = 0
         else:
-            self._epoch, self._row, _ = self._forward(self._epoch, self._row, 1)
+            self._epoch, self._row = self._forward(self._epoch, self._row, 1)
             self._in_slice = in_slice
         return row
 
@@ -210,9 +212,9 @@ class _TrainRowIterator(grain.DatasetIterator):
                 raise DataError("a data-iterator state written before 2026-12-07 restores one process at a "
                                 "batch boundary only; resume that checkpoint with one process")
             row -= in_slice
-        self._batch_epoch, self._batch_row, _ = self._forward(epoch, row, 0)
-        self._epoch, self._row, _ = self._forward(self._batch_epoch, self._batch_row,
-                                                  rows.process_index * rows.local_rows + in_slice)
+        self._batch_epoch, self._batch_row = self._forward(epoch, row, 0)
+        self._epoch, self._row = self._forward(self._batch_epoch, self._batch_row,
+                                               rows.process_index * rows.local_rows + in_slice)
         self._in_slice = in_slice
 
 

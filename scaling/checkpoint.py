@@ -16,10 +16,12 @@ from absl import logging as absl_logging
 import orbax.checkpoint as ocp
 from etils import epath
 
+from scaling.workdir import is_local
+
 
 def absolute(directory: epath.PathLike) -> epath.Path:
     """`directory` as orbax requires it: a relative local path made absolute, gs:// as is."""
-    return epath.Path(directory) if "://" in str(directory) else epath.Path(os.path.abspath(os.fspath(directory)))
+    return epath.Path(os.path.abspath(os.fspath(directory))) if is_local(directory) else epath.Path(directory)
 
 
 def manager(directory: epath.PathLike, keep: int, asynchronous: bool = True) -> ocp.CheckpointManager:

@@ -41,6 +41,7 @@ from etils import epath
 
 from scaling.metrics_log import read_records
 from scaling.serve import MANIFEST, sha256
+from scaling.workdir import is_local
 
 FORMAT_VERSION = 1
 PLATFORMS = ("cpu", "cuda", "tpu")
@@ -289,7 +290,7 @@ def write_export(trial: TrainedTrial, out: Path, k: int, platforms: Sequence[str
         "popular_items": popular, "popular_shares": shares}))
     info = {
         "format_version": FORMAT_VERSION, "family": trial.config.model.family, "trial_id": trial.config.trial_id,
-        "workdir": str(trial.workdir if "://" in str(trial.workdir) else Path(trial.workdir).resolve()),
+        "workdir": str(Path(trial.workdir).resolve() if is_local(trial.workdir) else trial.workdir),
         "step": trial.step, "metrics": step_metrics(trial.workdir, trial.step),
         "k": k, "history_length": trial.config.data.max_len, "platforms": list(exported.platforms),
         "num_items": sequences.num_items, "num_users": sequences.num_users, "data": trial.config.data.name,

@@ -40,10 +40,9 @@ class WorkdirLost(WorkdirBusy):
 
 def kvstore_url(folder: epath.Path | str) -> str:
     """tensorstore's kvstore URL of a folder: gs://BUCKET/PATH/ as is, a local path as file://."""
-    text = str(folder)
-    if "://" in text:
-        return text.rstrip("/") + "/"
-    return "file://" + os.path.abspath(text).rstrip("/") + "/"
+    if not is_local(folder):
+        return str(folder).rstrip("/") + "/"
+    return "file://" + os.path.abspath(str(folder)).rstrip("/") + "/"
 
 
 class ObjectLease:

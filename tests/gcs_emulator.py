@@ -12,7 +12,6 @@ pointed at it through the environment, which the tests' subprocesses inherit:
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -108,10 +107,3 @@ def gcs_emulator(bucket: str = "lab-tests", timeout: float = 20.0) -> Iterator[s
         server_log.close()
         _reset_clients()
 
-
-def create_bucket(endpoint: str, bucket: str) -> None:
-    """Another bucket on the running emulator."""
-    body = json.dumps({"name": bucket}).encode()
-    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/storage/v1/b?project={PROJECT}", data=body,
-                                                  headers={"Content-Type": "application/json"}, method="POST"),
-                           timeout=5).read()
