@@ -17,7 +17,7 @@ from typing import Any, Callable
 import jax
 from etils import epath
 
-from scaling.workdir import is_local, write_atomically
+from scaling.workdir import is_local, storage_errors, write_atomically
 
 FILE_NAME = "metrics.jsonl"
 PARTS_NAME = "metrics.parts"
@@ -59,9 +59,11 @@ def _step_of(line: str) -> int | None:
         return None
 
 
-def _kept(lines: list[str], step: int) -> list[str]:
-    """The lines of records at or before `step`; damaged lines dropped."""
-    return [line for line in lines if (at := _step_of(line)) is not None and at <= step]
+def _kept(lines: list[str], step: int, evaluation_at_step: bool) -> list[str]:
+    """The lines of records at or before `step` (without the evaluation at `step` unless
+    evaluation_at_step); damaged lines dropped."""
+    return [line for line in lines if (at := _step_of(line)) is not None
+            and (at < step or at == step and (evaluation_at_step or '"eval/' not in line))]
 
 
 class MetricsLog:
@@ -78,18 +80,19 @@ class MetricsLog:
         self.buffer_started = 0.0
         self.written_parts = 0
 
-    def keep_until(self, step: int) -> None:
+    def keep_until(self, step: int, evaluation_at_step: bool = True) -> None:
         """Drop the records of steps after `step` (those a killed run logged past its last
-        checkpoint, which the resumed run logs again) and any damaged line."""
+        checkpoint, which the resumed run logs again) and any damaged line; also the evaluation
+        at `step` when the resumed run makes it again (the final one)."""
         if jax.process_index() != 0:
             return
         if self.path.exists():
-            kept = _kept(self.path.read_text().splitlines(), step)
+            kept = _kept(self.path.read_text().splitlines(), step, evaluation_at_step)
             write_atomically(self.path, "".join(line + "\n" for line in kept))
         if self.parts.exists():
             for part in sorted(self.parts.glob("*.jsonl"), key=lambda p: p.name):
                 lines = part.read_text().splitlines()
-                kept = _kept(lines, step)
+                kept = _kept(lines, step, evaluation_at_step)
                 if not kept:
                     part.unlink()
                 elif len(kept) < len(lines):
@@ -102,8 +105,8 @@ class MetricsLog:
         if self.events is not None:
             self.events.write(record)
         line = json.dumps(record, sort_keys=True)
-        if self.appendable:
-            with open(self.path, "a") as handle:
+        if self.appendable:  # a line cut short by a full disk is dropped by the resumed run's keep_until
+            with self.path.open("a") as handle:
                 handle.write(line + "\n")
             return
         if not self.buffer:
@@ -119,6 +122,7 @@ class MetricsLog:
         first_step = _step_of(self.buffer[0]) or 0
         self.parts.mkdir(parents=True, exist_ok=True)
         part = self.parts / f"{first_step:010d}-{self.written_parts:05d}.jsonl"
-        part.write_text("".join(line + "\n" for line in self.buffer))
+        with storage_errors(part):
+            part.write_text("".join(line + "\n" for line in self.buffer))
         self.written_parts += 1
         self.buffer = []

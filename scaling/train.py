@@ -168,7 +168,7 @@ def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = Non
             iterator.set_state(saved["iterator"])
             best = BestEvaluation.from_state(saved.get("best_eval"))
             earlier_seconds = float(saved.get("wall_seconds", 0.0))
-            metrics_log.keep_until(resumed_from)
+            metrics_log.keep_until(resumed_from, evaluation_at_step=resumed_from < total_steps)
             log(f"resumed from step {resumed_from}")
         else:
             state = trainer.init(init_key)
@@ -182,6 +182,8 @@ def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = Non
         meter = StepMeter(first_timed_step=step + 2, log_every=train_cfg.log_every, total_steps=total_steps,
                           peak_flops=peak_total, tokens=saved["tokens"] if resumed_from is not None else 0.0,
                           flops=saved["train_flops"] if resumed_from is not None else 0.0)
+        if resumed_from is not None:
+            meter.final_loss = float(saved.get("final_train_loss", meter.final_loss))
         pending: list[tuple] = []  # the last dispatched step, read after the next one is dispatched
         display = TrialProgress(workdir, total_steps, enabled=first_process)
         eval_steps = evaluation_steps(train_cfg, total_steps)
@@ -201,6 +203,7 @@ def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = Non
         def resume_state() -> dict:
             """What a resumed run needs besides the train state: data position, cumulative counts."""
             return {"iterator": iterator.get_state(), "tokens": meter.tokens, "train_flops": meter.flops,
+                    "final_train_loss": meter.final_loss,  # what a run resumed at the last step reports
                     "best_eval": best.to_state(), "wall_seconds": earlier_seconds + time.perf_counter() - started}
 
         def write_eval(valid: dict, test: dict, then: str) -> None:
@@ -229,20 +232,23 @@ def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = Non
                                evaluate(trainer, state["params"], split.test), "train")
                     meter.exclude(time.perf_counter() - eval_started)
                 saved_now = bool(train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0)
+                # the records up to a checkpoint are written before it is started: a failed write
+                # of them leaves the step without a checkpoint, so a resumed run logs them again
                 if saved_now:
                     drain()
-                    checkpoint.save(checkpoints, step, state, resume_state())
                     metrics_log.flush()
+                    checkpoint.save(checkpoints, step, state, resume_state())
                     events.flush()
                 if stop.requested():
                     drain()
+                    metrics_log.flush()
                     if not saved_now:
                         checkpoint.save(checkpoints, step, state, resume_state())
-                    metrics_log.flush()
                     log(f"SIGTERM: saving step {step} and stopping")
                     raise Preempted(step)
             drain()
             if step > (resumed_from or 0) and (not train_cfg.checkpoint_every or step % train_cfg.checkpoint_every):
+                metrics_log.flush()
                 checkpoint.save(checkpoints, step, state, resume_state())
             display.phase("eval")
             # ---- Final evaluation -----------------------------------------------------------
@@ -458,8 +464,11 @@ def _main(args: argparse.Namespace, workdir: epath.Path, stop: StopRequest, lock
     if jax.process_index() == 0:
         try:
             write_atomically(workdir / "result.json", json.dumps(result, indent=1, sort_keys=True))
-        except OSError as error:
-            print(f"error: cannot write {workdir / 'result.json'}: {error.strerror or error}", file=sys.stderr)
+        except OSError as error:  # a result not on disk is not finished: a rerun writes it
+            reason = f"cannot write {workdir / 'result.json'}: {error.strerror or error}"
+            print(f"error: {reason}", file=sys.stderr)
+            if result["status"] == "ok":
+                result = {"status": f"failed: {reason}"}
             code = code or 2
         if args.json:
             print(json.dumps(result, sort_keys=True))

@@ -7,10 +7,13 @@ never blocks a rerun. Object-store workdirs (gs://) are leased instead (scaling/
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import os
 import socket
 import time
+from typing import Iterator
 
 from etils import epath
 
@@ -78,13 +81,38 @@ class WorkdirLock:
             self._handle = None
 
 
+# the packages whose exceptions mean an object store refused or lost a request (gcsfs raises its
+# HttpError once its own retries, with backoff, are spent)
+STORAGE_CLIENTS = ("gcsfs", "fsspec", "google", "aiohttp", "requests", "urllib3")
+
+
+@contextlib.contextmanager
+def storage_errors(path: epath.Path | str) -> Iterator[None]:
+    """Raise a storage client's failure inside the block as OSError(EIO) naming `path`, so that a
+    write that fails on an object store reads like one that fails on a disk."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as error:
+        if type(error).__module__.split(".")[0] not in STORAGE_CLIENTS:
+            raise
+        reason = f"object store: {type(error).__name__}: {error}".splitlines()[0][:300]
+        raise OSError(errno.EIO, reason, str(path)) from error
+
+
 def write_atomically(path: epath.Path, text: str) -> None:
     """Write `text` to `path` through a temporary sibling and a rename: readers see the old file
-    or the new one, never a part (an interrupted or failed write leaves the old one)."""
+    or the new one, never a part (an interrupted or failed write leaves the old one). A failure is
+    an OSError naming `path`."""
     partial = path.parent / f".{path.name}.{os.getpid()}.partial"
-    try:
-        partial.write_text(text)
-        partial.replace(path)
-    finally:
-        if partial.exists():
-            partial.unlink()
+    with storage_errors(path):
+        try:
+            partial.write_text(text)
+            partial.replace(path)
+        except OSError as error:
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        finally:
+            with contextlib.suppress(Exception):  # best effort: the write's own error is the one to see
+                if partial.exists():
+                    partial.unlink()

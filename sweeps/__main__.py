@@ -310,6 +310,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `sweeps show SPEC | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
+    except OSError as error:  # e.g. the results store cannot be written: what it holds stays whole
+        print(f"error: {error.filename or 'the sweep workdir'}: {error.strerror or error}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(result, sort_keys=True))
     return 0 if result.get("failed", 0) == 0 else 1

@@ -29,8 +29,20 @@ class ResultsStore:
         return records
 
     def record(self, record: dict[str, Any]) -> None:
-        """Store one trial's record (replacing an earlier one) and rebuild results.jsonl."""
+        """Store one trial's record (replacing an earlier one) and rebuild results.jsonl. A failed
+        write is an OSError naming the file; what was stored before stays whole."""
         self.records_dir.mkdir(parents=True, exist_ok=True)
         write_atomically(self.records_dir / f"{record['trial_id']}.json", json.dumps(record, sort_keys=True))
-        lines = [json.dumps(r, sort_keys=True) for _, r in sorted(self.load().items())]
-        write_atomically(self.jsonl, "".join(line + "\n" for line in lines))
+        write_atomically(self.jsonl, self._jsonl_text())
+
+    def sync(self) -> None:
+        """Rebuild results.jsonl when it does not hold exactly the stored records (a record whose
+        results.jsonl write failed)."""
+        if not self.records_dir.exists():
+            return
+        text = self._jsonl_text()
+        if not self.jsonl.exists() or self.jsonl.read_text() != text:
+            write_atomically(self.jsonl, text)
+
+    def _jsonl_text(self) -> str:
+        return "".join(json.dumps(r, sort_keys=True) + "\n" for _, r in sorted(self.load().items()))

@@ -154,16 +154,20 @@ def run_trials(sweep: Sweep, workdir: epath.Path, trials: Sequence[Trial], paral
     their progress is shown as they run (sweeps/monitor.py; plain lines every progress_every
     seconds when not on a terminal)."""
     store = ResultsStore(workdir)
+    store.sync()  # a driver stopped between a record and results.jsonl left the file behind
     done = {tid for tid, record in store.load().items() if record["status"] == "ok"}
     todo = [t for t in trials if t.trial_id not in done]
     log(f"sweep {sweep.name}: {len(trials)} trials, {len(trials) - len(todo)} already done, {len(todo)} to run")
     lock = threading.Lock()
     finished: list[dict[str, Any]] = []
+    failed_writes: list[OSError] = []  # a results store that cannot be written stops the sweep
     started = time.perf_counter()
     monitor = SweepMonitor(sweep.name, len(trials), len(trials) - len(todo), lambda t: trial_dir(workdir, t),
                            interval=progress_every)
 
     def one(trial: Trial) -> None:
+        if failed_writes:
+            return
         claim = workdir_lock(trial_dir(workdir, trial), DRIVER_LOCK)  # two drivers never run one trial
         try:
             trial_dir(workdir, trial).mkdir(parents=True, exist_ok=True)
@@ -183,13 +187,22 @@ def run_trials(sweep: Sweep, workdir: epath.Path, trials: Sequence[Trial], paral
 
     def run_and_record(trial: Trial) -> None:
         trial_started = time.perf_counter()
-        try:
-            result = run_one(trial)
-        except Exception as error:  # a launcher bug must not stop the sweep
-            result = {"status": f"failed: {type(error).__name__}: {error}"}
+        result = finished_result(trial_dir(workdir, trial), trial)
+        if result is not None:
+            log(f"{trial.trial_id}: finished earlier (its result.json), recorded without rerunning")
+        else:
+            try:
+                result = run_one(trial)
+            except Exception as error:  # a launcher bug must not stop the sweep
+                result = {"status": f"failed: {type(error).__name__}: {error}"}
         record = make_record(sweep, trial, result)
         with lock:
-            store.record(record)
+            try:
+                store.record(record)
+            except OSError as error:  # the trial's own result.json stays: a rerun records it
+                failed_writes.append(error)
+                log(f"{trial.trial_id}: cannot record it: {error.strerror or error}; stopping the sweep")
+                return
             finished.append(record)
             elapsed = time.perf_counter() - started
             remaining = elapsed / len(finished) * (len(todo) - len(finished))
@@ -203,4 +216,19 @@ def run_trials(sweep: Sweep, workdir: epath.Path, trials: Sequence[Trial], paral
 
     with monitor, concurrent.futures.ThreadPoolExecutor(max_workers=max(parallel, 1)) as pool:
         list(pool.map(one, todo))
+    if failed_writes:
+        raise failed_writes[0]
     return finished
+
+
+def finished_result(folder: epath.Path, trial: Trial) -> dict[str, Any] | None:
+    """The trial's result.json when it says the trial finished (a driver stopped before recording
+    it, or recording failed), else None."""
+    path = folder / "result.json"
+    try:
+        result = json.loads(path.read_text()) if path.exists() else None
+    except (OSError, json.JSONDecodeError):
+        return None
+    if isinstance(result, dict) and result.get("status") == "ok" and result.get("trial_id") == trial.trial_id:
+        return result
+    return None

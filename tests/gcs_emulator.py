@@ -12,6 +12,7 @@ pointed at it through the environment, which the tests' subprocesses inherit:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -58,6 +59,30 @@ def _reset_clients() -> None:
     gcsfs.core.GCSFileSystem.clear_instance_cache()
     gcsfs.retry.errs.discard(501)  # "not implemented" is never transient
     backend.fsspec_backend._get_filesystem.cache_clear()
+
+
+def _faults(method: str, rule: dict | None = None) -> list[dict]:
+    endpoint = os.environ["STORAGE_EMULATOR_HOST"]
+    data = json.dumps(rule).encode() if rule is not None else None
+    ask = urllib.request.Request(endpoint + "/_faults", data=data, method=method,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(ask, timeout=5) as answer:
+        return json.loads(answer.read())["rules"]
+
+
+def inject_faults(match: str, status: int = 503, times: int = 1) -> None:
+    """The running emulator answers the next `times` writes whose decoded URL the regex `match`
+    finds with `status`."""
+    _faults("POST", {"match": match, "status": status, "times": times})
+
+
+def served_faults() -> dict[str, int]:
+    """match -> how many requests each injected rule has answered so far."""
+    return {rule["match"]: rule["served"] for rule in _faults("GET")}
+
+
+def clear_faults() -> None:
+    _faults("DELETE")
 
 
 @contextlib.contextmanager

@@ -13,15 +13,21 @@ be tested against it. Added here, as GCS documents them:
   for about 33 s a file before copying instead).
 The server handles one request at a time, so a precondition's check and the write it guards are
 atomic. It exits when the process that started it is gone (GCS_EMULATOR_PARENT_PID).
+
+Faults for the tests (not GCS): POST /_faults with {"match": REGEX, "status": 503, "times": N}
+answers the next N write requests (POST, PUT, PATCH) whose decoded URL REGEX matches with that
+status, as GCS does when it is overloaded; GET /_faults lists the rules with how many each served.
 """
 
 import http.server
+import json
 import os
+import re
 import sys
 import threading
 import time
 from http import HTTPStatus
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 from gcp_storage_emulator import __main__ as emulator_main
 from gcp_storage_emulator import server
@@ -97,10 +103,55 @@ def get_file_list(self, *args, **kwargs):
     return files, prefixes
 
 
+fault_rules: list[dict] = []  # {"match", "status", "times", "served"}, set through /_faults
+WRITE_METHODS = ("POST", "PUT", "PATCH")
+
+
+def answer(handler, status: int, body: dict) -> None:
+    payload = json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    handler.wfile.write(payload)
+
+
+def read_body(handler) -> bytes:
+    return handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+
+
+def faults(handler, method: str) -> None:
+    if method == "POST":
+        rule = json.loads(read_body(handler))
+        fault_rules.append({"match": rule["match"], "status": int(rule.get("status", 503)),
+                            "times": int(rule.get("times", 1)), "served": 0})
+    elif method == "DELETE":
+        fault_rules.clear()
+    answer(handler, 200, {"rules": fault_rules})
+
+
+def injected_fault(handler, method: str) -> bool:
+    """Answer the request with a fault when a rule asks for it (its body read and dropped)."""
+    if method not in WRITE_METHODS:
+        return False
+    url = unquote(handler.path)
+    for rule in fault_rules:
+        if rule["served"] < rule["times"] and re.search(rule["match"], url):
+            rule["served"] += 1
+            read_body(handler)
+            answer(handler, rule["status"], {"error": {"code": rule["status"], "message": "injected by the test"}})
+            return True
+    return False
+
+
 def handle(self, method):
     handler = self._request_handler
     method = handler.headers.get("x-http-method-override") or method
     parsed = urlparse(handler.path)
+    if parsed.path == "/_faults":
+        return faults(handler, method)
+    if injected_fault(handler, method):
+        return
     request.query, request.method, request.found = parse_qs(parsed.query), method, None
     request.to_destination = any(part in parsed.path for part in ("/copyTo/", "/rewriteTo/", "/compose", "/moveTo/"))
     try:
