@@ -5,6 +5,7 @@ x: (B, L, D). U, V: (B, L, H, dv); Q, K: (B, L, H, dqk).
   U, V, Q, K = split(SiLU(LayerNorm(x) @ W_uvqk))
   A[i, j]    = SiLU(Q_i . K_j + rab(i, j)) / N  for j <= i in the same segment, else 0
   x         += Dropout(U * LayerNorm(A V)) @ W_o + b_o
+  x         += Dropout(SiLU(LayerNorm(x) @ W_1 + b_1) @ W_2 + b_2)   only when feed_forward_dim > 0
 rab(i, j) = w_pos[p_j - p_i + P - 1] + w_ts[bucket(t_{i+1} - t_j)], p = position in the segment,
 P = max_positions, one (w_pos, w_ts) pair per block shared by all heads. models/attention.py
 computes A V, dense or blockwise (model.attention).
@@ -34,7 +35,9 @@ class HSTUConfig(DecoderConfig):
     attention_divisor: the constant N in SiLU(QK + rab) / N (0 -> max_positions). time_buckets:
     log-time buckets (the spec's 128; the table has time_buckets + 1 entries). attention: "dense"
     (B, H, L, L) attention, or "blockwise": attention_block queries at a time, rematerialised in
-    the backward pass, memory linear in L (models/attention.py)."""
+    the backward pass, memory linear in L (models/attention.py). feed_forward_dim: 0 for the
+    paper's block; F > 0 adds a SiLU feed-forward of width F after the attention (genrec's HSTU
+    has one of 4 x d_model, phonism/genrec genrec/models/hstu.py)."""
 
     ID_FIELDS: ClassVar[tuple[str, ...]] = (
         "d_model", "blocks", "heads", "dqk", "dv", "max_positions", "attention_divisor", "dropout", "input_dropout",
@@ -48,6 +51,7 @@ class HSTUConfig(DecoderConfig):
     time_buckets: int = positive(128)
     attention: Literal["dense", "blockwise"] = "dense"
     attention_block: int = positive(256)
+    feed_forward_dim: int = non_negative(0, ">= 0 (0 = none, the paper's block)")
 
     @property
     def head_dim_qk(self) -> int:
@@ -137,7 +141,23 @@ class HSTUBlock(nn.Module):
         gated = u * layer_norm(attended)
         gated = RowDropout(cfg.dropout)(gated, context["rows"], deterministic=deterministic)
         update = add_bias(jnp.einsum("ble,ed->bld", gated, w_out.astype(dtype)), b_out.astype(dtype))
-        return nn.with_logical_constraint(x + update, (axes.BATCH, axes.LENGTH, axes.EMBED))
+        x = nn.with_logical_constraint(x + update, (axes.BATCH, axes.LENGTH, axes.EMBED))
+        if cfg.feed_forward_dim:
+            x = x + self.feed_forward(x, context["rows"], deterministic)
+        return nn.with_logical_constraint(x, (axes.BATCH, axes.LENGTH, axes.EMBED))
+
+    def feed_forward(self, x: jax.Array, rows: jax.Array, deterministic: bool) -> jax.Array:
+        cfg, dtype = self.config, x.dtype
+        d, f = cfg.d_model, cfg.feed_forward_dim
+        init = nn.initializers.normal(parametrization.hidden_init_std(cfg, 0.02))
+        w_in = logical_param(self, "ffn_in_kernel", init, (d, f), (axes.EMBED, axes.MLP))
+        b_in = logical_param(self, "ffn_in_bias", nn.initializers.zeros, (f,), (axes.MLP,))
+        w_out = logical_param(self, "ffn_out_kernel", init, (f, d), (axes.MLP, axes.EMBED))
+        b_out = logical_param(self, "ffn_out_bias", nn.initializers.zeros, (d,), (axes.EMBED,))
+        hidden = jax.nn.silu(add_bias(jnp.einsum("bld,df->blf", layer_norm(x), w_in.astype(dtype)), b_in.astype(dtype)))
+        hidden = RowDropout(cfg.dropout)(hidden, rows, deterministic=deterministic)
+        out = add_bias(jnp.einsum("blf,fd->bld", hidden, w_out.astype(dtype)), b_out.astype(dtype))
+        return RowDropout(cfg.dropout)(out, rows, deterministic=deterministic)
 
 
 class HSTU(DecoderFamily):
@@ -166,7 +186,8 @@ class HSTU(DecoderFamily):
 
     def linear_flops_per_token(self, config: HSTUConfig) -> float:
         d, h = config.d_model, config.heads
-        return 2.0 * d * (2 * h * config.head_dim_v + 2 * h * config.head_dim_qk) + 2.0 * h * config.head_dim_v * d
+        return (2.0 * d * (2 * h * config.head_dim_v + 2 * h * config.head_dim_qk) + 2.0 * h * config.head_dim_v * d
+                + 4.0 * d * config.feed_forward_dim)
 
     def attention_flops_per_pair(self, config: HSTUConfig) -> float:
         return 2.0 * config.heads * (config.head_dim_qk + config.head_dim_v)
@@ -174,12 +195,16 @@ class HSTU(DecoderFamily):
     def block_params(self, config: HSTUConfig) -> int:
         d, h = config.d_model, config.heads
         weights = d * (2 * h * config.head_dim_v + 2 * h * config.head_dim_qk) + h * config.head_dim_v * d + d
+        if config.feed_forward_dim:
+            weights += 2 * d * config.feed_forward_dim + config.feed_forward_dim + d
         return weights + (2 * config.max_positions - 1) + (config.time_buckets + 1)
 
     def reduction_products_per_token(self, config: HSTUConfig) -> float:
         """Two LayerNorms (widths D and H dv) of 4 row means of 2 w FLOPs each (2 forward, 2 in the
         hand-written backward), and the output-bias gradient of 2 D."""
-        return config.blocks * (8.0 * config.d_model + 8.0 * config.heads * config.head_dim_v + 2.0 * config.d_model)
+        feed_forward = 10.0 * config.d_model + 2.0 * config.feed_forward_dim if config.feed_forward_dim else 0.0
+        return config.blocks * (8.0 * config.d_model + 8.0 * config.heads * config.head_dim_v + 2.0 * config.d_model
+                                + feed_forward)
 
     def executed_pairs(self, config: HSTUConfig, row_len: int) -> tuple[float, int]:
         if config.attention != "blockwise":

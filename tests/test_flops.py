@@ -19,10 +19,11 @@ from scaling.trainer import build_trainer
 
 
 def lowered_step(family: str, d: int, heads: int, row_len: int, rows: int, items: int, negatives: int, loss: str,
-                 **train):
+                 model: dict | None = None, **train):
     config = TrialConfig(
         data=DataConfig(max_len=row_len - 1),
-        model=ModelConfig(family=family, d_model=d, blocks=2, heads=heads, max_positions=row_len, ffn_dim=2 * d),
+        model=ModelConfig(family=family, d_model=d, blocks=2, heads=heads, max_positions=row_len, ffn_dim=2 * d,
+                          **(model or {})),
         train=TrainConfig(batch_size=rows, negatives=negatives, steps=1, eval_batch_size=rows, loss=loss, grad_accum=1,
                           **train),
     )
@@ -33,6 +34,14 @@ def lowered_step(family: str, d: int, heads: int, row_len: int, rows: int, items
         lowered = trainer.train_step.lower(trainer.abstract_state, batch, jax.random.key(0))
     executed = flops.executed_flops(config.model, rows, row_len, loss, negatives, items, config.train)
     return lowered, executed
+
+
+@pytest.mark.slow
+def test_hstu_feed_forward_flops_equal_dot_flops_of_the_compiled_step() -> None:
+    lowered, executed = lowered_step("hstu", 32, 2, 24, 4, 300, 16, "full_softmax", model={"feed_forward_dim": 128})
+    plain = lowered_step("hstu", 32, 2, 24, 4, 300, 16, "full_softmax")[1]
+    assert xla_cost.dot_flops(lowered.as_text()) == pytest.approx(executed, rel=0.02)
+    assert executed > plain
 
 
 @pytest.mark.parametrize(
