@@ -20,6 +20,20 @@ from etils import epath
 LOCK_NAME = ".lock"
 
 
+def fresh_object_store_listings() -> None:
+    """Tell gcsfs (epath's gs:// client) not to cache directory listings. Its cache lasts the life
+    of a process, and the files of a workdir are written by other processes (a sweep driver reads
+    what its trials write, an exporter what a finished sweep wrote): a cached listing would hide
+    them. Set before the first gs:// filesystem is made."""
+    import fsspec.config
+
+    for protocol in ("gs", "gcs"):
+        fsspec.config.conf.setdefault(protocol, {})["use_listings_cache"] = False
+
+
+fresh_object_store_listings()
+
+
 class WorkdirBusy(Exception):
     pass
 

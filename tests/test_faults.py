@@ -217,7 +217,8 @@ def _wait_for(condition, seconds: float, what: str) -> None:
 
 
 @pytest.mark.slow(45)
-def test_a_killed_sweep_driver_records_each_trial_once_and_its_rerun_resumes(tmp_path, lab_cache, ml100k) -> None:
+def test_a_killed_sweep_driver_records_each_trial_once_and_its_rerun_resumes(tmp_path, lab_cache, ml100k,
+                                                                              capsys) -> None:
     """lr 1e38 fails (non-finite loss) and the sweep goes on; the driver is SIGKILLed during the
     third trial, which then checkpoints and stops (SIGTERM from its dying parent)."""
     from scaling.workdir import WorkdirBusy
@@ -243,8 +244,11 @@ def test_a_killed_sweep_driver_records_each_trial_once_and_its_rerun_resumes(tmp
     _wait_for(trial_stopped, 60, "the orphaned trial to stop")
     assert json.loads((workdir / "trials" / killed / "result.json").read_text())["status"] == "preempted"
     assert {r["trial_id"]: r["status"] for r in _records(workdir)} == {bad: "failed", good: "ok"}
-    status = _driver(spec, workdir, lab_cache, "status")
-    states = json.loads(status.communicate(timeout=60)[0].strip().splitlines()[-1])
+    from sweeps import __main__ as sweeps_main
+
+    capsys.readouterr()
+    sweeps_main.main(["status", str(spec), "--workdir", str(workdir), "--json"])  # in this process: a quick command
+    states = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert states["trials"] == {bad: "failed", good: "done", killed: "pending"}
 
     rerun = _driver(spec, workdir, lab_cache, "run")

@@ -29,7 +29,7 @@ SPEC = textwrap.dedent(f"""
     BASE = TrialConfig(
         data=DataConfig(name="{SOURCE}", max_len=20, packed=True, split="holdout"),
         model=ModelConfig(family="hstu", max_positions=32, dropout=0.0, input_dropout=0.0),
-        train=TrainConfig(batch_size=32, steps=500, learning_rate=1e-2, schedule="cosine", warmup_steps=10,
+        train=TrainConfig(batch_size=32, steps=300, learning_rate=1e-2, schedule="cosine", warmup_steps=10,
                           loss="full_softmax", log_every=100, eval_batch_size=1000, eval_points=3),
     )
     SWEEP = Sweep("planted_small", base=BASE, points=ladder("size", [

@@ -140,7 +140,9 @@ def test_bad_spec_files_fail_with_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow(30)
-def test_local_sweep_end_to_end(tmp_path: Path, lab_cache: Path, ml100k) -> None:
+def test_local_sweep_end_to_end(tmp_path: Path, lab_cache: Path, ml100k, monkeypatch, capsys) -> None:
+    from sweeps import __main__ as sweeps_main
+
     spec = tmp_path / "tiny_sweep.py"
     spec.write_text(textwrap.dedent("""
         import dataclasses
@@ -163,11 +165,11 @@ def test_local_sweep_end_to_end(tmp_path: Path, lab_cache: Path, ml100k) -> None
     assert "\x1b" not in first.stderr  # not a terminal: plain lines
     events = list((tmp_path / "wd" / "trials" / records["ml"]["trial_id"] / "data=ml").glob("events.out.tfevents.*"))
     assert events and "learning/loss" in read_scalars(events[0].parent)  # tensorboard shows it under its labels
-    again = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert "1 already done, 1 to run" in again.stderr
-    status = subprocess.run([sys.executable, "-m", "sweeps", "status", str(spec), "--workdir", str(tmp_path / "wd"),
-                             "--json"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
-    counts = json.loads(status.stdout.strip().splitlines()[-1])
+    monkeypatch.setenv("SCALING_LAB_CACHE", str(lab_cache))  # the driver again, and its status, in this process
+    assert sweeps_main.main(command[3:]) == 1
+    assert "1 already done, 1 to run" in capsys.readouterr().err
+    assert sweeps_main.main(["status", str(spec), "--workdir", str(tmp_path / "wd"), "--json"]) == 1  # one failed
+    counts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (counts["done"], counts["failed"], counts["pending"]) == (1, 1, 0)
 
 
