@@ -46,8 +46,11 @@ def test_a_bad_id_artefact_is_one_line_and_exit_2(tmp_path: Path, use_lab_cache:
 
 
 @pytest.mark.slow(35)
-def test_a_sweep_mixes_hstu_and_encdec(tmp_path: Path, use_lab_cache: Path) -> None:
+def test_a_sweep_mixes_hstu_and_encdec(tmp_path: Path, use_lab_cache: Path, monkeypatch) -> None:
     from sweeps import __main__ as sweeps_main
+    from tests.in_process import trials_in_process
+
+    trials_in_process(monkeypatch)
 
     spec = tmp_path / "mixed.py"
     spec.write_text(textwrap.dedent(f"""

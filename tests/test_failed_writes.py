@@ -11,9 +11,7 @@ storage clients and the run completes as if nothing happened."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import io
 import json
 import os
 import re
@@ -23,11 +21,11 @@ import pytest
 from etils import epath
 from etils.epath import backend
 
-from scaling import train as train_module
 from scaling.metrics_log import read_records
 from scaling.workdir import write_atomically
 from sweeps import __main__ as sweeps_cli
 from sweeps import runner
+from tests.in_process import trials_in_process
 
 SPEC = """
 import dataclasses
@@ -50,18 +48,6 @@ WRITERS = {
     "results-store": (r"/results(/|\.jsonl)", 1, None),  # the driver's: the trial's own result stands
 }
 DISK_FAULTS = {"ENOSPC": errno.ENOSPC, "EIO": errno.EIO}
-
-
-def run_in_process(workdir: epath.Path, trial, env=None) -> dict:
-    """runner.run_local_trial without the subprocess, so that the faults injected here reach it:
-    the result is the last line the trial prints (--json)."""
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        code = train_module.main(runner.train_args(workdir, trial))
-    result = json.loads(printed.getvalue().splitlines()[-1])
-    if code != 0 and result.get("status", "ok") == "ok":
-        result = {"status": f"failed: exit {code}"}
-    return result
 
 
 def sweep(spec: Path, workdir: str) -> int:
@@ -97,7 +83,7 @@ def spec(tmp_path_factory) -> Path:
 @pytest.fixture
 def in_process(monkeypatch, lab_cache, ml100k):
     monkeypatch.setenv("SCALING_LAB_CACHE", str(lab_cache))
-    monkeypatch.setattr(runner, "run_local_trial", run_in_process)
+    trials_in_process(monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +91,7 @@ def reference(spec, tmp_path_factory, lab_cache, ml100k) -> dict:
     workdir = str(tmp_path_factory.mktemp("uninterrupted"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SCALING_LAB_CACHE", str(lab_cache))
-        patch.setattr(runner, "run_local_trial", run_in_process)
+        trials_in_process(patch)
         assert sweep(spec, workdir) == 0
     return {"record": record_of(workdir), "logged": logged(workdir)}
 

@@ -4,7 +4,9 @@ gives exactly the result of an uninterrupted run."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import json
 import os
 import random
@@ -34,8 +36,13 @@ def _env(lab_cache: Path) -> dict[str, str]:
 
 
 def train(workdir: Path, lab_cache: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(COMMAND + ["--workdir", str(workdir)], cwd=REPO_ROOT, env=_env(lab_cache),
-                          capture_output=True, text=True, timeout=300)
+    """COMMAND run to its end in this process (the same devices and flags as its subprocesses: a
+    rerun after a kill is the same command again, without a second start-up)."""
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        patch.setenv("SCALING_LAB_CACHE", str(lab_cache))
+        code = train_module.main(COMMAND[3:] + ["--workdir", str(workdir)])
+    return subprocess.CompletedProcess(COMMAND, code, out.getvalue(), err.getvalue())
 
 
 def train_until(workdir: Path, lab_cache: Path, step: int, signum: int) -> tuple[int, str]:

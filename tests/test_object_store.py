@@ -16,6 +16,7 @@ from etils import epath
 
 from scaling.lease import ObjectLease, WorkdirBusy, WorkdirLost
 from scaling.metrics_log import MetricsLog, read_records
+from tests.in_process import trials_in_process
 
 pytestmark = pytest.mark.object_store
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -101,11 +102,14 @@ def test_a_sweep_on_the_bucket_is_killed_resumes_reports_and_exports_as_on_disk(
                                                                                  ml100k, capsys) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from sweeps import __main__ as sweeps_main
+
     spec = tmp_path / "bucket.py"
     spec.write_text(SPEC)
-    local = _sweeps("run", str(spec), "--workdir", str(tmp_path / "local"), "--no-report", "--parallel", "2",
-                    lab_cache=lab_cache)
-    assert local["ok"] == 2
+    with pytest.MonkeyPatch.context() as patch:  # the local reference, in this process
+        patch.setenv("SCALING_LAB_CACHE", str(lab_cache))
+        trials_in_process(patch)
+        assert sweeps_main.main(["run", str(spec), "--workdir", str(tmp_path / "local"), "--no-report"]) == 0
 
     bucket = epath.Path(gcs_bucket) / "sweep"
     driver = subprocess.Popen([sys.executable, "-m", "sweeps", "run", str(spec), "--workdir", str(bucket), "--json",
@@ -144,8 +148,6 @@ def test_a_sweep_on_the_bucket_is_killed_resumes_reports_and_exports_as_on_disk(
     accumulator.Reload()
     steps = [event.step for event in accumulator.Scalars("learning/loss")]
     assert steps == sorted(set(steps)) and steps[-1] == 40  # each step once, the killed run's purged
-
-    from sweeps import __main__ as sweeps_main
 
     exported = {}
     capsys.readouterr()
