@@ -37,7 +37,9 @@ class HSTUConfig(DecoderConfig):
     (B, H, L, L) attention, or "blockwise": attention_block queries at a time, rematerialised in
     the backward pass, memory linear in L (models/attention.py). feed_forward_dim: 0 for the
     paper's block; F > 0 adds a SiLU feed-forward of width F after the attention (genrec's HSTU
-    has one of 4 x d_model, phonism/genrec genrec/models/hstu.py)."""
+    has one of 4 x d_model, phonism/genrec genrec/models/hstu.py). relative_bias: "learned" (the
+    spec's rab), or "none": rab = 0, no position or time bias (genrec's HSTU on data without
+    timestamps: its bucketing clamps every causal offset k - q <= 0 to one bucket, a constant)."""
 
     ID_FIELDS: ClassVar[tuple[str, ...]] = (
         "d_model", "blocks", "heads", "dqk", "dv", "max_positions", "attention_divisor", "dropout", "input_dropout",
@@ -52,6 +54,7 @@ class HSTUConfig(DecoderConfig):
     attention: Literal["dense", "blockwise"] = "dense"
     attention_block: int = positive(256)
     feed_forward_dim: int = non_negative(0, ">= 0 (0 = none, the paper's block)")
+    relative_bias: Literal["learned", "none"] = "learned"
 
     @property
     def head_dim_qk(self) -> int:
@@ -118,10 +121,13 @@ class HSTUBlock(nn.Module):
         b_out = logical_param(self, "out_bias", torch_linear_bias_init(heads * dv / parametrization.width_multiplier(cfg)),
                               (d,), (axes.EMBED,))
         positions_count = cfg.max_positions
-        w_pos = logical_param(self, "rel_pos_bias", nn.initializers.normal(0.02), (2 * positions_count - 1,),
-                              (axes.RELATIVE,))
-        w_time = logical_param(self, "rel_time_bias", nn.initializers.normal(0.02), (cfg.time_buckets + 1,),
-                               (axes.RELATIVE,))
+        if cfg.relative_bias == "learned":
+            w_pos = logical_param(self, "rel_pos_bias", nn.initializers.normal(0.02), (2 * positions_count - 1,),
+                                  (axes.RELATIVE,))
+            w_time = logical_param(self, "rel_time_bias", nn.initializers.normal(0.02), (cfg.time_buckets + 1,),
+                                   (axes.RELATIVE,))
+        else:
+            w_pos, w_time = jnp.zeros((2 * positions_count - 1,)), jnp.zeros((cfg.time_buckets + 1,))
 
         uvqk = silu_projection(layer_norm(x), w_uvqk.astype(dtype))
         u, v, q, k = jnp.split(uvqk, [heads * dv, 2 * heads * dv, 2 * heads * dv + heads * dqk], axis=-1)
@@ -197,6 +203,8 @@ class HSTU(DecoderFamily):
         weights = d * (2 * h * config.head_dim_v + 2 * h * config.head_dim_qk) + h * config.head_dim_v * d + d
         if config.feed_forward_dim:
             weights += 2 * d * config.feed_forward_dim + config.feed_forward_dim + d
+        if config.relative_bias == "none":
+            return weights
         return weights + (2 * config.max_positions - 1) + (config.time_buckets + 1)
 
     def reduction_products_per_token(self, config: HSTUConfig) -> float:
@@ -216,7 +224,8 @@ class HSTU(DecoderFamily):
 
     def extra_executed_flops(self, config: HSTUConfig, pairs: float) -> float:
         """The position-bias gradient as a vector-matrix product (add_bias): 2 H per pair."""
-        return config.blocks * 2.0 * config.heads * pairs if hand_written_kernels() else 0.0
+        learned = config.relative_bias == "learned"
+        return config.blocks * 2.0 * config.heads * pairs if hand_written_kernels() and learned else 0.0
 
     def scores_bytes_per_row(self, config: HSTUConfig, row_len: int) -> float:
         queries = min(row_len, config.attention_block) if config.attention == "blockwise" else row_len

@@ -111,7 +111,7 @@ def _report(tmp_path: Path, rows: list[dict], capsys) -> tuple[Path, dict]:
     return out, json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-@pytest.mark.slow(20)
+@pytest.mark.slow(12)
 def test_report_from_a_synthetic_sweep(tmp_path, capsys):
     runs = synthetic.sweep_records(seed=0)
     for run in runs[:-1]:  # a generator's floors: lower with more history (the planted law's E is 4.0)

@@ -222,7 +222,7 @@ def test_padding_rows_and_spare_beams_change_nothing() -> None:
     assert np.asarray(wide["items"])[:, :5].tolist() == (np.argsort(-exact, axis=1, kind="stable") + 1).tolist()
 
 
-@pytest.mark.slow(20)
+@pytest.mark.slow(10)
 def test_history_items_are_ranked_and_decoded_only_when_the_protocol_keeps_them() -> None:
     """The exact scorer gives both ranks (history excluded: the lab's rule; kept: the papers');
     the beam (exhaustive here: 20 beams over 20 items) leaves the history out only when

@@ -58,7 +58,7 @@ BEFORE_DATA = [
     (["--set", "data.max_len=0"], "error: data.max_len=0 must be >= 1"),
     (["--set", "model.widht=8"], "error: unknown config key model.widht for model.family='hstu'; known: attention, "
      "attention_block, attention_divisor, base_width, blocks, causal_splits, compute_dtype, d_model, dqk, dropout, dv, "
-     "family, feed_forward_dim, heads, input_dropout, max_positions, parametrization, time_buckets"),
+     "family, feed_forward_dim, heads, input_dropout, max_positions, parametrization, relative_bias, time_buckets"),
     (["--mesh", "data=3"], "error: mesh spec 'data=3' needs 3 devices, but 8 are available"),
 ]
 AFTER_DATA = [  # need the catalogue size or the mesh; refused before anything compiles

@@ -45,7 +45,7 @@ def test_a_bad_id_artefact_is_one_line_and_exit_2(tmp_path: Path, use_lab_cache:
     assert "semantic IDs" in capsys.readouterr().err
 
 
-@pytest.mark.slow(35)
+@pytest.mark.slow(15)
 def test_a_sweep_mixes_hstu_and_encdec(tmp_path: Path, use_lab_cache: Path, monkeypatch) -> None:
     from sweeps import __main__ as sweeps_main
     from tests.in_process import trials_in_process

@@ -94,7 +94,7 @@ def exported_family(request):
     return trial, jax.export.deserialize(serialized)
 
 
-@pytest.mark.slow(20)
+@pytest.mark.slow(3)
 @pytest.mark.parametrize("rows", [1, 7])
 def test_exported_function_equals_in_process_inference(exported_family, rows: int) -> None:
     trial, exported = exported_family

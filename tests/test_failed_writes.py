@@ -139,7 +139,7 @@ class _FailingFile:
         return getattr(self.handle, name)
 
 
-@pytest.mark.slow(40)
+@pytest.mark.slow(3)
 @pytest.mark.parametrize("fault", DISK_FAULTS)
 @pytest.mark.parametrize("writer", WRITERS)
 def test_failed_writes(writer, fault, spec, tmp_path, reference, in_process, monkeypatch, capsys) -> None:
@@ -177,7 +177,7 @@ def test_failed_writes(writer, fault, spec, tmp_path, reference, in_process, mon
     assert [json.loads(line)["status"] for line in jsonl] == ["ok"]
 
 
-@pytest.mark.slow(30)
+@pytest.mark.slow(4)
 @pytest.mark.object_store
 @pytest.mark.parametrize("writer", WRITERS)
 def test_failed_writes_503_are_retried(writer, spec, gcs_bucket, reference, in_process, capsys) -> None:

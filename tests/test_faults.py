@@ -86,7 +86,7 @@ def reference(tmp_path_factory, lab_cache, ml100k) -> Path:
     return workdir
 
 
-@pytest.mark.slow(20)
+@pytest.mark.slow(10)
 def test_sigkill_at_a_random_step_then_rerun_equals_an_uninterrupted_run(tmp_path, lab_cache, reference) -> None:
     kill_at = random.Random().randint(CHECKPOINT_EVERY + 1, STEPS - 1)  # after the first checkpoint
     status, stderr = train_until(tmp_path, lab_cache, kill_at, signal.SIGKILL)
@@ -104,7 +104,7 @@ def test_sigkill_at_a_random_step_then_rerun_equals_an_uninterrupted_run(tmp_pat
         assert f"resumed from step {resumed}" in done.stderr
 
 
-@pytest.mark.slow(25)
+@pytest.mark.slow(8)
 def test_sigterm_saves_the_current_step_exits_143_and_the_rerun_resumes_there(tmp_path, lab_cache, reference) -> None:
     status, stderr = train_until(tmp_path, lab_cache, 4, signal.SIGTERM)  # handled at step 5 or a little later
     assert status == 143, stderr

@@ -56,7 +56,7 @@ def test_hstu_feed_forward_flops_equal_dot_flops_of_the_compiled_step() -> None:
         ("hstu", 32, 2, 24, 4, 300, 16, "sampled_softmax", {"table_optimizer": "lazy_adam"}),  # gathered rows
     ],
 )
-@pytest.mark.slow(20)
+@pytest.mark.slow(1)
 def test_executed_flops_equal_dot_flops_of_the_compiled_step(family, d, heads, row_len, rows, items, negatives, loss,
                                                             train):
     lowered, executed = lowered_step(family, d, heads, row_len, rows, items, negatives, loss, **train)
@@ -79,7 +79,7 @@ def test_executed_flops_equal_dot_flops_of_the_compiled_step(family, d, heads, r
         ("sasrec", 256, 4, 200, 3706, "full_softmax"),
     ],
 )
-@pytest.mark.slow(25)
+@pytest.mark.slow(3)
 def test_xla_totals_within_five_percent_for_wide_models(family, d, heads, row_len, items, loss):
     """Beyond the matmuls XLA counts elementwise work: the L x L attention map's bias, SiLU or
     softmax and masks, LayerNorms, the loss's logsumexp, AdamW. The matmul count leaves it out.

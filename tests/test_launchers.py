@@ -260,7 +260,7 @@ def test_sweep_driver_through_fake_gcloud(cloud, tmp_path) -> None:
     assert cloud.verbs().count("queued-resources delete") == 2 and cloud.resources_left() == {}
 
 
-@pytest.mark.slow(35)
+@pytest.mark.slow(17)
 def test_a_preempted_queued_resource_is_requeued_and_the_trial_resumes(cloud, tmp_path, lab_cache) -> None:
     """Real training behind the fake gcloud: SIGTERM at step 5 (the preemption notice) makes the
     trial checkpoint and exit 143, its resource turns SUSPENDED, the driver queues a new one and

@@ -114,7 +114,7 @@ def slurm_job_id() -> int:
 # each family once, each way of starting a job once: the start-up is the same for every family. HSTU
 # started by explicit flags is test_dead_host_fails_fast's job, from scratch to its checkpoint and
 # resumed from it to the one-process result.
-@pytest.mark.slow(60)
+@pytest.mark.slow(36)
 @pytest.mark.parametrize("family, start", [("encdec", slurm_variables)])
 def test_two_processes_match_one(tmp_path: Path, lab_cache: Path, single_process, family: str, start) -> None:
     job = str(free_port() if start is explicit_coordinator else slurm_job_id())
@@ -135,7 +135,7 @@ def test_missing_or_impossible_start_up_arguments_are_refused() -> None:
     assert jax.process_count() == 1
 
 
-@pytest.mark.slow(80)
+@pytest.mark.slow(42)
 def test_dead_host_fails_fast(tmp_path: Path, lab_cache: Path, ml100k) -> None:
     """Process 1 of 2 SIGKILLed mid-training (its host lost): process 0 exits within 60 s (here
     5 s of silence, SCALING_LAB_PEER_TIMEOUT_SECONDS) with one line and the preemption status;

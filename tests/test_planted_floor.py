@@ -41,7 +41,7 @@ SPEC = textwrap.dedent(f"""
 """)
 
 
-@pytest.mark.slow(90)
+@pytest.mark.slow(40)
 def test_no_run_or_law_goes_below_the_reachable_floor(tmp_path: Path, lab_cache: Path) -> None:
     spec = tmp_path / "planted_small.py"
     spec.write_text(SPEC)

@@ -35,7 +35,7 @@ def browser(tmp_path_factory):
     driver.quit()
 
 
-@pytest.mark.slow(35)
+@pytest.mark.slow(16)
 def test_the_report_opens_from_its_folder_with_every_figure(tmp_path, browser) -> None:
     runs = synthetic.sweep_records(seed=0)
     (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in runs) + "\n")

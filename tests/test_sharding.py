@@ -105,7 +105,7 @@ def assert_same_draws(params: dict, reference: dict) -> None:
     jax.tree.map(lambda a, b: np.testing.assert_array_max_ulp(a, b, maxulp=1), params, reference)
 
 
-@pytest.mark.slow(80)
+@pytest.mark.slow(18)
 @pytest.mark.parametrize("family", ["hstu", "sasrec", "encdec-moe"])  # encdec-moe: the dense encdec and its experts
 def test_loss_and_gradients_equal_single_device(family: str, host_batches) -> None:
     """HSTU on every mesh; the others where their parameters are split (data=8 only splits the batch)."""
@@ -140,7 +140,7 @@ def per_step(family: str, spec: str, grad_accum: int, host_batches, seeds: tuple
     return runs, trainer.config.train.grad_accum
 
 
-@pytest.mark.slow(40)
+@pytest.mark.slow(18)
 @pytest.mark.parametrize("family", ["hstu", "encdec-moe"])
 def test_per_step_losses_are_the_same_on_every_mesh_and_micro_batching(family: str, host_batches,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:

@@ -106,7 +106,7 @@ def test_bad_settings_are_one_line(tmp_path, cluster) -> None:
         launcher().check_ready("gs://bucket/wd")
 
 
-@pytest.mark.slow(25)
+@pytest.mark.slow(13)
 def test_a_preempted_job_is_requeued_and_its_trainer_resumes(tmp_path, cluster, lab_cache, ml100k, monkeypatch) -> None:
     """A real trainer under the fake srun (1 node, --distributed from SLURM's variables): SIGTERM
     once it logs step 3, the job REQUEUED, its script run again; the trial resumes from the

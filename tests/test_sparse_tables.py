@@ -48,7 +48,7 @@ def run(trainer, batches):
 @pytest.mark.parametrize("train", [dict(table_optimizer="lazy_adam"),
                                    dict(table_optimizer="rowwise_adagrad", negative_sampler="shared"),
                                    dict(table_optimizer="lazy_adam", negative_sampler="in_batch")])
-@pytest.mark.slow(35)
+@pytest.mark.slow(9)
 def test_sparse_steps_are_the_same_on_every_mesh_and_micro_batching(train, host_batches, monkeypatch) -> None:
     reference, reference_state = run(trainer_for(**train), host_batches)
     monkeypatch.setattr(tables, "ROW_SHARDING_MIN_ROWS", 16)  # 64 rows: padded to 3072, split over 8 devices
@@ -103,7 +103,7 @@ def numpy_reference(kind: str, batches, **train):
     return table, params, touched
 
 
-@pytest.mark.slow(15)
+@pytest.mark.slow(5)
 @pytest.mark.parametrize("kind", ["lazy_adam", "rowwise_adagrad"])
 def test_table_optimizers_equal_a_numpy_reference(kind, host_batches) -> None:
     """Three steps (batches 0, 1, 0; 4 shared negatives): rows touched at one step and not at the

@@ -139,7 +139,7 @@ def test_bad_spec_files_fail_with_one_line(tmp_path: Path) -> None:
         load_spec(tmp_path / "broken.py")
 
 
-@pytest.mark.slow(30)
+@pytest.mark.slow(15)
 def test_local_sweep_end_to_end(tmp_path: Path, lab_cache: Path, ml100k, monkeypatch, capsys) -> None:
     from sweeps import __main__ as sweeps_main
 

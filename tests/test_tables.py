@@ -109,7 +109,7 @@ def test_padding_and_row_layout() -> None:
     assert not np.asarray(padded[5:]).any()
 
 
-@pytest.mark.slow(20)
+@pytest.mark.slow(6)
 @pytest.mark.parametrize("spec", ["data=8", "data=2,fsdp=2,tensor=2"])
 def test_training_on_a_padded_row_split_table_equals_the_single_device_unpadded_one(spec, host_batches, monkeypatch):
     """Per-step losses and gradient norms, with dropout and sampled negatives."""
