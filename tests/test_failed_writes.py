@@ -55,7 +55,9 @@ def sweep(spec: Path, workdir: str) -> int:
 
 
 def record_of(workdir: str) -> dict | None:
-    records = list((epath.Path(workdir) / "results").glob("*.json")) if (epath.Path(workdir) / "results").exists() else []
+    """The sweep's one stored record, or None."""
+    folder = epath.Path(workdir) / "results"
+    records = list(folder.glob("*.json")) if folder.exists() else []
     return json.loads(records[0].read_text()) if records else None
 
 
