@@ -33,16 +33,18 @@ class ResultsStore:
         write is an OSError naming the file; what was stored before stays whole."""
         self.records_dir.mkdir(parents=True, exist_ok=True)
         write_atomically(self.records_dir / f"{record['trial_id']}.json", json.dumps(record, sort_keys=True))
-        write_atomically(self.jsonl, self._jsonl_text())
+        write_atomically(self.jsonl, self._jsonl_text(self.load()))
 
-    def sync(self) -> None:
-        """Rebuild results.jsonl when it does not hold exactly the stored records (a record whose
-        results.jsonl write failed)."""
-        if not self.records_dir.exists():
-            return
-        text = self._jsonl_text()
-        if not self.jsonl.exists() or self.jsonl.read_text() != text:
-            write_atomically(self.jsonl, text)
+    def sync(self) -> dict[str, dict[str, Any]]:
+        """load(), and results.jsonl rebuilt when it does not hold exactly those records (a record
+        whose results.jsonl write failed)."""
+        records = self.load()
+        if records:
+            text = self._jsonl_text(records)
+            if not self.jsonl.exists() or self.jsonl.read_text() != text:
+                write_atomically(self.jsonl, text)
+        return records
 
-    def _jsonl_text(self) -> str:
-        return "".join(json.dumps(r, sort_keys=True) + "\n" for _, r in sorted(self.load().items()))
+    @staticmethod
+    def _jsonl_text(records: dict[str, dict[str, Any]]) -> str:
+        return "".join(json.dumps(r, sort_keys=True) + "\n" for _, r in sorted(records.items()))

@@ -154,8 +154,8 @@ def run_trials(sweep: Sweep, workdir: epath.Path, trials: Sequence[Trial], paral
     their progress is shown as they run (sweeps/monitor.py; plain lines every progress_every
     seconds when not on a terminal)."""
     store = ResultsStore(workdir)
-    store.sync()  # a driver stopped between a record and results.jsonl left the file behind
-    done = {tid for tid, record in store.load().items() if record["status"] == "ok"}
+    records = store.sync()  # a driver stopped between a record and results.jsonl left the file behind
+    done = {tid for tid, record in records.items() if record["status"] == "ok"}
     todo = [t for t in trials if t.trial_id not in done]
     log(f"sweep {sweep.name}: {len(trials)} trials, {len(trials) - len(todo)} already done, {len(todo)} to run")
     lock = threading.Lock()
