@@ -67,7 +67,7 @@ SERVE_K = 5
 SMALL_COMPILE_FLAG = "--xla_backend_optimization_level=0"
 
 
-# Profile attribution: jax.named_scope names (models/family.py, scaling/steps.py) -> part.
+# Profile attribution: jax.named_scope names (models/core/family.py, scaling/steps.py) -> part.
 OPTIMIZER, ATTENTION, LOOKUPS, MATMULS, OTHER = (
     "optimizer", "attention", "embedding lookups, negatives, loss", "other matmuls", "other")
 PARTS = (ATTENTION, MATMULS, LOOKUPS, OPTIMIZER, OTHER)
@@ -174,7 +174,7 @@ def run_shape(shape: Shape, flags: list[str], profile_dir: Path | None, peak: tu
 
 def part_of(op_name: str) -> str:
     """The part of a step an op belongs to, from its JAX name stack (op_name metadata)."""
-    from models.family import ATTENTION_SCOPE, EMBEDDING_SCOPE, LOSS_SCOPE, NEGATIVES_SCOPE
+    from models.core.family import ATTENTION_SCOPE, EMBEDDING_SCOPE, LOSS_SCOPE, NEGATIVES_SCOPE
     from scaling.steps import OPTIMIZER_SCOPE
 
     words = set(re.findall(r"[A-Za-z_]\w*", op_name))  # "transpose(jvp(attention))" holds "attention"
@@ -247,7 +247,7 @@ def export_smoke(sweep_dir: Path, out: Path) -> dict[str, Any]:
     import jax
     import numpy as np
 
-    from models.serving import portable_kernels
+    from models.core.serving import portable_kernels
     from scaling import export, serve
 
     started = time.perf_counter()
@@ -387,7 +387,7 @@ def page(result: dict[str, Any]) -> str:
              "accelerator.json (`command`).", "",
              *_shape_lines(result["shapes"]), "", *_data_notes(result["shapes"]),
              "## Where the HSTU large step spends device time", "",
-             "Ops attributed by the jax.named_scope names in their metadata (models/family.py, scaling/steps.py): "
+             "Ops attributed by the jax.named_scope names in their metadata (models/core/family.py, scaling/steps.py): "
              "attention (HSTU's pointwise attention, its masks and time buckets), the embedding lookups, negative "
              "sampling and the loss's scoring, the optimizer update; other matmuls are the blocks' projections.", "",
              *_profile_lines(result["profile"]), "",

@@ -79,8 +79,8 @@ def throughput(model, params, batch: int, width: int, repeats: int, num_items: i
     import jax.numpy as jnp
     import numpy as np
 
-    from models import family as families
-    from models.encdec import EncDecNetwork, user_tokens
+    from models.core import family as families
+    from models.encdec.model import EncDecNetwork, user_tokens
     from scaling import hardware
 
     cfg = model.config
@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import flax.linen as nn
     import jax
 
-    from models import family as families
+    from models.core import family as families
     from scaling.presets import preset
 
     rows = [evaluate_beams(workdir, beams) for workdir in args.workdir]

@@ -41,7 +41,7 @@ class Table:
 
 # IDs the lab builds itself where an item has no metadata: balanced residual k-means (3 levels of
 # 256, TIGER's form, plus the collision code) of the items' co-occurrence vectors in the training
-# sequences (data/item_vectors.py).
+# sequences (semantic_ids/item_vectors.py).
 LAB_IDS = ("model.ids=", "model.ids_source=cooccurrence", "model.ids_method=rqkmeans-balanced", "model.ids_levels=3",
            "model.ids_codebook=256", "model.ids_collision_code=true")
 

@@ -38,7 +38,7 @@ def assignment_rate(x, weights, k: int, repeats: int, probe) -> dict:
     """Median seconds of one jitted nearest-centre pass over every item, its FLOPs and MFU."""
     import jax
 
-    from models import kmeans
+    from semantic_ids import kmeans
 
     centres = x[:k]
     step = jax.jit(kmeans.nearest)
@@ -60,14 +60,14 @@ def run_point(items: int, method: str, args: argparse.Namespace, probe) -> dict:
     import numpy as np
     from jax.sharding import Mesh
 
-    from models import kmeans
-    from models.residual_kmeans import place_rows, relative_error, residual_kmeans
+    from semantic_ids import kmeans
+    from semantic_ids.residual_kmeans import place_rows, relative_error, residual_kmeans
 
     x = synthetic_vectors(items, args.dim, args.seed)
     mesh = Mesh(np.asarray(jax.devices()), ("rows",)) if jax.device_count() > 1 else None
     started = time.perf_counter()
     if method == "rqvae":
-        from models.rqvae import RQVAEOptions, train_rqvae
+        from semantic_ids.rqvae import RQVAEOptions, train_rqvae
 
         quantised, _ = train_rqvae(x, args.levels, args.codebook, args.seed,
                                    RQVAEOptions(steps=args.rqvae_steps, log_every=max(args.rqvae_steps // 4, 1)),

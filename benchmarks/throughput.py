@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 from data.errors import DataError
-from models import family as families
+from models.core import family as families
 from scaling import aot, flops, hardware, host, xla_cost
 from scaling.config import ConfigError, DataConfig, TrainConfig, TrialConfig, from_json, with_overrides
 from scaling.mesh import make_mesh

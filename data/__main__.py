@@ -98,7 +98,7 @@ def _run_padding(args: argparse.Namespace) -> dict:
 
 
 def _run_semantic_ids(args: argparse.Namespace) -> dict:
-    from data import semantic_ids
+    from semantic_ids import artefact as semantic_ids
 
     config = semantic_ids.SemanticIdConfig(
         method=args.method, levels=args.levels, codebook=args.codebook, source=args.source, seed=args.seed,
@@ -172,7 +172,7 @@ def _parser() -> argparse.ArgumentParser:
     ids = add("semantic-ids", _run_semantic_ids,
               "build semantic IDs (residual codes + a collision code) for every item and measure their quality")
     dataset_arguments(ids, as_flag=True)
-    from data.semantic_ids import METHODS, SemanticIdConfig
+    from semantic_ids.artefact import METHODS, SemanticIdConfig
 
     defaults = SemanticIdConfig()
     ids.add_argument("--method", choices=METHODS, default=defaults.method)

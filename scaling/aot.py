@@ -24,8 +24,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 
-from models import axes
-from models.serving import portable_kernels
+from models.core import axes
+from models.core.serving import portable_kernels
 from scaling import flops, xla_cost
 from scaling.config import ConfigError, TrialConfig, from_dict
 from scaling.mesh import batch_sharding, make_mesh

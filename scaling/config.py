@@ -2,8 +2,8 @@
 
 A TrialConfig is the whole description of one training run. The model section is a tagged union:
 `model.family` selects the registered family whose config class holds the fields
-(models/family.py). Every value is checked when the config is built (field rules in
-models/fields.py, cross-field rules in each section's check() and the family's check_trial), so
+(models/core/family.py). Every value is checked when the config is built (field rules in
+config/fields.py, cross-field rules in each section's check() and the family's check_trial), so
 a bad value is one ConfigError naming the key before any data is read. The trial id hashes the
 canonical form (Section.canonical): fields added after 2026-12-01 enter it only when they differ
 from their defaults, so an upgrade leaves finished trials' ids unchanged.
@@ -16,10 +16,10 @@ import hashlib
 import json
 from typing import Any, ClassVar, Literal, Sequence
 
-from models import family as families
-from models.config import ModelConfig
-from models.family import FamilyConfig, model_config
-from models.fields import ConfigError, Section, build_section, constrained, non_negative, positive
+from models.core import family as families
+from models.core.config import ModelConfig
+from models.core.family import FamilyConfig, model_config
+from config.fields import ConfigError, Section, build_section, constrained, non_negative, positive
 
 __all__ = ["ConfigError", "DataConfig", "MeshConfig", "ModelConfig", "TrainConfig", "TrialConfig", "from_dict",
            "from_json", "with_overrides"]

@@ -126,7 +126,7 @@ def load_trial(workdir: epath.Path, step: int | None = None, log: Callable[[str]
     """The trial's config, data, model and the parameters of checkpoint `step` (default the last)."""
     from data.dataset import prepare_section
     from data.split import leave_one_out
-    from models import family as families
+    from models.core import family as families
     from scaling import checkpoint
     from scaling.config import from_json
 
@@ -173,7 +173,7 @@ def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
 
 def serving_function(trial: TrainedTrial, k: int) -> Callable:
     """(flat params, histories, timestamps, lengths, users) -> (items, scores), traceable."""
-    from models.serving import serving_batch
+    from models.core.serving import serving_batch
 
     config = trial.config
 
@@ -188,8 +188,8 @@ def serving_function(trial: TrainedTrial, k: int) -> Callable:
 
 def export_function(trial: TrainedTrial, k: int, platforms: Sequence[str]) -> jax.export.Exported:
     """serve() lowered for `platforms` with a symbolic batch dimension b. The portable kernels are
-    traced (not the XLA:CPU forms of models/layers.py), so one module suits every platform."""
-    from models.serving import portable_kernels
+    traced (not the XLA:CPU forms of models/core/layers.py), so one module suits every platform."""
+    from models.core.serving import portable_kernels
 
     flat = flatten(trial.params)
     (b,) = jax.export.symbolic_shape("b")

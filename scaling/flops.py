@@ -17,8 +17,8 @@ from typing import Mapping
 
 import numpy as np
 
-from models import family as families
-from models.family import TRAIN_MULTIPLIER, FamilyConfig
+from models.core import family as families
+from models.core.family import TRAIN_MULTIPLIER, FamilyConfig
 from scaling.config import TrainConfig
 
 __all__ = ["FLOP_CONVENTION", "TRAIN_MULTIPLIER", "executed_flops", "model_flops", "model_flops_from_counts",

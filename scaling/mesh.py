@@ -11,7 +11,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from models import axes, tables
+from models.core import axes, tables
 from scaling.config import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -38,7 +38,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     (axes.EXPERT, "data"),  # a few ints per item, gathered by every beam: replicated
 )
 
-# Catalogue tables from tables.ROW_SHARDING_MIN_ROWS rows (padded by models/tables.py): rows split
+# Catalogue tables from tables.ROW_SHARDING_MIN_ROWS rows (padded by models/core/tables.py): rows split
 # over every mesh axis (tables.row_axes), whatever the mesh, so the table, its gradient and its
 # optimizer moments take 1 / devices of their size on each device; the embed axis stays whole.
 ROW_SHARDED_TABLES = (axes.TABLE_ROWS,)

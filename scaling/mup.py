@@ -4,7 +4,7 @@ A parameter's kind follows from which of its dimensions grow with width (the log
 WIDTH_AXES): two or more -> a hidden weight, learning rate / m; one, and it is the fan-in of a
 fixed-size output (the last axis is fixed) -> an output weight, / m; otherwise (input tables
 whose rows are items, tokens or positions, biases, norm gains, bias tables) -> x 1. The forward
-multipliers are the families' (models/parametrization.py).
+multipliers are the families' (models/core/parametrization.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import optax
 
-from models import axes
+from models.core import axes
 
 WIDTH_AXES = frozenset({axes.EMBED, axes.QKV, axes.HEADS_DIM, axes.MLP})
 

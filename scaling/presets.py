@@ -4,7 +4,7 @@ negatives, temperature 0.05, max length 200 (N = 200 + 11 = 211), 101 epochs."""
 
 from __future__ import annotations
 
-from models.config import ModelConfig
+from models.core.config import ModelConfig
 from scaling.config import ConfigError, DataConfig, TrainConfig, TrialConfig, with_overrides
 
 _REFERENCE_TRAIN = TrainConfig(batch_size=128, epochs=101.0, learning_rate=1e-3, beta1=0.9, beta2=0.98,

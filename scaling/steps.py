@@ -2,9 +2,9 @@
 
 TrainState = {"params", "opt_state", "step"}; the step's PRNG key is fold_in(seed key, step), so a
 resumed run draws exactly the numbers an uninterrupted one would; within a step, row r draws from
-fold_in(step key, r) (models.family.ROW_IDS), so any mesh or micro-batching draws the same, and
+fold_in(step key, r) (models.core.family.ROW_IDS), so any mesh or micro-batching draws the same, and
 draws over the whole step (Model.step_inputs) are made once, before the batch is split.
-The model is a family's Model (models/family.py): these functions know nothing of what it computes.
+The model is a family's Model (models/core/family.py): these functions know nothing of what it computes.
 
 With train.table_optimizer lazy_adam or rowwise_adagrad, the catalogue tables (`tables`) are
 updated sparsely: the rows the step touches (Model.touched_rows) are gathered once, the loss is
@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from models import tables as catalogue
-from models.family import ROW_IDS, STEP_INPUTS, Model
+from models.core import tables as catalogue
+from models.core.family import ROW_IDS, STEP_INPUTS, Model
 from scaling import mup, table_optimizers
 from scaling.config import TrainConfig
 
@@ -105,7 +105,7 @@ class StepFunctions:
         """Gradient of the mean loss over all supervised positions of the batch plus the aux
         loss terms (accumulated over train.grad_accum micro-batches), with the loss sum, the
         position count and the aux losses and metrics (position-weighted means). With sparse
-        tables, `params` holds a models.tables.RowSubset in place of each, and the gradient of
+        tables, `params` holds a models.core.tables.RowSubset in place of each, and the gradient of
         a table is that of its subset's rows. shared: Model.step_inputs of the batch, if made."""
         subsets = {name: value for name, value in params.items() if isinstance(value, catalogue.RowSubset)}
 

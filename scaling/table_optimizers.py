@@ -7,7 +7,7 @@ read and written, as recommender systems train their embedding tables.
 - rowwise_adagrad: one accumulator per row, the mean over the row of the squared gradient
   (FBGEMM / TorchRec's row-wise Adagrad): w -= lr g / (sqrt(acc) + eps).
 
-The step's touched rows come as a models.tables.RowSubset: ids (K,) ascending, ids past the
+The step's touched rows come as a models.core.tables.RowSubset: ids (K,) ascending, ids past the
 touched rows equal to the table's row count, which every read fills with zeros and every write
 drops. On a table split by rows, each device reads and writes only its own rows. When the step
 looks up more rows than the table has, the subset is the whole table with its touched rows
@@ -21,7 +21,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from models.tables import RowSubset
+from models.core.tables import RowSubset
 
 SPARSE = ("lazy_adam", "rowwise_adagrad")
 

@@ -34,7 +34,7 @@ from data.floors import loss_floors
 from data.pipeline import PipelineConfig, epoch_plan, eval_dataset, train_dataset
 from data.ranking import DEFAULT_KS, ranking_metrics, ranks_from_top_k
 from data.split import EvalTargets, eval_subset, leave_one_out
-from models import family as families
+from models.core import family as families
 from scaling import checkpoint, distributed, flops, hardware, host
 from scaling.preemption import EXIT_PREEMPTED, Preempted, StopRequest, stop_with_parent
 from scaling.profiling import StepProfiler, parse_range

@@ -11,8 +11,8 @@ import flax.linen as nn
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from models import axes, family as families, parametrization
-from models.family import BatchField, Family
+from models.core import axes, family as families, parametrization
+from models.core.family import BatchField, Family
 from scaling.batches import to_global
 from scaling.config import ConfigError, TrialConfig
 from scaling import mup
@@ -43,7 +43,7 @@ class Trainer:
 
     @property
     def param_count(self) -> int:
-        """Parameters of the model; a catalogue table's padding rows (models/tables.py) are not."""
+        """Parameters of the model; a catalogue table's padding rows (models/core/tables.py) are not."""
         def size(leaf: Any) -> int:
             shape = leaf.value.shape
             if leaf.names and leaf.names[0] == axes.TABLE_ROWS:
@@ -89,7 +89,7 @@ def _splits_evenly(rows: int, batch_split: int) -> bool:
 
 def auto_grad_accum(config: TrialConfig, mesh: Mesh) -> int:
     """Micro-batches per step when train.grad_accum = 0: 1 on accelerators (and on a CPU running
-    their paths, models.family.accelerator_paths); on a CPU the fewest whose attention scores stay
+    their paths, models.core.family.accelerator_paths); on a CPU the fewest whose attention scores stay
     cache-sized (CPU_SCORES_BYTES). Each elementwise pass over the (rows, heads, L, L) tensors then
     stays in cache instead of streaming from memory; measured on this 2-core CPU, the
     hstu-large-ml1m step at batch 128 went from 1.6 s to 0.92 s."""

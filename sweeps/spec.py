@@ -15,7 +15,7 @@ import itertools
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from models import family as families
+from models.core import family as families
 from scaling import flops
 from scaling.config import ConfigError, TrialConfig, with_overrides
 

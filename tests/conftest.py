@@ -4,7 +4,7 @@ already-fetched recbole wheel), and the costliest files started first.
 
 SCALING_LAB_ACCELERATOR_PATHS=1 python -m pytest ... runs the model tests on the CPU as a GPU or
 TPU runs them: plain autodiff instead of the XLA:CPU kernels and one micro-batch per step (the
-library reads the variable: models.family.accelerator_paths), bf16 compute in the model configs
+library reads the variable: models.core.family.accelerator_paths), bf16 compute in the model configs
 the tests build, and fp32 tolerances widened to bf16's (tests/model_paths.py). Tests of the CPU's
 own paths (its kernels, its micro-batching) still run those. The header names the paths run.
 """
@@ -96,7 +96,7 @@ def gcs_bucket() -> str:
 
 
 def pytest_report_header() -> str:
-    from models.family import accelerator_paths
+    from models.core.family import accelerator_paths
 
     if accelerator_paths():
         return "model paths: an accelerator's (SCALING_LAB_ACCELERATOR_PATHS=1: plain autodiff, bf16, one micro-batch)"

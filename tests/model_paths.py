@@ -1,6 +1,6 @@
 """Which paths the model tests run: the CPU's, or with $SCALING_LAB_ACCELERATOR_PATHS=1 what a GPU
 or TPU runs (tests/conftest.py). The library then traces the plain autodiff forms and takes one
-micro-batch per step (models.family.accelerator_paths); the model configs the tests build here
+micro-batch per step (models.core.family.accelerator_paths); the model configs the tests build here
 compute in bfloat16, and their float32 tolerances widen to BF16_TOL."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from models.config import ModelConfig
-from models.family import FamilyConfig, accelerator_paths
+from models.core.config import ModelConfig
+from models.core.family import FamilyConfig, accelerator_paths
 
 ACCELERATOR = accelerator_paths()
 COMPUTE_DTYPE = "bfloat16" if ACCELERATOR else "float32"

@@ -1,7 +1,7 @@
 """A plain-NumPy reference of the two decoder-only recommenders and their losses.
 
 Written from ../shared/specs/hstu.md (HSTU, sampled softmax) and from the SASRec description in
-models/sasrec.py's docstring (which follows generative_recommenders/research/.../sasrec.py), one
+models/decoder_only/sasrec.py's docstring (which follows generative_recommenders/research/.../sasrec.py), one
 user's sequence at a time, in float64, with explicit loops where that reads more like the spec.
 Nothing here imports the model code: only the parameter NAMES are shared with it.
 
@@ -88,7 +88,7 @@ def hstu_user(params: Mapping, cfg: Any, items: np.ndarray, timestamps: np.ndarr
     """One user's HSTU outputs (n, D), L2-normalised, exactly as the spec states them.
 
     cfg needs: d_model, blocks, heads, dqk, dv, max_positions, attention_divisor, time_buckets
-    (dqk / dv / attention_divisor of 0 take the defaults of models/config.py).
+    (dqk / dv / attention_divisor of 0 take the defaults of models/core/config.py).
     """
     d, heads = cfg.d_model, cfg.heads
     dqk = cfg.dqk or d // heads
@@ -135,7 +135,7 @@ def hstu_user(params: Mapping, cfg: Any, items: np.ndarray, timestamps: np.ndarr
 # ----------------------------------------------------------------------------- SASRec
 
 def sasrec_user(params: Mapping, cfg: Any, items: np.ndarray) -> np.ndarray:
-    """One user's SASRec outputs (n, D), L2-normalised (models/sasrec.py's docstring):
+    """One user's SASRec outputs (n, D), L2-normalised (models/decoder_only/sasrec.py's docstring):
 
       q = LayerNorm(x); y = LayerNorm(q + MHA(q, x, x)); x = y + W2 act(W1 y + b1) + b2
     LayerNorms without learned parameters, eps 1e-8; causal softmax attention scaled by

@@ -15,9 +15,9 @@ from data.interactions import Interactions
 from data.pipeline import PipelineConfig, train_dataset
 from data.sequences import PreprocessOptions, build_sequences
 from data.split import leave_one_out
-from models import family as families
-from models.fields import ConfigError
-from models.layers import force_hand_written_kernels, hand_written_kernels
+from models.core import family as families
+from config.fields import ConfigError
+from models.core.layers import force_hand_written_kernels, hand_written_kernels
 from scaling import trainer as trainer_module
 from scaling.config import DataConfig, MeshConfig, TrainConfig, TrialConfig
 from scaling.mesh import make_mesh

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models import attention
-from models.config import ModelConfig
-from models.decoder import MODEL_INPUTS, build_model
-from models.layers import attention_mask, force_hand_written_kernels
+from models.core import attention
+from models.core.config import ModelConfig
+from models.decoder_only.decoder import MODEL_INPUTS, build_model
+from models.core.layers import attention_mask, force_hand_written_kernels
 from tests.model_paths import model_config
 
 B, L, H, DQK, DV, P = 2, 13, 2, 4, 3, 16
@@ -113,7 +113,7 @@ def test_blockwise_is_hstu_only() -> None:
 
 @pytest.mark.slow
 def test_silu_projection_gradient_equals_autodiff_of_the_formula() -> None:
-    from models.hstu import silu_projection
+    from models.decoder_only.hstu import silu_projection
 
     x = jax.random.normal(jax.random.key(3), (2, 5, 6))
     w = jax.random.normal(jax.random.key(4), (6, 7))

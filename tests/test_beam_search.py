@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models.config import ModelConfig
-from models.encdec import EncDecModel, EncDecNetwork, vocabulary_codes
-from models.id_trie import build_trie, item_of, next_codes
+from models.core.config import ModelConfig
+from models.encdec.model import EncDecModel, EncDecNetwork, vocabulary_codes
+from models.encdec.id_trie import build_trie, item_of, next_codes
 
 K, LEVELS = 4, 2  # IDs of T = 3 codes: 64 possible, 20 of them items
 NUM_ITEMS = 20

@@ -15,9 +15,9 @@ from pathlib import Path
 import jax
 import pytest
 
-from models import family as families
-from models.hstu import HSTUConfig
-from models.sasrec import SASRecConfig
+from models.core import family as families
+from models.decoder_only.hstu import HSTUConfig
+from models.decoder_only.sasrec import SASRecConfig
 from scaling import config as config_module
 from scaling import train as train_module
 from scaling.config import ConfigError, DataConfig, ModelConfig, TrainConfig, TrialConfig, from_dict, from_json, with_overrides

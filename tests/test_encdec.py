@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models import family as families
-from models.encdec import EncDecModel, EncDecNetwork, user_tokens, vocabulary_codes
+from models.core import family as families
+from models.encdec.model import EncDecModel, EncDecNetwork, user_tokens, vocabulary_codes
 from tests.model_paths import gradient_atol, model_config, tolerance
 
 NUM_ITEMS = 12

@@ -54,7 +54,7 @@ def test_a_sweep_mixes_hstu_and_encdec(tmp_path: Path, use_lab_cache: Path, monk
 
     spec = tmp_path / "mixed.py"
     spec.write_text(textwrap.dedent(f"""
-        from models.config import ModelConfig
+        from models.core.config import ModelConfig
         from scaling.config import DataConfig, TrainConfig, TrialConfig
         from sweeps.spec import Sweep, ladder
         BASE = TrialConfig(data=DataConfig(name={SYNTHETIC!r}, max_len=20),

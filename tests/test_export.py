@@ -18,8 +18,8 @@ import pytest
 
 from data.pipeline import history_row
 from data.sequences import Sequences
-from models import family as families
-from models.serving import history_batch
+from models.core import family as families
+from models.core.serving import history_batch
 from scaling import export, serve
 from scaling import train as train_module
 from scaling.config import DataConfig, ModelConfig, TrainConfig, TrialConfig

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models.layers import add_bias, force_hand_written_kernels, layer_norm
+from models.core.layers import add_bias, force_hand_written_kernels, layer_norm
 
 
 def plain_layer_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -43,7 +43,7 @@ def test_add_bias_sums_its_gradient_over_the_broadcast_axes(bias_shape) -> None:
 
 
 def test_l2_normalize_of_a_zero_vector_has_a_finite_gradient() -> None:
-    from models.layers import l2_normalize
+    from models.core.layers import l2_normalize
 
     x = jnp.array([[0.0, 0.0, 0.0], [3.0, 4.0, 0.0]])
     grad = jax.grad(lambda v: jnp.sum(l2_normalize(v) * jnp.array([1.0, 2.0, 3.0])))(x)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models.decoder import MODEL_INPUTS, build_model
+from models.decoder_only.decoder import MODEL_INPUTS, build_model
 from tests import numpy_reference as ref
 from tests.model_paths import gradient_atol, model_config, tolerance
 
@@ -130,7 +130,7 @@ def test_outputs_are_unit_vectors(family) -> None:
 
 
 def test_time_buckets_match_the_spec() -> None:
-    from models.attention import time_buckets
+    from models.core.attention import time_buckets
 
     deltas = np.array([-1e17, -5e16, -100, -2, -1, 0, 0.5, 1, 2, 3, 5, 10, 1000, 86_400, 3e7, 1e12, 1e16, 5e16,
                        1e17, 1e30], np.float32)
@@ -143,10 +143,10 @@ def test_time_buckets_match_the_spec() -> None:
 # ----------------------------------------------------------------------------- losses
 
 def _losses():
-    losses = pytest.importorskip("models.losses")
+    losses = pytest.importorskip("models.core.losses")
     for name in ("sampled_softmax_loss", "full_softmax_loss"):
         if not hasattr(losses, name):
-            pytest.skip(f"models.losses.{name} does not exist yet")
+            pytest.skip(f"models.core.losses.{name} does not exist yet")
     return losses
 
 
@@ -221,7 +221,7 @@ def _with_leaf(params: dict, path: tuple[str, ...], value: np.ndarray) -> dict:
 @pytest.mark.parametrize("layout", ["padded", "packed"])
 def test_training_gradients_equal_finite_differences_of_the_reference(family, layout) -> None:
     """jax.grad of the model + sampled-softmax loss (through the hand-written backward passes of
-    models/layers.py and models/hstu.py) against central differences of the float64 NumPy
+    models/core/layers.py and models/decoder_only/hstu.py) against central differences of the float64 NumPy
     reference, one random direction per parameter array."""
     losses = _losses()
     cfg, users, params = family["cfg"], family["users"], family["params"]

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models.config import ModelConfig
-from models.decoder import build_model
-from models.losses import full_softmax_loss, sampled_softmax_loss
+from models.core.config import ModelConfig
+from models.decoder_only.decoder import build_model
+from models.core.losses import full_softmax_loss, sampled_softmax_loss
 from tests.model_paths import model_config, tolerance
 
 ROW, ITEMS = 14, 30

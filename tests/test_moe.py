@@ -10,11 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models import family as families
-from models.config import ModelConfig
-from models.encdec import EncDecModel, EncDecNetwork, vocabulary_codes
-from models.encdec_layers import FeedForward
-from models.moe import MoEFeedForward, capacity, route
+from models.core import family as families
+from models.core.config import ModelConfig
+from models.encdec.model import EncDecModel, EncDecNetwork, vocabulary_codes
+from models.encdec.layers import FeedForward
+from models.encdec.moe import MoEFeedForward, capacity, route
 from tests.model_paths import model_config
 
 D, F, GROUPS, TOKENS = 8, 16, 2, 6

@@ -1,4 +1,4 @@
-"""µP (models/parametrization.py, scaling/mup.py): the kinds of parameters, µP at the base width
+"""µP (models/core/parametrization.py, scaling/mup.py): the kinds of parameters, µP at the base width
 is the standard model exactly, and the coordinate check: activation updates grow with width in
 the standard parametrization and stay flat under µP."""
 
@@ -9,7 +9,7 @@ import dataclasses
 import jax
 import pytest
 
-from models.config import ModelConfig
+from models.core.config import ModelConfig
 from scaling import coord_check, mup
 from scaling.config import ConfigError, DataConfig, MeshConfig, TrainConfig, TrialConfig
 from scaling.mesh import make_mesh, logical_names

@@ -22,7 +22,7 @@ from tests.conftest import xla_flags
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SOURCE = "synthetic:users=10000,items=40,topics=4,memory=0,mean_events=20,seed=0"
 SPEC = textwrap.dedent(f"""
-    from models.config import ModelConfig
+    from models.core.config import ModelConfig
     from scaling.config import DataConfig, TrainConfig, TrialConfig
     from sweeps.spec import Sweep, ladder
 

@@ -9,7 +9,7 @@ import time
 
 from etils import epath
 
-from models.config import ModelConfig
+from models.core.config import ModelConfig
 from scaling.config import TrialConfig
 from scaling.progress import TrialProgress, format_seconds, read_progress
 from sweeps.monitor import SweepMonitor

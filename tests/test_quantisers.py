@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from models import kmeans
-from models.residual_kmeans import place_rows, relative_error, residual_kmeans
+from semantic_ids import kmeans
+from semantic_ids.residual_kmeans import place_rows, relative_error, residual_kmeans
 
 K = 8
 N = 256
@@ -173,7 +173,7 @@ def test_codes_are_the_same_on_eight_devices(skewed, balanced, sample_per_centre
 
 @pytest.mark.slow
 def test_rqvae_uses_its_codes_and_beats_its_initial_error():
-    from models.rqvae import RQVAEOptions, train_rqvae
+    from semantic_ids.rqvae import RQVAEOptions, train_rqvae
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(32, 8)) * 3
@@ -193,7 +193,7 @@ def test_rqvae_gradients_put_beta_on_the_commitment_only():
     summed over the levels: the commitment weight is the one the spec gives, not ignored."""
     import jax.numpy as jnp
 
-    from models.rqvae import quantise
+    from semantic_ids.rqvae import quantise
 
     z = jax.random.normal(jax.random.key(0), (6, 3))
     books = jax.random.normal(jax.random.key(1), (2, 4, 3))
@@ -216,7 +216,7 @@ def test_rqvae_loss_matches_its_formula():
     """Reconstruction summed over features + codebook + 0.25 x commitment, per level."""
     import jax.numpy as jnp
 
-    from models.rqvae import RQVAE, RQVAEOptions
+    from semantic_ids.rqvae import RQVAE, RQVAEOptions
 
     model = RQVAE(6, 2, 4, RQVAEOptions(hidden=(8,), latent=3))
     params = model.init(jax.random.key(0))
@@ -247,7 +247,7 @@ def test_options_refuse_bad_values():
 @pytest.mark.slow
 def test_rqvae_trains_on_eight_devices_like_on_one():
     """Batches split over a mesh: the same codes as one device after a few steps (planted data)."""
-    from models.rqvae import RQVAEOptions, train_rqvae
+    from semantic_ids.rqvae import RQVAEOptions, train_rqvae
 
     points, _ = planted([N // K] * K, spread=0.3)
     options = RQVAEOptions(hidden=(16,), latent=4, steps=20, batch_size=64, reset_every=0)

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data import dataset, semantic_ids, sources
+from data import dataset, sources
+from semantic_ids import artefact as semantic_ids
 from data.__main__ import main as data_main
 from data.errors import DataError
 from data.readers.sequences_json import read_sequences_json
@@ -116,7 +117,7 @@ def test_amazon_beauty_reads_to_the_published_counts() -> None:
 def test_the_encoder_decoder_takes_json_ids_with_or_without_a_collision_code(tmp_path: Path) -> None:
     import types
 
-    from models.encdec import EncDecConfig, semantic_ids_for, synthetic_codes, vocabulary_codes
+    from models.encdec.model import EncDecConfig, semantic_ids_for, synthetic_codes, vocabulary_codes
     from scaling.config import ConfigError
 
     prepared = types.SimpleNamespace(sequences=types.SimpleNamespace(item_ids=ITEMS))

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from data.ranking import ranking_metrics, ranks_from_scores, ranks_from_top_k
-from models import family as families
-from models.fields import ConfigError
-from models.layers import force_hand_written_kernels
+from models.core import family as families
+from config.fields import ConfigError
+from models.core.layers import force_hand_written_kernels
 from scaling import flops, xla_cost
 from scaling.config import DataConfig, MeshConfig, ModelConfig, TrainConfig, TrialConfig
 from scaling.mesh import make_mesh
@@ -47,10 +47,10 @@ def test_a_plugin_module_that_cannot_be_imported_is_one_clear_error(monkeypatch)
 
 
 def test_the_engine_names_no_family_and_imports_no_family_module() -> None:
-    """scaling/, sweeps/ and benchmarks/ reach families only through models.family: no
+    """scaling/, sweeps/ and benchmarks/ reach families only through models.core.family: no
     comparison with a family name, no import of a family's modules."""
-    family_modules = {"models.hstu", "models.sasrec", "models.decoder", "models.attention", "models.losses",
-                      "models.layers"}
+    family_modules = {"models.decoder_only.hstu", "models.decoder_only.sasrec", "models.decoder_only.decoder", "models.core.attention", "models.core.losses",
+                      "models.core.layers"}
     offences = []
     for path in ENGINE:
         if path.name in CONFIGURATION:

@@ -14,12 +14,13 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from data import id_quality, item_features
-from data.cooccurrence import cooccurrence_counts, ppmi, training_sequences
+from semantic_ids import quality as id_quality
+from data import item_features
+from semantic_ids.cooccurrence import cooccurrence_counts, ppmi, training_sequences
 from data.dataset import PreparedData, prepare
 from data.errors import DataError
-from data.item_vectors import VectorOptions, item_vectors
-from data.semantic_ids import SemanticIdConfig, SemanticIds, build, collision_codes, load, save
+from semantic_ids.item_vectors import VectorOptions, item_vectors
+from semantic_ids.artefact import SemanticIdConfig, SemanticIds, build, collision_codes, load, save
 from data.sequences import Sequences
 from tests.conftest import REPO_ROOT
 
@@ -234,7 +235,7 @@ def test_built_ids_are_unique_balanced_and_cached(built, small, use_lab_cache, m
     assert np.bincount(built.codes[:, 0]).max() <= -(-len(built.codes) // 8)
     assert (np.diff(built.item_ids.astype(np.int64)) > 0).all()
     assert built.quality["utilization"][0] == 1.0 and len(built.quality["entropy"]) == 3
-    from data import semantic_ids
+    from semantic_ids import artefact as semantic_ids
 
     quantise = semantic_ids._quantise
     monkeypatch.setattr(semantic_ids, "_quantise", lambda *a: pytest.fail("the cache was not used"))

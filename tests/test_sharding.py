@@ -15,7 +15,7 @@ from data.interactions import Interactions
 from data.pipeline import PipelineConfig, eval_dataset, train_dataset
 from data.sequences import PreprocessOptions, build_sequences
 from data.split import leave_one_out
-from models.config import ModelConfig
+from models.core.config import ModelConfig
 from scaling import checkpoint
 from scaling.config import ConfigError, DataConfig, MeshConfig, TrainConfig, TrialConfig
 from scaling.mesh import make_mesh, parse_mesh_spec
@@ -147,7 +147,7 @@ def test_per_step_losses_are_the_same_on_every_mesh_and_micro_batching(family: s
     """To 1e-5 on any mesh with any micro-batching (with dropout, sampled negatives and drawn
     examples, whose draws must not follow the split). Bitwise equality of two runs on one mesh:
     tests/test_faults.py compares separate training processes exactly."""
-    from models import family as families
+    from models.core import family as families
     from scaling import trainer as trainer_module
 
     (reference, other_seed), _ = per_step(family, "data=1", 1, host_batches, seeds=(5, 6))

@@ -14,9 +14,9 @@ import numpy as np
 import optax
 import pytest
 
-from models import tables
-from models.family import STEP_INPUTS
-from models.losses import in_batch_log_q, in_batch_negatives, sampled_softmax_loss
+from models.core import tables
+from models.core.family import STEP_INPUTS
+from models.core.losses import in_batch_log_q, in_batch_negatives, sampled_softmax_loss
 from scaling import table_optimizers
 from scaling.config import ConfigError, MeshConfig, TrainConfig
 from scaling.mesh import make_mesh

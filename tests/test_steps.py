@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from models.family import ACCELERATOR_PATHS_ENV
+from models.core.family import ACCELERATOR_PATHS_ENV
 from scaling.config import DataConfig, MeshConfig, TrainConfig, TrialConfig
 from scaling.mesh import make_mesh
 from scaling.steps import make_optimizer

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from etils import epath
 
-from models.config import ModelConfig
+from models.core.config import ModelConfig
 from scaling.config import ConfigError, DataConfig, TrainConfig, TrialConfig
 from scaling.tensorboard import read_scalars
 from sweeps import runner
@@ -179,7 +179,7 @@ def test_show_plans_hbm_and_chip_hours_on_an_accelerator(tmp_path: Path) -> None
     simulated devices of a v5litepod-8; chip-hours are the planned FLOPs at the assumed MFU."""
     spec = tmp_path / "plan.py"
     spec.write_text(textwrap.dedent("""
-        from models.config import ModelConfig
+        from models.core.config import ModelConfig
         from scaling.config import DataConfig, TrainConfig, TrialConfig
         from sweeps.spec import Sweep, isoflop, ladder
         BASE = TrialConfig(data=DataConfig(name="ml-20m", max_len=20),

@@ -1,4 +1,4 @@
-"""Catalogue tables (models/tables.py): padded and split by rows over every device when large;
+"""Catalogue tables (models/core/tables.py): padded and split by rows over every device when large;
 ranks, eval loss and top items computed in chunks per shard equal the plain (B x catalogue)
 computation; training on the padded, row-split table gives the single-device numbers."""
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from models import tables
-from models.layers import l2_normalize
+from models.core import tables
+from models.core.layers import l2_normalize
 from scaling.config import MeshConfig
 from scaling.mesh import logical_to_spec, make_mesh
 from scaling.trainer import build_trainer

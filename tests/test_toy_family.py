@@ -19,10 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models import axes, family
-from models.family import BatchField, FamilyConfig
-from models.fields import fraction, positive
-from models.layers import l2_normalize, logical_param
+from models.core import axes, family
+from models.core.family import BatchField, FamilyConfig
+from config.fields import fraction, positive
+from models.core.layers import l2_normalize, logical_param
 
 TOKENS = (axes.BATCH, axes.LENGTH)
 TRAIN_FIELDS = {"items": BatchField(np.int32, TOKENS), "targets": BatchField(np.int32, TOKENS),
@@ -178,7 +178,7 @@ def test_toy_family_runs_in_a_sweep(tmp_path: Path, use_lab_cache: Path, monkeyp
     monkeypatch.setenv(family.PLUGINS_ENV, "tests.test_toy_family")  # for the trial subprocesses
     spec = tmp_path / "toy_sweep.py"
     spec.write_text(textwrap.dedent("""
-        from models.config import ModelConfig
+        from models.core.config import ModelConfig
         from scaling.config import DataConfig, TrainConfig, TrialConfig
         from sweeps.spec import Sweep, axis
         BASE = TrialConfig(data=DataConfig(max_len=20),

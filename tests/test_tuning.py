@@ -11,7 +11,7 @@ import math
 import pytest
 
 from analysis.__main__ import main
-from models.config import ModelConfig
+from models.core.config import ModelConfig
 from scaling.config import ConfigError, DataConfig, TrainConfig, TrialConfig
 from sweeps.runner import make_record
 from sweeps.spec import Sweep, axis, grid, ladder, tuned

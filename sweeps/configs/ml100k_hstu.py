@@ -16,7 +16,7 @@ Measured: 4.5 minutes of trials + 30 s of report on a 2-core CPU with a 98 GFLOP
 (data cached, JAX's compilation cache empty).
 """
 
-from models.config import ModelConfig
+from models.core.config import ModelConfig
 from scaling.config import DataConfig, TrainConfig, TrialConfig
 from sweeps.spec import Point, Sweep, axis, grid, isoflop, ladder, planned_compute
 

@@ -9,7 +9,7 @@ target held out of training: data.split=holdout) of every width x learning rate,
 its laws use each width's best run.
 """
 
-from models.config import ModelConfig
+from models.core.config import ModelConfig
 from scaling.config import DataConfig, TrainConfig, TrialConfig
 from sweeps.spec import Sweep, axis, grid, ladder, tuned
 

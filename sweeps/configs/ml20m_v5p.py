@@ -9,7 +9,7 @@ Each budget gives every size the steps that spend it (analytic FLOPs of packed r
 minimum loss per budget traces the compute-optimal model size (Chinchilla approach 2).
 """
 
-from models.config import ModelConfig
+from models.core.config import ModelConfig
 from scaling.config import DataConfig, MeshConfig, TrainConfig, TrialConfig
 from sweeps.spec import Sweep, axis, grid, isoflop, ladder
 

@@ -20,7 +20,7 @@ The evaluation set is the same 10,000 users for every trial (data.eval_users). T
 full softmax over the 2,000 items, the same loss the floor is of (nats per validation event).
 """
 
-from models.config import ModelConfig
+from models.core.config import ModelConfig
 from scaling.config import DataConfig, TrainConfig, TrialConfig
 from sweeps.spec import Sweep, axis, grid, isoflop, ladder
 

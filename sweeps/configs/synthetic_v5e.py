@@ -6,7 +6,7 @@ The generator reports its true per-event entropy, so the fitted loss floor E of 
 checked against the irreducible loss.
 """
 
-from models.config import ModelConfig
+from models.core.config import ModelConfig
 from scaling.config import DataConfig, MeshConfig, TrainConfig, TrialConfig
 from sweeps.spec import Sweep, axis, grid, ladder
 

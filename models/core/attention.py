@@ -20,7 +20,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from models.layers import add_bias
+from models.core.layers import add_bias
 
 _LOG_BUCKET_WIDTH = 0.301  # the reference's bucketisation: floor(ln(|dt|) / 0.301)
 

@@ -15,8 +15,8 @@ from typing import Any, Iterator
 import jax
 import jax.numpy as jnp
 
-from models import family as families
-from models.layers import force_hand_written_kernels
+from models.core import family as families
+from models.core.layers import force_hand_written_kernels
 
 
 def history_batch(histories: jax.Array, timestamps: jax.Array, lengths: jax.Array, users: jax.Array,
@@ -57,7 +57,7 @@ def serving_batch(config: Any, histories: jax.Array, timestamps: jax.Array, leng
 
 @contextlib.contextmanager
 def portable_kernels() -> Iterator[None]:
-    """Trace with the portable forms of every layer, not the XLA:CPU ones of models/layers.py: an
+    """Trace with the portable forms of every layer, not the XLA:CPU ones of models/core/layers.py: an
     exported function lowered for several platforms runs the same code on each."""
     with force_hand_written_kernels(False):
         yield

@@ -3,7 +3,7 @@
 LayerNorm and bias addition come in two forms with the same numbers: plain jnp with autodiff,
 and XLA:CPU-tuned kernels (row means as matrix-vector products, hand-written backward passes)
 that are slower elsewhere. `hand_written_kernels()` picks the CPU form on a CPU backend only,
-unless `models.family.accelerator_paths()` asks for an accelerator's code on the CPU;
+unless `models.core.family.accelerator_paths()` asks for an accelerator's code on the CPU;
 `force_hand_written_kernels` overrides both (tests compare the two).
 """
 
@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models.family import (ATTENTION_SCOPE, EMBEDDING_SCOPE, LOSS_SCOPE, NEGATIVES_SCOPE,  # noqa: F401 (the models' scopes)
+from models.core.family import (ATTENTION_SCOPE, EMBEDDING_SCOPE, LOSS_SCOPE, NEGATIVES_SCOPE,  # noqa: F401 (the models' scopes)
                            accelerator_paths)
 
 Initializer = Callable[..., jax.Array]
@@ -118,7 +118,7 @@ def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
 
 def row_keys(key: jax.Array, rows: jax.Array) -> jax.Array:
     """(B,) keys fold_in(key, rows[b]): row b's random stream, whichever device or micro-batch
-    holds it. rows: the global index of each row in the step's batch (models.family.ROW_IDS)."""
+    holds it. rows: the global index of each row in the step's batch (models.core.family.ROW_IDS)."""
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, rows)
 
 

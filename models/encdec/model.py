@@ -19,8 +19,8 @@ Loss: cross-entropy of each code over its level's K tokens, summed over position
 Evaluation (the exact scorer): log p(full ID of item i | user) = sum over positions of the code
 log-probabilities, teacher-forced, for every item of the catalogue, in chunks of score_chunk
 items under jit; the target's rank counts the items scoring strictly higher, history excluded as
-HSTU excludes it. Beside it, beam search (models/beam_search.py, a key/value cache and the trie
-of valid IDs, models/id_trie.py) gives beam_hr@K etc., invalid_rate (constrained as configured),
+HSTU excludes it. Beside it, beam search (models/encdec/beam_search.py, a key/value cache and the trie
+of valid IDs, models/encdec/id_trie.py) gives beam_hr@K etc., invalid_rate (constrained as configured),
 unconstrained_invalid_rate and beam_exact_agreement (beam top 10 == exact top 10).
 """
 
@@ -36,15 +36,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from data import pipeline
-from models import axes, family, parametrization
-from models.family import block_outputs
-from models.beam_search import beam_search
-from models.encdec_layers import DecoderBlock, EncoderBlock, Norm, relative_buckets
-from models.family import TRAIN_MULTIPLIER, BatchField, FamilyConfig
-from models.fields import ConfigError, constrained, fraction, non_negative, positive
-from models.id_trie import IdTrie, build_trie
-from models.moe import capacity
-from models.layers import EMBEDDING_SCOPE, LOSS_SCOPE, RowDropout, logical_param, row_keys, truncated_normal
+from models.core import axes, family, parametrization
+from models.core.family import block_outputs
+from models.encdec.beam_search import beam_search
+from models.encdec.layers import DecoderBlock, EncoderBlock, Norm, relative_buckets
+from models.core.family import TRAIN_MULTIPLIER, BatchField, FamilyConfig
+from config.fields import ConfigError, constrained, fraction, non_negative, positive
+from models.encdec.id_trie import IdTrie, build_trie
+from models.encdec.moe import capacity
+from models.core.layers import EMBEDDING_SCOPE, LOSS_SCOPE, RowDropout, logical_param, row_keys, truncated_normal
 
 PAD, BOS, SPECIALS = 0, 1, 2
 _TOKENS = (axes.BATCH, axes.LENGTH)
@@ -65,7 +65,7 @@ class EncDecConfig(FamilyConfig):
     ({item: [c1, ..., cL]}, used as given); empty = built from the ids_* fields (cached), so the
     tokenizer is a sweep axis like d_model. ids_collision_code: the (L + 1)-th code that makes
     repeated L-tuples distinct; off only for IDs given distinct (JSON IDs of L full levels).
-    experts > 0: the decoder's feed-forward is a mixture of that many experts (models/moe.py) of expert_d_ff
+    experts > 0: the decoder's feed-forward is a mixture of that many experts (models/encdec/moe.py) of expert_d_ff
     hidden units, top_k routed, capacity_factor, balance_loss_weight x the Switch loss. beam_width: beams of
     the evaluation's beam search beside the exact scorer (0 = none); beam_items: the items it
     returns (may exceed the beams); beam_constrained: decode only IDs of items (the trie).
@@ -141,7 +141,7 @@ class EncDecConfig(FamilyConfig):
 
 
 def _readout_scale(cfg: "EncDecConfig") -> float:
-    """T5's D^-1/2 on the tied logits; under µP 1 / m on base_width^-1/2 (models/parametrization.py)."""
+    """T5's D^-1/2 on the tied logits; under µP 1 / m on base_width^-1/2 (models/core/parametrization.py)."""
     return parametrization.readout_factor(cfg) / math.sqrt(parametrization.input_width(cfg))
 
 
@@ -412,7 +412,7 @@ class EncDecModel(family.Model):
                     returned: int | None = None) -> dict[str, jax.Array]:
         """Beam search of `width` IDs per memory row with a key/value cache: the cross-attention
         keys and values once per user, each position's self-attention keys and values written into
-        (B, W, H, T, E) caches. See models/beam_search.py for what it returns."""
+        (B, W, H, T, E) caches. See models/encdec/beam_search.py for what it returns."""
         cfg = self.config
         batch = memory.shape[0]
         memory_kv = self.network.apply({"params": params}, memory, method=EncDecNetwork.memory_keys_values)
@@ -544,7 +544,7 @@ def vocabulary_codes(codes: np.ndarray, config: EncDecConfig) -> np.ndarray:
 
 def semantic_ids_for(config: EncDecConfig, prepared: Any, log: Callable[[str], None] | None) -> tuple[np.ndarray, dict]:
     """(codes in dense-item order, provenance) from the artefact `ids` or built from the ids_* fields."""
-    from data import semantic_ids
+    from semantic_ids import artefact as semantic_ids
     from data.errors import DataError
 
     try:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from models.id_trie import IdTrie, next_codes
+from models.encdec.id_trie import IdTrie, next_codes
 
 StepFn = Callable[[jax.Array, int, Any], tuple[jax.Array, Any]]
 

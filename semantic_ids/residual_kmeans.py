@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from models import kmeans
+from semantic_ids import kmeans
 
 
 class Quantised(NamedTuple):

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
-from models.layers import l2_normalize
+from models.core.layers import l2_normalize
 
 ROW_SHARDING_MIN_ROWS = 1 << 16  # tables of at least this many rows are padded and split by rows
 ROW_ALIGN = 3072  # 2^10 x 3

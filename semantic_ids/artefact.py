@@ -4,7 +4,7 @@ item, saved as an .npz artefact that records how it was made, with its quality m
 Artefact arrays: item_ids (original ids, ascending; int64 when every id is an integer), codes
 (int32, items x (L + 1), row i for item_ids[i], the last column the collision code), and scalars
 method, source, seed, input_hash (sha256 of the quantised vectors), config (JSON of every
-setting), quality (JSON of the metrics in data/id_quality.py), vector_parts (JSON).
+setting), quality (JSON of the metrics in semantic_ids/quality.py), vector_parts (JSON).
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from data import id_quality
-from data.cooccurrence import cooccurrence_counts, training_sequences
+from semantic_ids import quality as id_quality
+from semantic_ids.cooccurrence import cooccurrence_counts, training_sequences
 from data.dataset import PreparedData
 from data.errors import DataError
 from data.item_features import item_labels
-from data.item_vectors import ItemVectors, VectorOptions, item_vectors
+from semantic_ids.item_vectors import ItemVectors, VectorOptions, item_vectors
 from data.sources import cache_dir, local_file
 
 METHODS = ("rqkmeans", "rqkmeans-balanced", "rqvae")
@@ -116,11 +116,11 @@ def collision_codes(codes: np.ndarray) -> np.ndarray:
 
 def _quantise(vectors: np.ndarray, config: SemanticIdConfig, mesh: Any, log: Callable | None) -> tuple:
     """(the quantised vectors, what training reported: RQ-VAE's errors before and after)."""
-    from models import kmeans
-    from models.residual_kmeans import residual_kmeans
+    from semantic_ids import kmeans
+    from semantic_ids.residual_kmeans import residual_kmeans
 
     if config.method == "rqvae":
-        from models.rqvae import RQVAEOptions, train_rqvae
+        from semantic_ids.rqvae import RQVAEOptions, train_rqvae
 
         return train_rqvae(vectors, config.levels, config.codebook, config.seed,
                            RQVAEOptions(steps=config.rqvae_steps), mesh=mesh, log=log)
@@ -133,8 +133,8 @@ def _quantise(vectors: np.ndarray, config: SemanticIdConfig, mesh: Any, log: Cal
 
 def quality(prepared: PreparedData, codes: np.ndarray, vectors: np.ndarray, reconstruction: np.ndarray,
             codebook: int, window: int) -> dict:
-    """Every metric of data/id_quality.py for the L residual levels of `codes` (no collision code)."""
-    from models.residual_kmeans import relative_error
+    """Every metric of semantic_ids/quality.py for the L residual levels of `codes` (no collision code)."""
+    from semantic_ids.residual_kmeans import relative_error
 
     first = codes[:, 0]
     labels = item_labels(prepared.item_metadata)

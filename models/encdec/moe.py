@@ -26,8 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models import axes
-from models.layers import logical_param
+from models.core import axes
+from models.core.layers import logical_param
 
 _XAVIER = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=-2, out_axis=-1)
 

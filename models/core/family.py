@@ -21,10 +21,10 @@ from typing import Any, ClassVar, Literal, Mapping
 
 import numpy as np
 
-from models import axes
-from models.fields import ConfigError, Section, build_section, check_value, coerce, positive
+from models.core import axes
+from config.fields import ConfigError, Section, build_section, check_value, coerce, positive
 
-BUILTIN_MODULES = {"hstu": "models.hstu", "sasrec": "models.sasrec", "encdec": "models.encdec"}
+BUILTIN_MODULES = {"hstu": "models.decoder_only.hstu", "sasrec": "models.decoder_only.sasrec", "encdec": "models.encdec.model"}
 PLUGINS_ENV = "SCALING_LAB_FAMILIES"
 ACCELERATOR_PATHS_ENV = "SCALING_LAB_ACCELERATOR_PATHS"
 # jax.named_scope names of a step's parts, shared by every family: they reach XLA's op metadata,
@@ -42,7 +42,7 @@ STEP_INPUTS = "step_inputs"  # in a training (micro-)batch: Model.step_inputs of
 
 def accelerator_paths() -> bool:
     """Whether a CPU runs what a GPU or TPU runs ($SCALING_LAB_ACCELERATOR_PATHS=1): the plain
-    autodiff forms of models/layers.py (hand_written_kernels) and one micro-batch per step
+    autodiff forms of models/core/layers.py (hand_written_kernels) and one micro-batch per step
     (scaling.trainer.auto_grad_accum), so that the accelerators' code is exercised, slower, on a
     CPU. Unset or 0: the CPU's own paths."""
     value = os.environ.get(ACCELERATOR_PATHS_ENV, "")
@@ -99,7 +99,7 @@ class FamilyConfig(Section):
 
     family: str = ""
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
-    parametrization: Literal["standard", "mup"] = "standard"  # models/parametrization.py
+    parametrization: Literal["standard", "mup"] = "standard"  # models/core/parametrization.py
     base_width: int = positive(64)  # the d_model at which µP equals the standard model
     legacy_values: tuple[tuple[str, Any], ...] = ()
 
@@ -142,7 +142,7 @@ class Model(abc.ABC):
         per-position mean added to the objective; metrics are only logged.
 
         batch[ROW_IDS] numbers the rows within the step's whole batch. Random draws (dropout,
-        negatives) must be made per row from fold_in(rng, row id) (models.layers.row_keys), and
+        negatives) must be made per row from fold_in(rng, row id) (models.core.layers.row_keys), and
         aux terms must be means over the same positions that are counted, so that a step gives the
         same numbers however its rows are split over devices and micro-batches."""
 
@@ -154,8 +154,8 @@ class Model(abc.ABC):
     def touched_rows(self, batch: Batch, rng: Any) -> dict[str, Any]:
         """For sparse table updates (train.table_optimizer): {name: ids} for every top-level
         catalogue table (logical axis axes.TABLE_ROWS), ids (any shape) holding every row that
-        loss_sums(params, batch, rng) reads; loss_sums must then accept a models.tables.RowSubset
-        of those rows in place of the table (models.tables.take_rows reads either)."""
+        loss_sums(params, batch, rng) reads; loss_sums must then accept a models.core.tables.RowSubset
+        of those rows in place of the table (models.core.tables.take_rows reads either)."""
         raise NotImplementedError(f"{type(self).__name__} does not update its tables sparsely")
 
     @abc.abstractmethod

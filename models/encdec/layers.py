@@ -19,9 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models import axes, parametrization
-from models.layers import ATTENTION_SCOPE, RowDropout, logical_param
-from models.moe import MoEFeedForward
+from models.core import axes, parametrization
+from models.core.layers import ATTENTION_SCOPE, RowDropout, logical_param
+from models.encdec.moe import MoEFeedForward
 
 _XAVIER = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
 _NEG_INF = -1e9
@@ -92,7 +92,7 @@ class Attention(nn.Module):
     d_model: int
     heads: int
     head_dim: int
-    logit_factor: float = 1.0  # on top of 1 / sqrt(head_dim): µP's sqrt(base_d / d) (models/parametrization.py)
+    logit_factor: float = 1.0  # on top of 1 / sqrt(head_dim): µP's sqrt(base_d / d) (models/core/parametrization.py)
 
     def setup(self) -> None:
         d, width = self.d_model, self.heads * self.head_dim

@@ -10,15 +10,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from models.layers import l2_normalize
-from models.tables import RowSubset, unit_rows
+from models.core.layers import l2_normalize
+from models.core.tables import RowSubset, unit_rows
 
 ACCIDENTAL_HIT_LOGIT = -5e4  # the reference's logit for a sampled negative equal to the positive
 
 
 def sample_negatives(keys: jax.Array, shape: tuple[int, ...], num_negatives: int, num_items: int) -> jax.Array:
     """Item ids drawn uniformly from 1..num_items with replacement: (B, *shape[1:], num_negatives),
-    row b's from keys[b] (models.layers.row_keys), so a row draws the same however the batch is split."""
+    row b's from keys[b] (models.core.layers.row_keys), so a row draws the same however the batch is split."""
     draw = lambda key: jax.random.randint(key, (*shape[1:], num_negatives), 1, num_items + 1, dtype=jnp.int32)
     return jax.vmap(draw)(keys)
 

@@ -1,5 +1,5 @@
 """The decoder-only sequential recommenders (HSTU, SASRec): shared config, input, output, loss,
-evaluation and FLOP accounting; each family supplies its block (models/hstu.py, models/sasrec.py).
+evaluation and FLOP accounting; each family supplies its block (models/decoder_only/hstu.py, models/decoder_only/sasrec.py).
 
 Shapes: B rows, L tokens per row, D = d_model. Inputs are the pipeline's token fields (see
 data/pipeline.py): items, timestamps, next_timestamps, segment_ids, positions, all (B, L).
@@ -19,13 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from data import pipeline
-from models import axes, family, parametrization, tables
-from models.attention import causal_query_blocks
-from models.family import TRAIN_MULTIPLIER, BatchField, FamilyConfig
-from models.fields import ConfigError, positive, fraction
-from models.layers import (EMBEDDING_SCOPE, LOSS_SCOPE, NEGATIVES_SCOPE, RowDropout, hand_written_kernels, l2_normalize,
+from models.core import axes, family, parametrization, tables
+from models.core.attention import causal_query_blocks
+from models.core.family import TRAIN_MULTIPLIER, BatchField, FamilyConfig
+from config.fields import ConfigError, positive, fraction
+from models.core.layers import (EMBEDDING_SCOPE, LOSS_SCOPE, NEGATIVES_SCOPE, RowDropout, hand_written_kernels, l2_normalize,
                            logical_param, row_keys, truncated_normal)
-from models.losses import (full_softmax_loss, in_batch_log_q, in_batch_negatives, sample_negatives,
+from models.core.losses import (full_softmax_loss, in_batch_log_q, in_batch_negatives, sample_negatives,
                            sampled_softmax_loss, scores_all_items)
 
 TRAIN_FIELDS = {name: BatchField(np.int32, (axes.BATCH, axes.LENGTH))
@@ -55,7 +55,7 @@ class DecoderConfig(FamilyConfig):
 class SequentialRecommender(nn.Module):
     """Item table and positions in, the family's blocks, L2-normalised outputs. With
     table_outside, the module has no item table: the caller passes the item vectors (the rows a
-    sparse update gathered, models/tables.py)."""
+    sparse update gathered, models/core/tables.py)."""
 
     config: DecoderConfig
     num_items: int
@@ -180,7 +180,7 @@ class DecoderModel(family.Model):
     def evaluate(self, params: Any, batch: Mapping[str, jax.Array]) -> dict:
         """Per row: the target's full-ranking rank (history excluded, target never; and with the
         history kept) and its full-softmax loss, for rows with eval_valid; the catalogue is scored
-        in chunks on the devices that hold its rows (models/tables.py)."""
+        in chunks on the devices that hold its rows (models/core/tables.py)."""
         rank, rank_with_history, loss = tables.target_ranks(
             self._query(params, batch), params["item_embedding"], batch["eval_target"], batch["items"], self.num_items,
             self.train.temperature)
@@ -262,7 +262,7 @@ class DecoderFamily(family.Family):
 
     def reduction_products_per_token(self, config: DecoderConfig) -> float:
         """Training FLOPs per token of the matrix-vector products that stand in for XLA:CPU's
-        slow reductions (models/layers.py), when those kernels are in use."""
+        slow reductions (models/core/layers.py), when those kernels are in use."""
         return 0.0
 
     def executed_pairs(self, config: DecoderConfig, row_len: int) -> tuple[float, int]:
@@ -286,7 +286,7 @@ class DecoderFamily(family.Family):
 
     def executed_flops(self, config: DecoderConfig, train: Any, rows: int, row_len: int, num_items: int) -> float:
         """Every position, the attention tiles computed (masked pairs included), the scoring as
-        implemented, and the matrix-vector products of models/layers.py."""
+        implemented, and the matrix-vector products of models/core/layers.py."""
         tokens = float(rows * row_len)
         pairs_per_row, attention_passes = self.executed_pairs(config, row_len)
         pairs = rows * pairs_per_row

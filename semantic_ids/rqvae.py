@@ -22,8 +22,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from models import kmeans
-from models.residual_kmeans import Quantised, relative_error, residual_kmeans
+from semantic_ids import kmeans
+from semantic_ids.residual_kmeans import Quantised, relative_error, residual_kmeans
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 
 from data import item_features
-from data.cooccurrence import cooccurrence_counts, ppmi, training_sequences
+from semantic_ids.cooccurrence import cooccurrence_counts, ppmi, training_sequences
 from data.dataset import PreparedData
 from data.errors import DataError
 
@@ -170,7 +170,7 @@ def user_file_vectors(path: Path, item_ids: np.ndarray, part: str) -> np.ndarray
 
 def checkpoint_item_table(workdir: Path, item_ids: np.ndarray, part: str) -> tuple[np.ndarray, dict]:
     """The item table of the newest checkpoint of a trial, rows aligned with `item_ids`."""
-    from models import family as families, tables
+    from models.core import family as families, tables
     from scaling import checkpoint
     from scaling.config import ConfigError, from_json
 

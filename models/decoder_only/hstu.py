@@ -7,7 +7,7 @@ x: (B, L, D). U, V: (B, L, H, dv); Q, K: (B, L, H, dqk).
   x         += Dropout(U * LayerNorm(A V)) @ W_o + b_o
   x         += Dropout(SiLU(LayerNorm(x) @ W_1 + b_1) @ W_2 + b_2)   only when feed_forward_dim > 0
 rab(i, j) = w_pos[p_j - p_i + P - 1] + w_ts[bucket(t_{i+1} - t_j)], p = position in the segment,
-P = max_positions, one (w_pos, w_ts) pair per block shared by all heads. models/attention.py
+P = max_positions, one (w_pos, w_ts) pair per block shared by all heads. models/core/attention.py
 computes A V, dense or blockwise (model.attention).
 """
 
@@ -22,10 +22,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models import attention, axes, family, parametrization
-from models.decoder import DecoderConfig, DecoderFamily
-from models.fields import ConfigError, non_negative, positive
-from models.layers import (ATTENTION_SCOPE, RowDropout, add_bias, attention_mask, hand_written_kernels, layer_norm,
+from models.core import attention, axes, family, parametrization
+from models.decoder_only.decoder import DecoderConfig, DecoderFamily
+from config.fields import ConfigError, non_negative, positive
+from models.core.layers import (ATTENTION_SCOPE, RowDropout, add_bias, attention_mask, hand_written_kernels, layer_norm,
                            logical_param, torch_linear_bias_init)
 
 
@@ -35,7 +35,7 @@ class HSTUConfig(DecoderConfig):
     attention_divisor: the constant N in SiLU(QK + rab) / N (0 -> max_positions). time_buckets:
     log-time buckets (the spec's 128; the table has time_buckets + 1 entries). attention: "dense"
     (B, H, L, L) attention, or "blockwise": attention_block queries at a time, rematerialised in
-    the backward pass, memory linear in L (models/attention.py). feed_forward_dim: 0 for the
+    the backward pass, memory linear in L (models/core/attention.py). feed_forward_dim: 0 for the
     paper's block; F > 0 adds a SiLU feed-forward of width F after the attention (genrec's HSTU
     has one of 4 x d_model, phonism/genrec genrec/models/hstu.py). relative_bias: "learned" (the
     spec's rab), or "none": rab = 0, no position or time bias (genrec's HSTU on data without
