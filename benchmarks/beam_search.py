@@ -141,12 +141,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from models.core import family as families
     from scaling.presets import preset
+    from scaling.trainer import trial_model
 
     rows = [evaluate_beams(workdir, beams) for workdir in args.workdir]
     if args.workdir:
         config, prepared, _, host_params, _ = trained(args.workdir[0])
         num_items = prepared.sequences.num_items
-        model = families.of(config.model).build_for(config.model, config.train, num_items, prepared=prepared, log=_log)
+        model = trial_model(config, num_items, prepared, _log)
         params = jax.device_put(host_params)
     else:
         config = preset("tiger-ml100k")

@@ -98,6 +98,7 @@ def _run_padding(args: argparse.Namespace) -> dict:
 
 
 def _run_semantic_ids(args: argparse.Namespace) -> dict:
+    from scaling import trained_table  # a command may use any layer: checkpoint:DIR sources read trials
     from semantic_ids import artefact as semantic_ids
 
     config = semantic_ids.SemanticIdConfig(
@@ -105,7 +106,8 @@ def _run_semantic_ids(args: argparse.Namespace) -> dict:
         dim=args.dim, window=args.window, n_init=args.n_init, lloyd=args.lloyd, balanced_iters=args.balanced_iters,
         rqvae_steps=args.rqvae_steps)
     prepared = _prepare(args)
-    ids = semantic_ids.build(prepared, config, mesh=_row_mesh(), use_cache=not args.no_cache, log=_log)
+    ids = semantic_ids.build(prepared, config, mesh=_row_mesh(), use_cache=not args.no_cache, log=_log,
+                            trained_table=trained_table.read)
     semantic_ids.save(ids, Path(args.out))
     _log(f"wrote {args.out}: {len(ids.item_ids)} items x {ids.codes.shape[1]} codes")
     return {"dataset": args.dataset, "out": args.out, **config.to_dict(), "input_hash": ids.input_hash,

@@ -129,6 +129,7 @@ def load_trial(workdir: epath.Path, step: int | None = None, log: Callable[[str]
     from models.core import family as families
     from scaling import checkpoint
     from scaling.config import from_json
+    from scaling.trainer import trial_model
 
     config_path = workdir / "config.json"
     if not config_path.exists():
@@ -137,7 +138,7 @@ def load_trial(workdir: epath.Path, step: int | None = None, log: Callable[[str]
     prepared = prepare_section(config.data)
     split = leave_one_out(prepared.sequences, config.data.split)
     family = families.of(config.model)
-    model = family.build_for(config.model, config.train, prepared.sequences.num_items, prepared, log)
+    model = trial_model(config, prepared.sequences.num_items, prepared, log)
     try:
         params, step = checkpoint.restore_params(workdir / "checkpoints", step)
     except FileNotFoundError as error:

@@ -4,6 +4,8 @@ negatives, temperature 0.05, max length 200 (N = 200 + 11 = 211), 101 epochs."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 from models.core.config import ModelConfig
 from scaling.config import ConfigError, DataConfig, TrainConfig, TrialConfig, with_overrides
 
@@ -11,13 +13,16 @@ _REFERENCE_TRAIN = TrainConfig(batch_size=128, epochs=101.0, learning_rate=1e-3,
                                weight_decay=0.0, negatives=128, temperature=0.05)
 _REFERENCE_DATA = DataConfig(max_len=200)
 
-_TIGER_ML100K = TrialConfig(
-    data=DataConfig(max_len=200),
-    model=ModelConfig(family="encdec", d_model=64, heads=4, encoder_blocks=2, decoder_blocks=2, d_ff=256,
-                      dropout=0.1, history_items=10, targets_per_row=16),
-    train=TrainConfig(batch_size=64, epochs=30.0, learning_rate=1e-3, beta1=0.9, beta2=0.98, warmup_steps=50,
-                      eval_batch_size=64, log_every=25),
-)
+
+def _tiger_ml100k() -> TrialConfig:
+    return TrialConfig(
+        data=DataConfig(max_len=200),
+        model=ModelConfig(family="encdec", d_model=64, heads=4, encoder_blocks=2, decoder_blocks=2, d_ff=256,
+                          dropout=0.1, history_items=10, targets_per_row=16),
+        train=TrainConfig(batch_size=64, epochs=30.0, learning_rate=1e-3, beta1=0.9, beta2=0.98, warmup_steps=50,
+                          eval_batch_size=64, log_every=25),
+    )
+
 
 # genrec's SASRec and HSTU on Amazon Beauty (the presets' comment below)
 _GENREC_BEAUTY_DATA = DataConfig(name="amazon-beauty", max_len=50, split="holdout", packed=True)
@@ -25,20 +30,22 @@ _GENREC_BEAUTY_TRAIN = TrainConfig(batch_size=32, epochs=10.0, learning_rate=1e-
                                    weight_decay=0.0, loss="full_softmax", temperature=0.05, eval_every=94,
                                    checkpoint_every=94, exclude_history=False)
 
-PRESETS: dict[str, TrialConfig] = {
-    "hstu-ml1m": TrialConfig(
+# name -> the function that builds it: a preset is built when named, so that naming one imports
+# only its family
+PRESETS: dict[str, Callable[[], TrialConfig]] = {
+    "hstu-ml1m": lambda: TrialConfig(
         data=_REFERENCE_DATA,
         model=ModelConfig(family="hstu", d_model=50, blocks=2, heads=1, dqk=50, dv=50, max_positions=211,
                           dropout=0.2, input_dropout=0.2),
         train=_REFERENCE_TRAIN,
     ),
-    "hstu-large-ml1m": TrialConfig(
+    "hstu-large-ml1m": lambda: TrialConfig(
         data=_REFERENCE_DATA,
         model=ModelConfig(family="hstu", d_model=50, blocks=8, heads=2, dqk=25, dv=25, max_positions=211,
                           dropout=0.2, input_dropout=0.2),
         train=_REFERENCE_TRAIN,
     ),
-    "sasrec-ml1m": TrialConfig(
+    "sasrec-ml1m": lambda: TrialConfig(
         data=_REFERENCE_DATA,
         model=ModelConfig(family="sasrec", d_model=50, blocks=2, heads=1, max_positions=211, dropout=0.2,
                           input_dropout=0.2),
@@ -53,14 +60,14 @@ PRESETS: dict[str, TrialConfig] = {
     # step at 1024 examples), 30 epochs of the recent 200-item windows, AdamW 1e-3 constant after 50
     # warm-up steps (TIGER: Adagrad 0.01 with inverse-sqrt decay; cosine decay to 0 measured worse
     # here: test HR@10 0.111 against 0.134). About 7-12 minutes on this CPU.
-    "tiger-ml100k": _TIGER_ML100K,
+    "tiger-ml100k": _tiger_ml100k,
     # OneRec's mixture-of-experts decoder on tiger-ml100k: each decoder block's feed-forward is 8
     # experts of 128 hidden units, top-2 routed, so a token runs the dense preset's 256 hidden
     # units (its active FLOPs per token, plus a router of 2 x 64 x 8) while the feed-forward holds
     # 4x the parameters; capacity factor 1.25, Switch balance loss x 0.01. Sweep axes:
     # model.experts, model.top_k, model.capacity_factor (model.expert_d_ff=256: 2x the active FLOPs).
-    "onerec-moe-ml100k": with_overrides(_TIGER_ML100K, ["model.experts=8", "model.top_k=2", "model.expert_d_ff=128",
-                                                        "model.capacity_factor=1.25"]),
+    "onerec-moe-ml100k": lambda: with_overrides(_tiger_ml100k(), ["model.experts=8", "model.top_k=2",
+                                                                  "model.expert_d_ff=128", "model.capacity_factor=1.25"]),
     # Amazon Beauty 5-core under the published protocol (SOURCE.md beside the data; the data as the
     # local dataset amazon-beauty, data/sources.py): leave-one-out with the validation target held
     # out of training (data.split=holdout), full ranking with the history kept
@@ -74,13 +81,13 @@ PRESETS: dict[str, TrialConfig] = {
     # epoch). The full softmax was chosen over the lab's sampled softmax (128 uniform negatives per
     # position) by validation HR@10 (seed 0: .0769 at epoch 6 against .0707 and a best of .0718 in 10;
     # shared negatives: .0686 best in 26 epochs); benchmarks/results/beauty-table-2026-12-07.md.
-    "sasrec-beauty": TrialConfig(
+    "sasrec-beauty": lambda: TrialConfig(
         data=_GENREC_BEAUTY_DATA,
         model=ModelConfig(family="sasrec", d_model=64, blocks=2, heads=2, ffn_dim=256, max_positions=51,
                           dropout=0.2, input_dropout=0.2),
         train=_GENREC_BEAUTY_TRAIN,
     ),
-    "hstu-beauty": TrialConfig(
+    "hstu-beauty": lambda: TrialConfig(
         data=_GENREC_BEAUTY_DATA,
         model=ModelConfig(family="hstu", d_model=64, blocks=2, heads=2, max_positions=51, time_buckets=64,
                           dropout=0.2, input_dropout=0.2),
@@ -94,7 +101,7 @@ PRESETS: dict[str, TrialConfig] = {
     # search over valid IDs (20 beams) beside the exact scorer. 4.8M parameters by this lab's count
     # (the paper says about 13M); 1.7e11 model FLOPs per step, 3.5e16 in all: accelerator work
     # (python -m benchmarks.throughput --preset tiger-beauty --batch 256 --compile-only).
-    "tiger-beauty": TrialConfig(
+    "tiger-beauty": lambda: TrialConfig(
         data=DataConfig(name="amazon-beauty", max_len=20, split="holdout"),
         model=ModelConfig(family="encdec", d_model=128, heads=6, head_dim=64, encoder_blocks=4, decoder_blocks=4,
                           d_ff=1024, dropout=0.1, history_items=20, user_buckets=2000, targets_per_row=1,
@@ -117,7 +124,7 @@ PRESETS: dict[str, TrialConfig] = {
     # is Adagrad's), cosine decay to 0 over the run. Beauty's short histories (8.9 items a user)
     # leave most of the encoder's 81 slots padding, computed anyway: XLA executes 4.4x the model
     # FLOPs.
-    "tiger-beauty-cpu": TrialConfig(
+    "tiger-beauty-cpu": lambda: TrialConfig(
         data=DataConfig(name="amazon-beauty", max_len=20, split="holdout", packed=True),
         model=ModelConfig(family="encdec", d_model=128, heads=4, head_dim=32, encoder_blocks=2, decoder_blocks=2,
                           d_ff=512, dropout=0.1, history_items=20, user_buckets=2000, targets_per_row=0,
@@ -128,7 +135,7 @@ PRESETS: dict[str, TrialConfig] = {
                           exclude_history=False),
     ),
     # A seconds-long configuration for smoke tests and the README's first run.
-    "tiny": TrialConfig(
+    "tiny": lambda: TrialConfig(
         data=DataConfig(max_len=20),
         model=ModelConfig(family="hstu", d_model=16, blocks=1, heads=2, max_positions=32, dropout=0.0,
                           input_dropout=0.0),
@@ -141,7 +148,7 @@ def preset(name: str, family: str | None = None) -> TrialConfig:
     """The named preset, with the model family switched when `family` is given."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
-    config = PRESETS[name]
+    config = PRESETS[name]()
     if family is not None and family != config.model.family:
         config = with_overrides(config, [f"model.family={family}"])
     return config

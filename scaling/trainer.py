@@ -134,6 +134,22 @@ def sparse_tables(config: TrialConfig, boxed: Any, model: Any) -> tuple[str, ...
     return names
 
 
+def trial_model(config: TrialConfig, num_items: int, prepared: Any = None,
+                log: Callable[[str], None] | None = None) -> families.Model:
+    """The family's model for a trial. A family that asks for semantic IDs gets them from the
+    semantic_ids/ stage first, made from `prepared` (the trial's data.dataset.PreparedData);
+    without data, the family builds on its own (shapes, benchmarks)."""
+    family = families.of(config.model)
+    request = family.item_codes_request(config.model) if prepared is not None else None
+    if request is None:
+        return family.build_for(config.model, config.train, num_items)
+    from scaling import trained_table  # imported with the stage: a trial without IDs loads neither
+    from semantic_ids.trial_codes import item_codes
+
+    codes = item_codes(request, prepared, log, trained_table.read)
+    return family.build_for(config.model, config.train, num_items, codes)
+
+
 def build_trainer(config: TrialConfig, num_items: int, mesh: Mesh, total_steps: int, prepared: Any = None,
                   log: Callable[[str], None] | None = None) -> Trainer:
     """The jitted functions for `config` on `mesh`; `trainer.config` has train.grad_accum resolved.
@@ -143,7 +159,7 @@ def build_trainer(config: TrialConfig, num_items: int, mesh: Mesh, total_steps: 
     check_batch_fits_mesh(config, mesh)
     family = families.of(config.model)
     family.check_data(config.model, config.train, num_items)
-    model = family.build_for(config.model, config.train, num_items, prepared, log)
+    model = trial_model(config, num_items, prepared, log)
     example = family.example_batch(config.model, 1, config.data.row_len)
     replicated = NamedSharding(mesh, PartitionSpec())
     with _Context(mesh):

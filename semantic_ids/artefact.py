@@ -26,7 +26,7 @@ from semantic_ids.cooccurrence import cooccurrence_counts, training_sequences
 from data.dataset import PreparedData
 from data.errors import DataError
 from data.item_features import item_labels
-from semantic_ids.item_vectors import ItemVectors, VectorOptions, item_vectors
+from semantic_ids.item_vectors import ItemVectors, TrainedTable, VectorOptions, item_vectors
 from data.sources import cache_dir, local_file
 
 METHODS = ("rqkmeans", "rqkmeans-balanced", "rqvae")
@@ -159,14 +159,15 @@ def _cache_path(digest: str, config: SemanticIdConfig, item_ids: np.ndarray) -> 
 
 
 def build(prepared: PreparedData, config: SemanticIdConfig, *, mesh: Any = None, use_cache: bool = True,
-          log: Callable[[str], None] | None = None) -> SemanticIds:
-    """Semantic IDs of every item of `prepared`; a second call with the same inputs reads the cache."""
+          log: Callable[[str], None] | None = None, trained_table: TrainedTable | None = None) -> SemanticIds:
+    """Semantic IDs of every item of `prepared`; a second call with the same inputs reads the cache.
+    trained_table: the reader of checkpoint:DIR sources (semantic_ids.item_vectors.TrainedTable)."""
     started = time.perf_counter()
     num_items = prepared.sequences.num_items
     if config.codebook > num_items:
         raise DataError(f"--codebook {config.codebook} is larger than the catalogue ({num_items} items)")
     vectors: ItemVectors = item_vectors(prepared, config.source,
-                                        VectorOptions(config.dim, config.window, config.seed), log)
+                                        VectorOptions(config.dim, config.window, config.seed), log, trained_table)
     path = _cache_path(vectors.digest, config, prepared.sequences.item_ids)
     if use_cache and path.is_file():
         try:

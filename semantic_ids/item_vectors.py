@@ -44,6 +44,11 @@ class VectorOptions:
     seed: int = 0
 
 
+# (trial workdir, source part) -> (its item table, the trial's original item ids of its rows, what
+# was read); raises DataError naming the part. The engine's reader: scaling/trained_table.py.
+TrainedTable = Callable[[Path, str], tuple[np.ndarray, np.ndarray, dict]]
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class ItemVectors:
     vectors: np.ndarray  # (num_items, d) float32, dense-id order
@@ -73,12 +78,13 @@ def split_source(source: str) -> list[str]:
 
 
 def item_vectors(prepared: PreparedData, source: str, options: VectorOptions = VectorOptions(),
-                 log: Callable[[str], None] | None = None) -> ItemVectors:
-    """The vectors of `source` for every item of the prepared dataset."""
+                 log: Callable[[str], None] | None = None, trained_table: TrainedTable | None = None) -> ItemVectors:
+    """The vectors of `source` for every item of the prepared dataset; `trained_table` reads the
+    item table of a trial's checkpoint (parts checkpoint:DIR)."""
     parts = split_source(source)
     vectors, described = [], []
     for part in parts:
-        matrix, description = _part(prepared, part, options)
+        matrix, description = _part(prepared, part, options, trained_table)
         _check_rows(matrix, prepared, part)
         vectors.append(matrix)
         described.append({"part": part, "dim": int(matrix.shape[1]), **description})
@@ -98,7 +104,8 @@ def _unit_variance(matrix: np.ndarray) -> np.ndarray:
     return centred / np.sqrt(mean_variance) if mean_variance > 0 else centred
 
 
-def _part(prepared: PreparedData, part: str, options: VectorOptions) -> tuple[np.ndarray, dict]:
+def _part(prepared: PreparedData, part: str, options: VectorOptions,
+          trained_table: TrainedTable | None) -> tuple[np.ndarray, dict]:
     if part == "metadata":
         return item_features.metadata_vectors(prepared.item_metadata, options.dim, options.seed, part), {}
     if part == "cooccurrence":
@@ -109,7 +116,11 @@ def _part(prepared: PreparedData, part: str, options: VectorOptions) -> tuple[np
                                                                                  "items_without_cooccurrence": empty}
     kind, path = part.split(":", 1)
     if kind == "checkpoint":
-        return checkpoint_item_table(Path(path), prepared.sequences.item_ids, part)
+        if trained_table is None:
+            raise DataError(f"{part}: no reader of trained trials was given (the lab's commands and trials pass "
+                            f"scaling.trained_table.read)")
+        table, trial_items, described = trained_table(Path(path), part)
+        return _aligned(trial_items, table, prepared.sequences.item_ids, part), described
     return user_file_vectors(Path(path), prepared.sequences.item_ids, part), {}
 
 
@@ -166,37 +177,3 @@ def user_file_vectors(path: Path, item_ids: np.ndarray, part: str) -> np.ndarray
     if ids.ndim != 1 or vectors.ndim != 2 or len(ids) != len(vectors) or not len(ids):
         raise DataError(f"{part}: {path}: item_ids {ids.shape} and vectors {vectors.shape} are not (n,) and (n, d)")
     return _aligned(ids, vectors, item_ids, part).astype(np.float32)
-
-
-def checkpoint_item_table(workdir: Path, item_ids: np.ndarray, part: str) -> tuple[np.ndarray, dict]:
-    """The item table of the newest checkpoint of a trial, rows aligned with `item_ids`."""
-    from models.core import family as families, tables
-    from scaling import checkpoint
-    from scaling.config import ConfigError, from_json
-
-    try:
-        config = from_json((workdir / "config.json").read_text())
-    except OSError as error:
-        raise DataError(f"{part}: cannot read {workdir / 'config.json'} ({error.strerror})") from None
-    except ConfigError as error:
-        raise DataError(f"{part}: {workdir / 'config.json'}: {error}") from None
-    try:
-        params, step = checkpoint.restore_params(workdir / "checkpoints")
-        table = families.of(config.model).item_table(config.model, params)
-    except Exception as error:  # orbax / tensorstore raise many kinds on a damaged checkpoint
-        raise DataError(f"{part}: cannot read the item table of a checkpoint in {workdir / 'checkpoints'} "
-                        f"({type(error).__name__}: {error})") from None
-    if table is None:
-        raise DataError(f"{part}: the {config.model.family} family has no item table")
-    trial_items = _trial_item_ids(config)
-    if len(table) + 1 == tables.padded_rows(len(trial_items) + 1):  # a padded catalogue table: zero rows past the items
-        table = table[:len(trial_items)]
-    if len(trial_items) != len(table):
-        raise DataError(f"{part}: the checkpoint's item table has {len(table)} rows, its data {len(trial_items)} items")
-    return _aligned(trial_items, table, item_ids, part), {"step": int(step), "trial_data": config.data.name}
-
-
-def _trial_item_ids(config) -> np.ndarray:
-    from data.dataset import prepare_section
-
-    return prepare_section(config.data).sequences.item_ids

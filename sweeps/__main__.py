@@ -112,7 +112,8 @@ def cmd_status(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _launcher(args: argparse.Namespace, sweep: Sweep):
-    from sweeps import launchers
+    from sweeps.launchers import make_launcher
+    from sweeps.launchers.base import settings_from
 
     flags = {name: getattr(args, name) for name in LAUNCHER_FLAGS if getattr(args, name) is not None}
     flags["sweep_name"] = sweep.name
@@ -120,8 +121,7 @@ def _launcher(args: argparse.Namespace, sweep: Sweep):
         flags["spot"] = True
     if args.reserved:
         flags["reserved"] = True
-    settings = launchers.settings_from(flags, dict(sweep.launcher))
-    return launchers.make_launcher(args.launcher, settings)
+    return make_launcher(args.launcher, settings_from(flags, dict(sweep.launcher)))
 
 
 def write_report(workdir: epath.Path) -> str | None:

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from scaling.config import ConfigError
-from sweeps.launchers import LauncherSettings, make_launcher, resource_name, settings_from
+from sweeps.launchers import make_launcher
+from sweeps.launchers.base import LauncherSettings, resource_name, settings_from
 
 # the workers install jax[tpu] of the jax that requirements.txt pins
 PINNED_JAX = re.search(r"^jax==(\S+)", (Path(__file__).parents[1] / "requirements.txt").read_text(), re.M).group(1)

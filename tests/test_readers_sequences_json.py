@@ -117,8 +117,14 @@ def test_amazon_beauty_reads_to_the_published_counts() -> None:
 def test_the_encoder_decoder_takes_json_ids_with_or_without_a_collision_code(tmp_path: Path) -> None:
     import types
 
-    from models.encdec.model import EncDecConfig, semantic_ids_for, synthetic_codes, vocabulary_codes
+    from models.core import family as families
+    from models.encdec.model import EncDecConfig, synthetic_codes, vocabulary_codes
     from scaling.config import ConfigError
+    from semantic_ids.trial_codes import item_codes
+
+    def semantic_ids_for(config: EncDecConfig, prepared, log):  # the family's request, the stage's codes
+        made = item_codes(families.get("encdec").item_codes_request(config), prepared, log)
+        return made.codes, made.provenance
 
     prepared = types.SimpleNamespace(sequences=types.SimpleNamespace(item_ids=ITEMS))
     distinct = write(tmp_path / "distinct.json", {"10": [0, 1], "11": [0, 2], "12": [3, 1], "13": [3, 3]})

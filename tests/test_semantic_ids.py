@@ -148,7 +148,7 @@ def test_unknown_source_parts_are_refused():
 def test_checkpoint_source_reads_a_trials_item_table(tmp_path, small, use_lab_cache):
     import jax.numpy as jnp
 
-    from scaling import checkpoint
+    from scaling import checkpoint, trained_table
     from scaling.config import DataConfig, TrialConfig
 
     workdir = tmp_path / "trial"
@@ -160,18 +160,20 @@ def test_checkpoint_source_reads_a_trials_item_table(tmp_path, small, use_lab_ca
     checkpoint.save(manager, 7, {"params": {"item_embedding": jnp.asarray(table), "other": jnp.zeros(3)},
                                  "step": jnp.int32(7)}, {"iterator": {}})
     manager.close()
-    vectors = item_vectors(small, f"checkpoint:{workdir}")
+    with pytest.raises(DataError, match="no reader of trained trials"):
+        item_vectors(small, f"checkpoint:{workdir}")
+    vectors = item_vectors(small, f"checkpoint:{workdir}", trained_table=trained_table.read)
     assert vectors.parts[0]["step"] == 7
     directions = table[1:] / np.linalg.norm(table[1:], axis=1, keepdims=True)  # the rows the model scores with
     centred = directions - directions.mean(0)
     np.testing.assert_allclose(vectors.vectors, centred / np.sqrt(np.mean(centred**2)), rtol=1e-5, atol=1e-6)
     with pytest.raises(DataError, match="cannot read"):
-        item_vectors(small, f"checkpoint:{tmp_path / 'missing'}")
+        item_vectors(small, f"checkpoint:{tmp_path / 'missing'}", trained_table=trained_table.read)
     for entry in (workdir / "checkpoints" / "7" / "state").iterdir():  # damage the saved arrays
         if entry.is_file():
             entry.write_bytes(b"garbage")
     with pytest.raises(DataError, match="cannot read the item table"):
-        item_vectors(small, f"checkpoint:{workdir}")
+        item_vectors(small, f"checkpoint:{workdir}", trained_table=trained_table.read)
 
 
 # ---- codes and quality ---------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.launchers import LauncherSettings, make_launcher
+from sweeps.launchers import make_launcher
+from sweeps.launchers.base import LauncherSettings
 from tests.conftest import xla_flags
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

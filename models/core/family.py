@@ -83,6 +83,34 @@ class BatchField:
 
 
 @dataclasses.dataclass(frozen=True)
+class ItemCodesRequest:
+    """The semantic IDs a model is built on, as its config asks for them (a family's
+    item_codes_request); semantic_ids/trial_codes.py makes or reads them. `keys` names the
+    config keys of each field, for messages (e.g. {"levels": "model.ids_levels"})."""
+
+    path: str  # an artefact, or FILE.json / DATASET:FILE.json of given IDs; "" = build them
+    method: str
+    levels: int
+    codebook: int
+    source: str
+    seed: int
+    collision_code: bool
+    keys: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def key(self, field: str) -> str:
+        return self.keys.get(field, field)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ItemCodes:
+    """Finished semantic IDs: (num_items, levels [+ 1]) int32 codes in dense-item order (row
+    i - 1 = dense item i) and how they were made (recorded in result.json)."""
+
+    codes: np.ndarray
+    provenance: Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
 class FamilyConfig(Section):
     """Base of every family's model config (the `model` section of a trial).
 
@@ -192,9 +220,14 @@ class Family(abc.ABC):
     def build(self, config: Any, train: Any, num_items: int) -> Model:
         """The model for `config` trained with `train` (scaling.config.TrainConfig) on num_items items."""
 
-    def build_for(self, config: Any, train: Any, num_items: int, prepared: Any = None, log: Any = None) -> Model:
-        """The model for a trial on prepared data (data.dataset.PreparedData), when it needs more of
-        the catalogue than its size (semantic IDs); by default `build`."""
+    def item_codes_request(self, config: Any) -> ItemCodesRequest | None:
+        """The semantic IDs this family's model is built on, or None when it needs none. The
+        semantic_ids/ stage makes them from the trial's data before the model is built."""
+        return None
+
+    def build_for(self, config: Any, train: Any, num_items: int, item_codes: ItemCodes | None = None) -> Model:
+        """The model for a trial, on the codes its item_codes_request asked for (None: a family
+        that needs none, or shapes without data); by default `build`."""
         return self.build(config, train, num_items)
 
     @abc.abstractmethod
@@ -271,11 +304,8 @@ def register(family: Family) -> Family:
     return family
 
 
-def _load_all() -> None:
+def _load_plugins() -> None:
     global _plugins_loaded
-    for name, module in BUILTIN_MODULES.items():
-        if name not in _FAMILIES:
-            importlib.import_module(module)
     if not _plugins_loaded:
         _plugins_loaded = True
         for module in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
@@ -287,21 +317,26 @@ def _load_all() -> None:
 
 def _owner_of(key: str) -> type[FamilyConfig]:
     """The registered config class that has `key` among the fields it has hashed since 2026-12-01."""
-    _load_all()
+    for name in BUILTIN_MODULES:  # only the families of that date hashed such fields
+        get(name)
     return next(f.config_class for f in _FAMILIES.values() if key in f.config_class.ID_FIELDS)
 
 
 def names() -> list[str]:
-    _load_all()
-    return sorted(_FAMILIES)
+    """Every family's name; the built-in families' modules stay unimported until one is used."""
+    _load_plugins()
+    return sorted({*BUILTIN_MODULES, *_FAMILIES})
 
 
 def get(name: str) -> Family:
-    """The registered family called `name`; ConfigError naming model.family otherwise."""
+    """The registered family called `name` (importing its module on first use); ConfigError
+    naming model.family otherwise."""
+    if name not in _FAMILIES and name in BUILTIN_MODULES:
+        importlib.import_module(BUILTIN_MODULES[name])
     if name not in _FAMILIES:
-        _load_all()
+        _load_plugins()
     if name not in _FAMILIES:
-        raise ConfigError(f"model.family={name!r}; known: {', '.join(sorted(_FAMILIES))}")
+        raise ConfigError(f"model.family={name!r}; known: {', '.join(names())}")
     return _FAMILIES[name]
 
 

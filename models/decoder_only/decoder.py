@@ -2,7 +2,7 @@
 evaluation and FLOP accounting; each family supplies its block (models/decoder_only/hstu.py, models/decoder_only/sasrec.py).
 
 Shapes: B rows, L tokens per row, D = d_model. Inputs are the pipeline's token fields (see
-data/pipeline.py): items, timestamps, next_timestamps, segment_ids, positions, all (B, L).
+config/batch.py): items, timestamps, next_timestamps, segment_ids, positions, all (B, L).
 Output: (B, L, D) L2-normalised embeddings; item scores are cosine similarities with the
 L2-normalised rows of the (tied) item table.
 """
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data import pipeline
+from config.batch import BOOKKEEPING, ROW_FIELDS, TOKEN_FIELDS
 from models.core import axes, family, parametrization, tables
 from models.core.attention import causal_query_blocks
 from models.core.family import TRAIN_MULTIPLIER, BatchField, FamilyConfig
@@ -29,9 +29,9 @@ from models.core.losses import (full_softmax_loss, in_batch_log_q, in_batch_nega
                            sampled_softmax_loss, scores_all_items)
 
 TRAIN_FIELDS = {name: BatchField(np.int32, (axes.BATCH, axes.LENGTH))
-                for name in pipeline.TOKEN_FIELDS if name not in pipeline.BOOKKEEPING}
+                for name in TOKEN_FIELDS if name not in BOOKKEEPING}
 EVAL_FIELDS = {**TRAIN_FIELDS, **{name: BatchField(dtype, (axes.BATCH,))
-                                  for name, dtype in pipeline.ROW_FIELDS.items() if name not in pipeline.BOOKKEEPING}}
+                                  for name, dtype in ROW_FIELDS.items() if name not in BOOKKEEPING}}
 MODEL_INPUTS = tuple(name for name in TRAIN_FIELDS if name != "targets")
 
 

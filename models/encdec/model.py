@@ -28,19 +28,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data import pipeline
+from config.batch import BOOKKEEPING, ROW_FIELDS
 from models.core import axes, family, parametrization
 from models.core.family import block_outputs
 from models.encdec.beam_search import beam_search
 from models.encdec.layers import DecoderBlock, EncoderBlock, Norm, relative_buckets
-from models.core.family import TRAIN_MULTIPLIER, BatchField, FamilyConfig
+from models.core.family import TRAIN_MULTIPLIER, BatchField, FamilyConfig, ItemCodes, ItemCodesRequest
 from config.fields import ConfigError, constrained, fraction, non_negative, positive
 from models.encdec.id_trie import IdTrie, build_trie
 from models.encdec.moe import capacity
@@ -51,8 +51,8 @@ _TOKENS = (axes.BATCH, axes.LENGTH)
 TRAIN_FIELDS = {name: BatchField(np.int32, _TOKENS) for name in ("items", "targets", "segment_ids", "positions",
                                                                  "user_tokens")}
 EVAL_FIELDS = {**{k: v for k, v in TRAIN_FIELDS.items() if k != "targets"},
-               **{name: BatchField(dtype, (axes.BATCH,)) for name, dtype in pipeline.ROW_FIELDS.items()
-                  if name not in pipeline.BOOKKEEPING}}
+               **{name: BatchField(dtype, (axes.BATCH,)) for name, dtype in ROW_FIELDS.items()
+                  if name not in BOOKKEEPING}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -542,48 +542,6 @@ def vocabulary_codes(codes: np.ndarray, config: EncDecConfig) -> np.ndarray:
     return np.concatenate([np.full((1, config.id_length), PAD), ids]).astype(np.int32)
 
 
-def semantic_ids_for(config: EncDecConfig, prepared: Any, log: Callable[[str], None] | None) -> tuple[np.ndarray, dict]:
-    """(codes in dense-item order, provenance) from the artefact `ids` or built from the ids_* fields."""
-    from semantic_ids import artefact as semantic_ids
-    from data.errors import DataError
-
-    try:
-        if config.ids.endswith(".json"):  # a path, or "DATASET:FILE" beside a local dataset
-            ids = semantic_ids.load_json(config.ids, prepared.sequences.item_ids, config.ids_codebook)
-            appended = ids.config["collision_code"]
-            if ids.levels != config.ids_levels:
-                raise ConfigError(f"model.ids={config.ids!r} has {ids.levels} codes per item, "
-                                  f"model.ids_levels={config.ids_levels}")
-            if appended != config.ids_collision_code:
-                raise ConfigError(
-                    f"model.ids={config.ids!r}: " + ("items share IDs, so a collision code is needed: set "
-                                                     "model.ids_collision_code=true" if appended else
-                                                     "the IDs are distinct as given: set model.ids_collision_code=false"))
-        elif not config.ids_collision_code:
-            raise ConfigError("model.ids_collision_code=false needs IDs given distinct (model.ids=FILE.json); "
-                              "artefacts and built IDs carry a collision code")
-        elif config.ids:
-            ids = semantic_ids.load(config.ids)
-            for key, mine in (("levels", config.ids_levels), ("codebook", config.ids_codebook)):
-                if ids.config.get(key) != mine:
-                    raise ConfigError(f"model.ids={config.ids!r} has {key}={ids.config.get(key)}, "
-                                      f"model.ids_{key}={mine}")
-            expected = prepared.sequences.item_ids
-            if len(ids.item_ids) != len(expected) or np.any(ids.item_ids.astype(str) != expected.astype(str)):
-                raise ConfigError(f"model.ids={config.ids!r} holds IDs of another catalogue "
-                                  f"({len(ids.item_ids)} items, the data has {len(expected)})")
-        else:
-            ids = semantic_ids.build(prepared, semantic_ids.SemanticIdConfig(
-                method=config.ids_method, levels=config.ids_levels, codebook=config.ids_codebook,
-                source=config.ids_source, seed=config.ids_seed), log=log)
-    except DataError as error:
-        raise ConfigError(f"semantic IDs: {error}") from None
-    record = {"path": config.ids or None, **{k: ids.config[k] for k in ("method", "levels", "codebook", "source", "seed")},
-              "input_hash": ids.input_hash, "collision_rate": ids.quality.get("collision_rate"),
-              "largest_collision_group": ids.quality.get("largest_collision_group")}
-    return ids.codes, record
-
-
 class EncDec(family.Family):
     name = "encdec"
     config_class = EncDecConfig
@@ -595,13 +553,18 @@ class EncDec(family.Family):
                            {"method": "synthetic", "levels": config.ids_levels, "codebook": config.ids_codebook},
                            getattr(train, "exclude_history", True))
 
-    def build_for(self, config: EncDecConfig, train: Any, num_items: int, prepared: Any = None,
-                  log: Callable[[str], None] | None = None) -> EncDecModel:
-        if prepared is None:
+    def item_codes_request(self, config: EncDecConfig) -> ItemCodesRequest:
+        return ItemCodesRequest(config.ids, config.ids_method, config.ids_levels, config.ids_codebook, config.ids_source,
+                                config.ids_seed, config.ids_collision_code,
+                                keys={"path": "model.ids", **{field: f"model.ids_{field}" for field in (
+                                    "method", "levels", "codebook", "source", "seed", "collision_code")}})
+
+    def build_for(self, config: EncDecConfig, train: Any, num_items: int,
+                  item_codes: ItemCodes | None = None) -> EncDecModel:
+        if item_codes is None:
             return self.build(config, train, num_items)
-        codes, record = semantic_ids_for(config, prepared, log)
-        return EncDecModel(EncDecNetwork(config), config, num_items, vocabulary_codes(codes, config), record,
-                           getattr(train, "exclude_history", True))
+        return EncDecModel(EncDecNetwork(config), config, num_items, vocabulary_codes(item_codes.codes, config),
+                           dict(item_codes.provenance), getattr(train, "exclude_history", True))
 
     def train_fields(self, config: EncDecConfig) -> Mapping[str, BatchField]:
         return TRAIN_FIELDS

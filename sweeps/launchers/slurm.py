@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Sequence
 
 from scaling.config import ConfigError
-from sweeps.launchers import PLACEHOLDER, Launcher, _last_line, resource_name
+from sweeps.launchers.base import PLACEHOLDER, Launcher, last_line, resource_name
 
 ENDED_PREEMPTED = ("PREEMPTED", "TIMEOUT", "NODE_FAIL", "BOOT_FAIL", "DEADLINE")
 ENDED = ("COMPLETED", "FAILED", "CANCELLED", "OUT_OF_MEMORY", *ENDED_PREEMPTED)
 SACCT_LAG_SECONDS = 300.0  # how long sacct may lag a job that left the queue before the trial fails
 EXIT_PREEMPTED = "143"  # scaling.train after SIGTERM: checkpoint committed, resumable
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _trial_dir(train_args: Sequence[str]) -> Path:
@@ -105,7 +105,7 @@ class SlurmLauncher(Launcher):
             path.write_text(self.script(trial_id, train_args))
             code, out, err = self._call(["sbatch", "--parsable", str(path)], log)
             if code != 0:
-                return f"failed: sbatch exited {code}: {_last_line(err)}"
+                return f"failed: sbatch exited {code}: {last_line(err)}"
             job = out.strip().split(";")[0]
         finished = False
         try:
@@ -137,7 +137,7 @@ class SlurmLauncher(Launcher):
                 silent_since = silent_since or time.monotonic()
                 if time.monotonic() - silent_since > self.settings.timeout_seconds:
                     raise TimeoutError(f"job {job}: squeue has not answered for {self.settings.timeout_seconds:g}s: "
-                                       f"{_last_line(err or out)}")
+                                       f"{last_line(err or out)}")
             self._wait()
 
     def _final(self, job: str, log: list) -> str | None:
