@@ -45,7 +45,8 @@ class Table:
 LAB_IDS = ("model.ids=", "model.ids_source=cooccurrence", "model.ids_method=rqkmeans-balanced", "model.ids_levels=3",
            "model.ids_codebook=256", "model.ids_collision_code=true")
 
-# ../shared/data/amazon-beauty/SOURCE.md: leave-one-out, full ranking, history kept.
+# Amazon 2014 Beauty 5-core, leave-one-out, full ranking with the history kept, Recall@5 / Recall@10 /
+# NDCG@5 / NDCG@10 as each source reports them.
 BEAUTY_PUBLISHED = (
     Published("TIGER paper (Rajput et al., NeurIPS 2023)", "SASRec", (.0387, .0605, .0249, .0318)),
     Published("TIGER paper (Rajput et al., NeurIPS 2023)", "TIGER", (.0454, .0648, .0321, .0384)),

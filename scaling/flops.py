@@ -1,4 +1,9 @@
-"""FLOP counts of a training step (../shared/specs/flops_mfu.md), through the model families.
+"""FLOP counts of a training step, through the model families: the lab's convention, stated here.
+
+In the field: Kaplan et al. 2020 count C ~ 6 N D (training = 3 x forward, non-embedding N);
+PaLM's appendix B (Chowdhery et al. 2022) defines MFU as observed tokens/s x model FLOPs per token
+/ peak FLOP/s, attention not halved, rematerialisation not counted; MaxText halves causal
+attention. A lab must state its own convention and keep it; this one:
 
 Two numbers, kept apart:
 - model FLOPs (the MFU numerator): matmuls of the model's math on real tokens only, causal

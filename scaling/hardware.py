@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from data.sources import cache_dir
 
-# Dense bf16 peak per JAX device, FLOP/s (../shared/specs/flops_mfu.md; vendor datasheets: the TPU
+# Dense bf16 peak per JAX device, FLOP/s (vendor datasheets: the TPU
 # pages of cloud.google.com/tpu/docs; NVIDIA's A100 and H100 datasheets (bf16 Tensor Core, dense:
 # the datasheets' figures "with sparsity" are twice these), H200 (the H100's compute, more HBM),
 # and the HGX / DGX B200 datasheet).

@@ -1,5 +1,5 @@
 """Named trial configurations. The *-ml1m presets carry the HSTU reference's hyper-parameters
-(../shared/specs/hstu.md): batch 128, AdamW lr 1e-3 betas (0.9, 0.98), dropout 0.2, 128
+(meta-recsys/generative-recommenders, its ML-1M configs; Zhai et al. 2024): batch 128, AdamW lr 1e-3 betas (0.9, 0.98), dropout 0.2, 128
 negatives, temperature 0.05, max length 200 (N = 200 + 11 = 211), 101 epochs."""
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ PRESETS: dict[str, Callable[[], TrialConfig]] = {
                           input_dropout=0.2),
         train=_REFERENCE_TRAIN,
     ),
-    # TIGER (../shared/specs/generative_retrieval.md section 3) scaled to ML-100K's 1682 items and
+    # TIGER (Rajput et al. 2023: 4 + 4 blocks, d 128, 6 heads x 64, feed-forward 1024) scaled to ML-100K's 1682 items and
     # 100k ratings: half TIGER's width (D 64, 4 heads x 16, feed-forward 256) and depth (2 + 2
     # blocks), dropout 0.1 as TIGER, the last 10 history items (TIGER: 20; 10 quarters the
     # encoder's attention and measured as good here); semantic IDs 3 x 64 balanced RQ-KMeans of
@@ -93,7 +93,7 @@ PRESETS: dict[str, Callable[[], TrialConfig]] = {
                           dropout=0.2, input_dropout=0.2),
         train=_GENREC_BEAUTY_TRAIN,
     ),
-    # TIGER as its paper trains it (../shared/specs/generative_retrieval.md section 3, SOURCE.md):
+    # TIGER as its paper trains it (Rajput et al., NeurIPS 2023, arXiv 2305.05065, section 4):
     # 4 + 4 blocks, d 128, 6 heads of 64, feed-forward 1024, dropout 0.1, history 20, 2,000 user
     # buckets; the shared RQ-VAE IDs (4 full levels of 256, distinct: no collision code); lr 0.01
     # for 10k steps then inverse-square-root decay, 200k steps of 256 (history, next item)

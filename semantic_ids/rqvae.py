@@ -1,4 +1,4 @@
-"""RQ-VAE (TIGER, ../shared/specs/generative_retrieval.md section 2): an MLP encoder to a latent,
+"""RQ-VAE (TIGER: Rajput et al., NeurIPS 2023, arXiv 2305.05065, section 3.1): an MLP encoder to a latent,
 L residual codebooks of K codewords, a mirrored MLP decoder.
 
 Loss per item = ||x - x_hat||^2 summed over features (summing, not averaging, is what keeps the

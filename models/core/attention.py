@@ -1,4 +1,4 @@
-"""HSTU's pointwise attention, dense and blockwise (../shared/specs/hstu.md).
+"""HSTU's pointwise attention, dense and blockwise (Zhai et al., ICML 2024, arXiv 2402.17152).
 
 Shapes: q, k (B, L, H, dqk); v (B, L, H, dv); output (B, L, H, dv).
   out_i = sum_j [j <= i, same segment] SiLU(q_i . k_j + rab(i, j)) / N * v_j

@@ -240,7 +240,7 @@ class Family(abc.ABC):
 
     @abc.abstractmethod
     def model_flops(self, config: Any, train: Any, counts: Mapping[str, float], num_items: int) -> float:
-        """Training model FLOPs of one step from its step counts (../shared/specs/flops_mfu.md)."""
+        """Training model FLOPs of one step from its step counts (the convention of scaling/flops.py)."""
 
     @abc.abstractmethod
     def param_counts(self, config: Any, num_items: int) -> dict[str, int]:

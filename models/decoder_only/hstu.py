@@ -1,5 +1,5 @@
-"""The HSTU family: config, block (Zhai et al. 2024, arXiv 2402.17152, as ../shared/specs/hstu.md
-states it) and FLOP / parameter counts.
+"""The HSTU family: config, block (Zhai et al., ICML 2024, arXiv 2402.17152, as
+the reference code, meta-recsys/generative-recommenders' "research" path, computes it) and FLOP / parameter counts.
 
 x: (B, L, D). U, V: (B, L, H, dv); Q, K: (B, L, H, dqk).
   U, V, Q, K = split(SiLU(LayerNorm(x) @ W_uvqk))

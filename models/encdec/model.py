@@ -1,5 +1,5 @@
-"""The encoder-decoder family over semantic IDs (TIGER; ../shared/specs/generative_retrieval.md
-sections 3-4): items are generated as their L + 1 codes (L residual levels + the collision code).
+"""The encoder-decoder family over semantic IDs (TIGER: Rajput et al., NeurIPS 2023, arXiv 2305.05065,
+its generator and beam search; OneRec's mixture-of-experts decoder, arXiv 2502.18965): items are generated as their L + 1 codes (L residual levels + the collision code).
 
 Vocabulary (one tied table, D wide): 0 PAD, 1 BOS, then (L + 1) ranges of K codes (level j owns
 [2 + j K, 2 + (j + 1) K); the collision code has K values too, as in TIGER), then U hashed user
