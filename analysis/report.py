@@ -23,7 +23,7 @@ from analysis import tuning as tuning_module
 from analysis.errors import FitError
 from analysis.floors import Floor
 from analysis.result import FitResult
-from analysis.run import Columns, FitOptions, fit_table
+from analysis.run import Columns, FitOptions, fit_table, resolve_n_d_c
 
 RUN_COLUMNS = ("trial_id", "model", "params", "params_non_embedding", "max_len", "seq_len", "d_model", "blocks",
                "tokens", "train_flops", "wall_seconds", "mfu", "final_train_loss", "eval_loss", "hr@10", "ndcg@10", "mrr")
@@ -151,38 +151,81 @@ def _attempt(report: Report, what: str, step: Callable[[], None]) -> None:
         report.skip(what, str(error))
 
 
+@dataclass
+class Sweep:
+    """What the sections read (the results, the chosen columns, the floor) and add to (the report,
+    the laws fitted so far, the rows of the fitted-laws and held-out tables)."""
+    results: Path
+    out: Path
+    options: ReportOptions
+    say: Callable[[str], None]
+    report: Report
+    table: pd.DataFrame
+    tuned: "tuning_module.Tuning | None"
+    loss_col: str | None  # None: no loss or compute column; `no_columns` says why
+    compute_col: str | None
+    no_columns: str
+    size_col: str
+    seq_col: str
+    floor: Floor | None
+    compute_params: tuple | None  # (the N of C = 6 N D, its ratios) when the results hold several counts
+    laws: dict[str, FitResult] = field(default_factory=dict)  # fitted by one section, drawn again by a later one
+    fit_rows: list[list[str]] = field(default_factory=list)
+    holdout_rows: list[list[str]] = field(default_factory=list)
+
+    @property
+    def figures(self) -> Path:
+        return self.out / FIGURES
+
+    @property
+    def cols(self) -> Columns:
+        return self.options.columns
+
+    @property
+    def compute_n(self) -> str | None:
+        """N of C = 6 N D (the joint law, IsoFLOP)."""
+        return self.cols.n or (self.compute_params[0] if self.compute_params else None)
+
+    def fit_options(self, holdout: int = 0) -> FitOptions:
+        return FitOptions(bootstrap=self.options.bootstrap, seed=self.options.seed, holdout=holdout)
+
+    def figure(self, paths: list[Path], caption: str) -> None:
+        self.report.figure(paths, caption, self.out)
+
+
 def build_report(results: str | Path, out: str | Path, options: ReportOptions = ReportOptions(),
                  progress: Callable[[str], None] | None = None) -> Report:
     """Write `out`/report.md, `out`/report.html, `out`/fits.json (every fitted law, as the `--json` summary
-    gives it) and `out`/figures/*.{png,svg} from a results file."""
-    say = progress or (lambda message: None)
+    gives it) and `out`/figures/*.{png,svg} from a results file, section by section (SECTIONS)."""
     out = Path(out)
-    figures = out / FIGURES
-    figures.mkdir(parents=True, exist_ok=True)
+    (out / FIGURES).mkdir(parents=True, exist_ok=True)
+    sweep = _read_sweep(Path(results), out, options, progress or (lambda message: None))
+    for section in SECTIONS:
+        section(sweep)
+    report = sweep.report
+    (out / "report.md").write_text(render_markdown(report))
+    (out / "report.html").write_text(render_html(report, title=f"Scaling report: {Path(results).name}"))
+    (out / "fits.json").write_text(json.dumps(report.fits, indent=1, sort_keys=True, allow_nan=False) + "\n")
+    return report
+
+
+def _read_sweep(results: Path, out: Path, options: ReportOptions, say: Callable[[str], None]) -> Sweep:
+    """The results as a table (a tuned sweep's envelope in place of its grid), the source paragraph,
+    and the columns the sections use."""
     report = Report()
     notes: list[str] = []
     table = records.load_table(results, note=lambda m: (notes.append(m), say(m)))
-    cols = options.columns
-    fit_options = FitOptions(bootstrap=options.bootstrap, seed=options.seed)
-    fit_rows: list[list[str]] = []
-    holdout_rows: list[list[str]] = []
-
     report.text(f"Source: `{results}`, {len(table)} run(s) with status ok. "
                 f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} by "
                 f"`python -m analysis report`; {options.bootstrap} bootstrap resamples, 95% percentile intervals.")
     for note in notes:
         report.text(note)
-
+    cols = options.columns
     tuned = _tuning(table, cols)
     if tuned is not None:  # the envelope stands for each point from here on; the grid has its own section
         table = tuned.envelope
         report.text(f"Tuned sweep: {len(tuned.runs)} runs over a grid of {', '.join(tuned.tuning)} per point; each "
                     f"point's result is its run of lowest validation loss ({len(table)} points; see Tuning).")
-
-    report.heading("Runs")
-    shown = [c for c in RUN_COLUMNS + tuple(tuned.tuning if tuned else ()) if c in table.columns]
-    report.table(shown, [[_fmt(v) for v in row] for row in table[shown].itertuples(index=False)])
-
     try:
         loss_col = records.pick_column(table, cols.loss, records.LOSS_COLUMNS, "loss")
         compute_col = records.pick_column(table, cols.c, records.COMPUTE_COLUMNS, "compute")
@@ -190,13 +233,23 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
     except FitError as error:
         loss_col = compute_col = None
         no_columns = str(error)
-    size_col = next((c for c in ((cols.n,) if cols.n else records.PARAMS_COLUMNS) if c in table.columns), "params")
-    seq_col = next((c for c in records.SEQ_LEN_COLUMNS if c in table.columns), "max_len")
-    floor = floors.floor_for(table, loss_col) if loss_col else None
-    compute_params = None if cols.n else records.params_for_compute(table)
-    compute_n = cols.n or (compute_params[0] if compute_params else None)  # N of C = 6 N D (joint law, IsoFLOP)
+    return Sweep(results, out, options, say, report, table, tuned, loss_col, compute_col, no_columns,
+                 size_col=next((c for c in ((cols.n,) if cols.n else records.PARAMS_COLUMNS) if c in table.columns),
+                               "params"),
+                 seq_col=next((c for c in records.SEQ_LEN_COLUMNS if c in table.columns), "max_len"),
+                 floor=floors.floor_for(table, loss_col) if loss_col else None,
+                 compute_params=None if cols.n else records.params_for_compute(table))
 
-    laws: dict[str, FitResult] = {}  # fitted here, drawn again in later sections
+
+def _runs(sweep: Sweep) -> None:
+    sweep.report.heading("Runs")
+    table = sweep.table
+    shown = [c for c in RUN_COLUMNS + tuple(sweep.tuned.tuning if sweep.tuned else ()) if c in table.columns]
+    sweep.report.table(shown, [[_fmt(v) for v in row] for row in table[shown].itertuples(index=False)])
+
+
+def _frontier(sweep: Sweep) -> None:
+    report, floor, loss_col, compute_col = sweep.report, sweep.floor, sweep.loss_col, sweep.compute_col
     report.heading("Loss vs compute: frontier and its law")
     if floor is not None:
         report.fits["floor"] = floor.to_json()
@@ -207,201 +260,239 @@ def build_report(results: str | Path, out: str | Path, options: ReportOptions = 
                     f"can do from the history it sees){oracle}. Every loss figure draws it; every fitted E is "
                     f"compared with it under Fitted laws.")
     if not loss_col:
-        report.skip("loss vs compute", no_columns)
-    elif (data := _complete(table, [compute_col, loss_col], "loss vs compute", report)) is not None:
-        def frontier_section() -> None:
-            say("report: frontier fit ...")
-            c, loss = records.numeric(data, compute_col), records.numeric(data, loss_col)
-            on_front = frontier.lower_envelope(c, loss)
-            fit = None
-            try:
-                fitted = fit_table(data, "frontier", Columns(c=compute_col, loss=loss_col, n=cols.n),
-                                   FitOptions(bootstrap=options.bootstrap, seed=options.seed,
-                                              holdout=options.holdout if on_front.sum() > 4 else 0))
-                fit = fitted.result
-            except FitError as error:
-                report.skip("frontier law fit", str(error))
-            report.figure(plots.loss_vs_compute(c, loss, on_front, fit, figures / "loss_vs_compute", compute_col,
-                                                loss_col, floor),
-                          "Final loss of every run against training compute; the lower envelope and the power "
-                          "law fitted to it, with its bootstrap band" + (_FLOOR_CAPTION if floor else "."), out)
-            if tuned is not None:  # the same law on the runs at the base config's values
-                try:
-                    untuned = fit_table(tuned.untuned, "frontier", Columns(c=compute_col, loss=loss_col, n=cols.n),
-                                        FitOptions(bootstrap=options.bootstrap, seed=options.seed)).result
-                    report.fits["frontier_untuned"] = _fit_json(untuned, floor)
-                    fit_rows.extend(_fit_rows("frontier L(C), untuned (base learning rate)", untuned, loss_col, floor))
-                except FitError as error:
-                    report.skip("untuned frontier law", str(error))
-            if fit is not None:
-                laws["frontier"] = fit
-                report.fits["frontier"] = _fit_json(fit, floor)
-                fit_rows.extend(_fit_rows("frontier L(C)", fit, loss_col, floor))
-                report.figure(plots.residuals(c[on_front], loss[on_front], plots.power.predict(fit.params, c[on_front]),
-                                              figures / "residuals_frontier", compute_col, "Frontier law residuals"),
-                              "Residuals of the frontier law on the frontier runs.", out)
-                _holdout_row(holdout_rows, "frontier L(C)", fit)
-        _attempt(report, "frontier", frontier_section)
+        report.skip("loss vs compute", sweep.no_columns)
+    elif (data := _complete(sweep.table, [compute_col, loss_col], "loss vs compute", report)) is not None:
+        _attempt(report, "frontier", lambda: _frontier_law(sweep, data))
 
-    report.heading("Training curves")
-    if not loss_col:
-        report.skip("training curves", no_columns)
+
+def _frontier_law(sweep: Sweep, data: pd.DataFrame) -> None:
+    """The lower envelope of final loss against compute, the power law fitted to it, its residuals;
+    in a tuned sweep, the same law on the base config's runs."""
+    sweep.say("report: frontier fit ...")
+    report, floor, loss_col, compute_col = sweep.report, sweep.floor, sweep.loss_col, sweep.compute_col
+    columns = Columns(c=compute_col, loss=loss_col, n=sweep.cols.n)
+    c, loss = records.numeric(data, compute_col), records.numeric(data, loss_col)
+    on_front = frontier.lower_envelope(c, loss)
+    fit = None
+    try:
+        fit = fit_table(data, "frontier", columns,
+                        sweep.fit_options(sweep.options.holdout if on_front.sum() > 4 else 0)).result
+    except FitError as error:
+        report.skip("frontier law fit", str(error))
+    sweep.figure(plots.loss_vs_compute(c, loss, on_front, fit, sweep.figures / "loss_vs_compute", compute_col,
+                                       loss_col, floor),
+                 "Final loss of every run against training compute; the lower envelope and the power "
+                 "law fitted to it, with its bootstrap band" + (_FLOOR_CAPTION if floor else "."))
+    if sweep.tuned is not None:  # the same law on the runs at the base config's values
+        try:
+            untuned = fit_table(sweep.tuned.untuned, "frontier", columns, sweep.fit_options()).result
+            report.fits["frontier_untuned"] = _fit_json(untuned, floor)
+            sweep.fit_rows.extend(_fit_rows("frontier L(C), untuned (base learning rate)", untuned, loss_col, floor))
+        except FitError as error:
+            report.skip("untuned frontier law", str(error))
+    if fit is not None:
+        sweep.laws["frontier"] = fit
+        report.fits["frontier"] = _fit_json(fit, floor)
+        sweep.fit_rows.extend(_fit_rows("frontier L(C)", fit, loss_col, floor))
+        sweep.figure(plots.residuals(c[on_front], loss[on_front], plots.power.predict(fit.params, c[on_front]),
+                                     sweep.figures / "residuals_frontier", compute_col, "Frontier law residuals"),
+                     "Residuals of the frontier law on the frontier runs.")
+        _holdout_row(sweep.holdout_rows, "frontier L(C)", fit)
+
+
+def _training_curves(sweep: Sweep) -> None:
+    sweep.report.heading("Training curves")
+    if not sweep.loss_col:
+        sweep.report.skip("training curves", sweep.no_columns)
     else:
-        _attempt(report, "training curves", lambda: _curves_section(
-            report, table, Path(results), size_col, laws.get("frontier"), fit_rows, options, figures, out, say,
-            floors.floor_for(table, "eval_loss")))
+        _attempt(sweep.report, "training curves", lambda: _curves_section(
+            sweep.report, sweep.table, sweep.results, sweep.size_col, sweep.laws.get("frontier"), sweep.fit_rows,
+            sweep.options, sweep.figures, sweep.out, sweep.say, floors.floor_for(sweep.table, "eval_loss")))
 
+
+def _loss_vs_size(sweep: Sweep) -> None:
+    report, loss_col, seq_col = sweep.report, sweep.loss_col, sweep.seq_col
     report.heading("Loss vs model size, per sequence length and data size")
     if not loss_col:
-        report.skip("loss vs size", no_columns)
-    elif (data := _complete(table, [size_col, loss_col, seq_col], "loss vs size", report)) is not None:
+        report.skip("loss vs size", sweep.no_columns)
+    elif (data := _complete(sweep.table, [sweep.size_col, loss_col, seq_col], "loss vs size", report)) is not None:
         budget_col = "steps" if "steps" in data.columns else "tokens" if "tokens" in data.columns else None
         for seq_value in sorted(pd.unique(records.numeric(data, seq_col))):
-            _size_sections(report, data[records.numeric(data, seq_col) == seq_value], seq_col, seq_value, size_col,
-                           loss_col, budget_col, fit_rows, options, figures, out, say)
+            _size_sections(report, data[records.numeric(data, seq_col) == seq_value], seq_col, seq_value,
+                           sweep.size_col, loss_col, budget_col, sweep.fit_rows, sweep.options, sweep.figures,
+                           sweep.out, sweep.say)
 
-    report.heading("Joint law L(N, D) and compute-optimal allocation")
-    if not loss_col:
-        report.skip("Chinchilla joint law", no_columns)
+
+def _joint_law(sweep: Sweep) -> None:
+    sweep.report.heading("Joint law L(N, D) and compute-optimal allocation")
+    if not sweep.loss_col:
+        sweep.report.skip("Chinchilla joint law", sweep.no_columns)
     else:
-        def chinchilla_section() -> None:
-            say("report: Chinchilla joint law ...")
-            from analysis.run import resolve_n_d_c
+        _attempt(sweep.report, "Chinchilla joint law", lambda: _chinchilla(sweep))
 
-            _, values = resolve_n_d_c(table, Columns(n=compute_n, d=cols.d, c=cols.c))
-            spread = {name: np.unique(np.round(np.log(values[name]), 3)).size for name in ("n", "d")}
-            if min(spread.values()) < 3:
-                raise FitError(f"needs at least 3 distinct values of both N and D (has {spread['n']} and "
-                               f"{spread['d']}); vary data as well as size")
-            if compute_params:
-                chosen, ratios = compute_params
-                report.text(f"N is {chosen} here and in the IsoFLOP profiles: the count for which training compute "
-                            f"is 6 N D (median train_flops / 6 N D: " + ", ".join(
-                                f"{name} {ratio:.3g}" for name, ratio in ratios.items()) + ").")
-            fitted = fit_table(table, "chinchilla", Columns(n=compute_n, d=cols.d, c=cols.c, loss=loss_col),
-                               FitOptions(bootstrap=options.bootstrap, seed=options.seed, holdout=options.holdout))
+
+def _chinchilla(sweep: Sweep) -> None:
+    """Chinchilla's L(N, D) = E + A / N^alpha + B / D^beta and the allocation it implies."""
+    sweep.say("report: Chinchilla joint law ...")
+    report, cols, floor = sweep.report, sweep.cols, sweep.floor
+    _, values = resolve_n_d_c(sweep.table, Columns(n=sweep.compute_n, d=cols.d, c=cols.c))
+    spread = {name: np.unique(np.round(np.log(values[name]), 3)).size for name in ("n", "d")}
+    if min(spread.values()) < 3:
+        raise FitError(f"needs at least 3 distinct values of both N and D (has {spread['n']} and "
+                       f"{spread['d']}); vary data as well as size")
+    if sweep.compute_params:
+        chosen, ratios = sweep.compute_params
+        report.text(f"N is {chosen} here and in the IsoFLOP profiles: the count for which training compute "
+                    f"is 6 N D (median train_flops / 6 N D: " + ", ".join(
+                        f"{name} {ratio:.3g}" for name, ratio in ratios.items()) + ").")
+    fitted = fit_table(sweep.table, "chinchilla", Columns(n=sweep.compute_n, d=cols.d, c=cols.c, loss=sweep.loss_col),
+                       sweep.fit_options(sweep.options.holdout))
+    fit = fitted.result
+    sweep.laws["chinchilla"] = fit
+    report.fits["chinchilla"] = _fit_json(fit, floor)
+    sweep.fit_rows.extend(_fit_rows("Chinchilla L(N, D)", fit, sweep.loss_col, floor))
+    sweep.figure(plots.chinchilla_allocation(fitted.data["n"], fitted.data["d"], fitted.data["loss"], fit,
+                                             sweep.figures / "chinchilla_allocation", floor),
+                 f"Runs in (C, N) coloured by loss with N_opt(C) from the joint law; fitted vs observed "
+                 f"loss (N = {fitted.columns['n']}, D = {fitted.columns['d']})"
+                 + ("; the fitted E and the generator's irreducible loss as lines." if floor else "."))
+    _holdout_row(sweep.holdout_rows, "Chinchilla L(N, D)", fit)
+
+
+def _isoflop_profiles(sweep: Sweep) -> None:
+    sweep.report.heading("IsoFLOP profiles (approach 2)")
+    if not sweep.loss_col:
+        sweep.report.skip("IsoFLOP", sweep.no_columns)
+        return
+    _attempt(sweep.report, "IsoFLOP", lambda: _isoflop(sweep))
+    if "isoflop" in sweep.laws and "chinchilla" in sweep.laws:
+        _allocation_agreement(sweep.report, allocation.compare(sweep.laws["isoflop"], sweep.laws["chinchilla"]))
+
+
+def _isoflop(sweep: Sweep) -> None:
+    """A parabola in log N per compute budget (a profile per history length), its minima, the power
+    law through them."""
+    sweep.say("report: IsoFLOP ...")
+    report, table, seq_col, tolerance = sweep.report, sweep.table, sweep.seq_col, FitOptions().budget_tolerance
+    runs, budget_col = table, None
+    if seq_col in table.columns and table[seq_col].nunique() > 1:  # a profile per history length
+        budget_col = "isoflop_budget"
+        runs = table.assign(**{budget_col: isoflop.group_budgets_within(
+            records.numeric(table, sweep.compute_col), table[seq_col].astype(str).to_numpy(), tolerance)})
+        report.text(f"A budget: runs within {tolerance} decades of compute at one {seq_col}.")
+    cols = sweep.cols
+    fitted = fit_table(runs, "isoflop", Columns(n=sweep.compute_n, d=cols.d, c=cols.c, loss=sweep.loss_col,
+                                                budget=budget_col), sweep.fit_options())
+    fit = fitted.result
+    sweep.laws["isoflop"] = fit
+    report.fits["isoflop"] = fit.to_json()
+    sweep.fit_rows.extend(_fit_rows("IsoFLOP N_opt(C)", fit, "N*"))
+    sweep.figure(plots.isoflop_curves(fitted.data["n"], fitted.data["loss"], fitted.data["c"], fitted.data["budget"],
+                                      fit, sweep.figures / "isoflop", sweep.floor),
+                 "Loss against size per compute budget with the fitted parabolas and their minima; the "
+                 "power law through the minima" + (_FLOOR_CAPTION if sweep.floor else "."))
+    minima = isoflop.budget_minima(fit)
+    report.table(["budget C (FLOP)", "runs", "N* (params)", "loss at N*", "N* inside sampled sizes"],
+                 [[_fmt(m.compute), str(m.runs), _fmt(m.n_opt), _fmt(m.loss_opt), "yes" if m.interior else "NO"]
+                  for m in minima])
+    outside = sum(not m.interior for m in minima)
+    if outside:
+        report.text(f"Caution: {outside} of {len(minima)} budget minima lie outside the sizes trained at that "
+                    "budget; they are extrapolations of the parabola.")
+    if fit.bootstrap and not fit.ci:
+        report.text(f"No interval for N_opt(C): {fit.bootstrap - fit.bootstrap_failed} of {fit.bootstrap} "
+                    f"resamples could be refitted, each the original draw again (each budget needs "
+                    f"{isoflop.MIN_RUNS_PER_BUDGET} distinct sizes in a draw; more sizes per budget give an "
+                    "interval).")
+    if fit.extra["skipped_budgets"]:
+        report.text("Budgets left out: " + "; ".join(fit.extra["skipped_budgets"]) + ".")
+
+
+def _metric_laws(sweep: Sweep) -> None:
+    """The ranking metric against compute (HSTU's log-linear form), model size and sequence length."""
+    report, metric, size_col, seq_col = sweep.report, sweep.options.metric, sweep.size_col, sweep.seq_col
+    report.heading(f"{metric}: scaling with compute, size and sequence length")
+    if not sweep.compute_col:
+        report.skip(f"{metric} law", sweep.no_columns)
+    elif (data := _complete(sweep.table, [sweep.compute_col, metric], f"{metric} law", report)) is not None:
+        def loglinear_law() -> None:
+            fitted = fit_table(data, "loglinear", Columns(x=sweep.compute_col, y=metric),
+                               sweep.fit_options(sweep.options.holdout))
             fit = fitted.result
-            laws["chinchilla"] = fit
-            report.fits["chinchilla"] = _fit_json(fit, floor)
-            fit_rows.extend(_fit_rows("Chinchilla L(N, D)", fit, loss_col, floor))
-            report.figure(plots.chinchilla_allocation(fitted.data["n"], fitted.data["d"], fitted.data["loss"], fit,
-                                                      figures / "chinchilla_allocation", floor),
-                          f"Runs in (C, N) coloured by loss with N_opt(C) from the joint law; fitted vs observed "
-                          f"loss (N = {fitted.columns['n']}, D = {fitted.columns['d']})"
-                          + ("; the fitted E and the generator's irreducible loss as lines." if floor else "."), out)
-            _holdout_row(holdout_rows, "Chinchilla L(N, D)", fit)
-        _attempt(report, "Chinchilla joint law", chinchilla_section)
+            report.fits[f"{metric}_loglinear"] = fit.to_json()
+            sweep.fit_rows.extend(_fit_rows(f"{metric} = a + b ln C", fit, metric))
+            sweep.figure(plots.fitted_curve(fitted.data["x"], fitted.data["y"], fit, loglinear.predict,
+                                            sweep.figures / "metric_vs_compute", sweep.compute_col, metric,
+                                            log_y=False),
+                         f"{metric} against training compute with the log-linear law (HSTU form).")
+            _holdout_row(sweep.holdout_rows, f"{metric} = a + b ln C", fit)
+        _attempt(report, f"{metric} log-linear law", loglinear_law)
+    if (data := _complete(sweep.table, [size_col, metric, seq_col], f"{metric} vs size", report)) is not None:
+        sizes, values, lengths = (records.numeric(data, name) for name in (size_col, metric, seq_col))
+        sweep.figure(plots.metric_vs_params(sizes, values, lengths, sweep.figures / "metric_vs_params", metric,
+                                            size_col),
+                     f"{metric} against model size, one colour per sequence length.")
+        sweep.figure(plots.metric_vs_seq_len(lengths, values, sizes, sweep.figures / "metric_vs_seq_len", metric,
+                                             seq_col),
+                     f"{metric} against sequence length, one line per model size.")
 
-    report.heading("IsoFLOP profiles (approach 2)")
-    if not loss_col:
-        report.skip("IsoFLOP", no_columns)
-    else:
-        def isoflop_section() -> None:
-            say("report: IsoFLOP ...")
-            runs, budget_col = table, None
-            if seq_col in table.columns and table[seq_col].nunique() > 1:  # a profile per history length
-                budget_col = "isoflop_budget"
-                runs = table.assign(**{budget_col: isoflop.group_budgets_within(
-                    records.numeric(table, compute_col), table[seq_col].astype(str).to_numpy(),
-                    fit_options.budget_tolerance)})
-                report.text(f"A budget: runs within {fit_options.budget_tolerance} decades of compute at one "
-                            f"{seq_col}.")
-            fitted = fit_table(runs, "isoflop", Columns(n=compute_n, d=cols.d, c=cols.c, loss=loss_col,
-                                                        budget=budget_col), fit_options)
-            fit = fitted.result
-            laws["isoflop"] = fit
-            report.fits["isoflop"] = fit.to_json()
-            fit_rows.extend(_fit_rows("IsoFLOP N_opt(C)", fit, "N*"))
-            report.figure(plots.isoflop_curves(fitted.data["n"], fitted.data["loss"], fitted.data["c"],
-                                               fitted.data["budget"], fit, figures / "isoflop", floor),
-                          "Loss against size per compute budget with the fitted parabolas and their minima; the "
-                          "power law through the minima" + (_FLOOR_CAPTION if floor else "."), out)
-            minima = isoflop.budget_minima(fit)
-            report.table(["budget C (FLOP)", "runs", "N* (params)", "loss at N*", "N* inside sampled sizes"],
-                         [[_fmt(m.compute), str(m.runs), _fmt(m.n_opt), _fmt(m.loss_opt), "yes" if m.interior else "NO"]
-                          for m in minima])
-            outside = sum(not m.interior for m in minima)
-            if outside:
-                report.text(f"Caution: {outside} of {len(minima)} budget minima lie outside the sizes trained at that "
-                            "budget; they are extrapolations of the parabola.")
-            if fit.bootstrap and not fit.ci:
-                report.text(f"No interval for N_opt(C): {fit.bootstrap - fit.bootstrap_failed} of {fit.bootstrap} "
-                            f"resamples could be refitted, each the original draw again (each budget needs "
-                            f"{isoflop.MIN_RUNS_PER_BUDGET} distinct sizes in a draw; more sizes per budget give an "
-                            "interval).")
-            if fit.extra["skipped_budgets"]:
-                report.text("Budgets left out: " + "; ".join(fit.extra["skipped_budgets"]) + ".")
-        _attempt(report, "IsoFLOP", isoflop_section)
-        if "isoflop" in laws and "chinchilla" in laws:
-            _allocation_agreement(report, allocation.compare(laws["isoflop"], laws["chinchilla"]))
 
-    report.heading(f"{options.metric}: scaling with compute, size and sequence length")
-    if not compute_col:
-        report.skip(f"{options.metric} law", no_columns)
-    elif (data := _complete(table, [compute_col, options.metric], f"{options.metric} law", report)) is not None:
-        def metric_law_section() -> None:
-            fitted = fit_table(data, "loglinear", Columns(x=compute_col, y=options.metric),
-                               FitOptions(bootstrap=options.bootstrap, seed=options.seed, holdout=options.holdout))
-            fit = fitted.result
-            report.fits[f"{options.metric}_loglinear"] = fit.to_json()
-            fit_rows.extend(_fit_rows(f"{options.metric} = a + b ln C", fit, options.metric))
-            report.figure(plots.fitted_curve(fitted.data["x"], fitted.data["y"], fit, loglinear.predict,
-                                             figures / "metric_vs_compute", compute_col, options.metric, log_y=False),
-                          f"{options.metric} against training compute with the log-linear law (HSTU form).", out)
-            _holdout_row(holdout_rows, f"{options.metric} = a + b ln C", fit)
-        _attempt(report, f"{options.metric} log-linear law", metric_law_section)
-    if (data := _complete(table, [size_col, options.metric, seq_col], f"{options.metric} vs size", report)) is not None:
-        report.figure(plots.metric_vs_params(records.numeric(data, size_col), records.numeric(data, options.metric),
-                                             records.numeric(data, seq_col), figures / "metric_vs_params",
-                                             options.metric, size_col),
-                      f"{options.metric} against model size, one colour per sequence length.", out)
-        report.figure(plots.metric_vs_seq_len(records.numeric(data, seq_col), records.numeric(data, options.metric),
-                                              records.numeric(data, size_col), figures / "metric_vs_seq_len",
-                                              options.metric, seq_col),
-                      f"{options.metric} against sequence length, one line per model size.", out)
-
-    report.heading("Hardware efficiency")
-    if (data := _complete(table, [size_col, "mfu"], "MFU vs size", report)) is not None:
+def _hardware(sweep: Sweep) -> None:
+    sweep.report.heading("Hardware efficiency")
+    if (data := _complete(sweep.table, [sweep.size_col, "mfu"], "MFU vs size", sweep.report)) is not None:
         groups = data["device_kind"].astype(str).to_numpy() if "device_kind" in data.columns else None
-        report.figure(plots.mfu_vs_size(records.numeric(data, size_col), records.numeric(data, "mfu"),
-                                        figures / "mfu_vs_size", groups, "device", size_col),
-                      "Model FLOPs utilisation against model size.", out)
+        sweep.figure(plots.mfu_vs_size(records.numeric(data, sweep.size_col), records.numeric(data, "mfu"),
+                                       sweep.figures / "mfu_vs_size", groups, "device", sweep.size_col),
+                     "Model FLOPs utilisation against model size.")
 
-    if tuned is not None:
-        report.heading("Tuning")
-        _attempt(report, "tuning", lambda: _tuning_section(report, tuned, figures, out))
 
+def _tuning_grid(sweep: Sweep) -> None:
+    if sweep.tuned is not None:
+        sweep.report.heading("Tuning")
+        _attempt(sweep.report, "tuning", lambda: _tuning_section(sweep.report, sweep.tuned, sweep.figures, sweep.out))
+
+
+def _fitted_laws(sweep: Sweep) -> None:
+    report, fit_rows = sweep.report, sweep.fit_rows
     report.heading("Fitted laws")
-    if fit_rows:
-        header = ["law", "target", "parameter", "estimate", "95% CI", "points", "R²", "RMSE (log)"]
-        if any(row[len(header)] for row in fit_rows):
-            report.text("Each E beside the generator's irreducible loss on the same events (± its standard error): "
-                        "E − floor, whether E's 95% interval holds the floor, and whether the floor lies at or below "
-                        "the interval's top (an E entirely below the reachable floor is a defect: no model beats it). "
-                        "Both checks allow the floor 2 standard errors.")
-            report.table(header + FLOOR_HEADER, fit_rows)
-        else:
-            report.table(header, [row[:len(header)] for row in fit_rows])
-    else:
+    if not fit_rows:
         report.text("No law could be fitted; see Skipped.")
+        return
+    header = ["law", "target", "parameter", "estimate", "95% CI", "points", "R²", "RMSE (log)"]
+    if any(row[len(header)] for row in fit_rows):
+        report.text("Each E beside the generator's irreducible loss on the same events (± its standard error): "
+                    "E − floor, whether E's 95% interval holds the floor, and whether the floor lies at or below "
+                    "the interval's top (an E entirely below the reachable floor is a defect: no model beats it). "
+                    "Both checks allow the floor 2 standard errors.")
+        report.table(header + FLOOR_HEADER, fit_rows)
+    else:
+        report.table(header, [row[:len(header)] for row in fit_rows])
+
+
+def _held_out(sweep: Sweep) -> None:
+    report = sweep.report
     report.heading("Held-out extrapolation")
-    if holdout_rows:
-        report.text(f"Each law refitted without the {options.holdout} largest-compute run(s), then asked to "
+    if sweep.holdout_rows:
+        report.text(f"Each law refitted without the {sweep.options.holdout} largest-compute run(s), then asked to "
                     "predict them.")
-        report.table(["law", "held-out compute (FLOP)", "observed", "predicted", "error (%)"], holdout_rows)
+        report.table(["law", "held-out compute (FLOP)", "observed", "predicted", "error (%)"], sweep.holdout_rows)
     else:
         report.text("No held-out forecast was possible.")
+
+
+def _skipped(sweep: Sweep) -> None:
+    report = sweep.report
     report.heading("Skipped")
-    if report.skipped:
-        for reason in report.skipped:
-            report.text(f"- {reason}")
-    else:
+    for reason in report.skipped:
+        report.text(f"- {reason}")
+    if not report.skipped:
         report.text("Nothing was skipped.")
 
-    (out / "report.md").write_text(render_markdown(report))
-    (out / "report.html").write_text(render_html(report, title=f"Scaling report: {Path(results).name}"))
-    (out / "fits.json").write_text(json.dumps(report.fits, indent=1, sort_keys=True, allow_nan=False) + "\n")
-    return report
+
+# the report, top to bottom; each section adds its blocks, and the laws later sections draw again
+SECTIONS: tuple[Callable[[Sweep], None], ...] = (_runs, _frontier, _training_curves, _loss_vs_size, _joint_law,
+                                                 _isoflop_profiles, _metric_laws, _hardware, _tuning_grid,
+                                                 _fitted_laws, _held_out, _skipped)
 
 
 def _tuning(table: pd.DataFrame, cols: Columns) -> "tuning_module.Tuning | None":

@@ -53,7 +53,7 @@ def evaluate_beams(workdir: Path, beams: Sequence[int]) -> dict:
 
     from scaling.config import with_overrides
     from scaling.mesh import make_mesh
-    from scaling.train import evaluate
+    from scaling.evaluation import evaluate
     from scaling.trainer import build_trainer
 
     config, prepared, split, host_params, step = trained(workdir)

@@ -100,7 +100,7 @@ def measure(config: TrialConfig, batches: list[dict[str, np.ndarray]], num_items
             if profile_dir is not None:
                 trace_step(compiled, state, trainer.train_batch(batches[-1]), profile_dir)
     xla_flops, xla_dot_flops = xla_cost.total_flops(compiled), xla_cost.dot_flops(lowered.as_text())
-    if trainer.config.train.grad_accum > 1:  # XLA counts the micro-batch loop body once: count the unrolled step
+    if trainer.grad_accum > 1:  # XLA counts the micro-batch loop body once: count the unrolled step
         xla_flops, xla_dot_flops = _xla_counts_in_one_batch(trainer.config, batches[0], num_items, mesh)
     if not step_counts:  # compiled only: the counts of full rows, which random-id batches are
         step_counts = [trainer.family.full_row_counts(config.model, rows, row_len)]
@@ -118,7 +118,7 @@ def measure(config: TrialConfig, batches: list[dict[str, np.ndarray]], num_items
     return {
         "model": config.model.family, **trainer.family.summary(config.model), "model_config": config.model.canonical(),
         "seq_len": row_len, "batch": rows, "packed": config.data.packed,
-        "attention": getattr(config.model, "attention", None), "grad_accum": trainer.config.train.grad_accum,
+        "attention": getattr(config.model, "attention", None), "grad_accum": trainer.grad_accum,
         "step_seconds": step_seconds, "step_seconds_all": times,
         "train_flops_per_step": model_flops, "executed_flops_per_step": executed,
         "xla_flops_per_step": xla_flops, "xla_dot_flops_per_step": xla_dot_flops,

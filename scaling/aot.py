@@ -78,7 +78,7 @@ def compile_only(config: TrialConfig, num_items: int, mesh: Any, accelerator: bo
     counts = family.full_row_counts(model, rows, row_len)
     result = {
         "trial_id": config.trial_id, "mesh": dict(mesh.shape), "devices": mesh.size, "num_items": num_items,
-        "batch": rows, "seq_len": row_len, "grad_accum": trainer.config.train.grad_accum,
+        "batch": rows, "seq_len": row_len, "grad_accum": trainer.grad_accum,
         "argument_bytes": memory.argument_size_in_bytes, "output_bytes": memory.output_size_in_bytes,
         "alias_bytes": memory.alias_size_in_bytes, "temp_bytes": memory.temp_size_in_bytes,
         "peak_bytes": memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
@@ -94,7 +94,7 @@ def compile_only(config: TrialConfig, num_items: int, mesh: Any, accelerator: bo
                                                         num_items, config.train),
         "xla_flops_per_step": xla_cost.total_flops(compiled) * mesh.size,  # cost_analysis counts one device's program
     }
-    if trainer.config.train.grad_accum > 1:  # XLA counts a loop body once: the whole step's count is not its
+    if trainer.grad_accum > 1:  # XLA counts a loop body once: the whole step's count is not its
         result["xla_flops_per_step"] = None
     return result
 

@@ -80,15 +80,18 @@ class MetricsLog:
         self.buffer_started = 0.0
         self.written_parts = 0
 
-    def keep_until(self, step: int, evaluation_at_step: bool = True) -> None:
+    def keep_until(self, step: int, evaluation_at_step: bool = True) -> list[dict[str, Any]]:
         """Drop the records of steps after `step` (those a killed run logged past its last
         checkpoint, which the resumed run logs again) and any damaged line; also the evaluation
-        at `step` when the resumed run makes it again (the final one)."""
+        at `step` when the resumed run makes it again (the final one). Returns the records kept
+        (process 0; [] elsewhere)."""
         if jax.process_index() != 0:
-            return
+            return []
+        kept_lines = []
         if self.path.exists():
             kept = _kept(self.path.read_text().splitlines(), step, evaluation_at_step)
             write_atomically(self.path, "".join(line + "\n" for line in kept))
+            kept_lines += kept
         if self.parts.exists():
             for part in sorted(self.parts.glob("*.jsonl"), key=lambda p: p.name):
                 lines = part.read_text().splitlines()
@@ -97,7 +100,9 @@ class MetricsLog:
                     part.unlink()
                 elif len(kept) < len(lines):
                     part.write_text("".join(line + "\n" for line in kept))  # one object: replaced whole
+                kept_lines += kept
             self.written_parts = len(list(self.parts.glob("*.jsonl")))
+        return [json.loads(line) for line in kept_lines]
 
     def write(self, record: dict) -> None:
         if jax.process_index() != 0:

@@ -14,7 +14,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from models.core import axes, family as families, parametrization
 from models.core.family import BatchField, Family
 from scaling.batches import to_global
-from scaling.config import ConfigError, TrialConfig
+from scaling.config import ConfigError, TrainConfig, TrialConfig
 from scaling import mup
 from scaling.mesh import LOGICAL_AXIS_RULES, batch_sharding
 from scaling.shardings import state_shardings
@@ -23,9 +23,11 @@ from scaling.steps import StepFunctions, boxed_params, make_optimizer
 
 @dataclasses.dataclass(frozen=True)
 class Trainer:
-    """Jitted functions with explicit shardings; call them inside `trainer.context()`."""
+    """Jitted functions with explicit shardings; call them inside `trainer.context()`. `config` is
+    the trial's as given; `grad_accum` its micro-batches per step, resolved (auto_grad_accum)."""
 
     config: TrialConfig
+    grad_accum: int
     mesh: Mesh
     num_items: int
     family: Family
@@ -108,10 +110,11 @@ def auto_grad_accum(config: TrialConfig, mesh: Mesh) -> int:
     return valid[-1]
 
 
-def check_batch_fits_mesh(config: TrialConfig, mesh: Mesh) -> None:
+def check_batch_fits_mesh(train: TrainConfig, mesh: Mesh) -> None:
+    """Micro-batches and evaluation batches split evenly over data x fsdp and the processes."""
     batch_split = mesh.shape["data"] * mesh.shape["fsdp"]
-    for name, rows in (("train.batch_size / train.grad_accum", config.train.batch_size // config.train.grad_accum),
-                       ("train.eval_batch_size", config.train.eval_batch_size)):
+    for name, rows in (("train.batch_size / train.grad_accum", train.batch_size // train.grad_accum),
+                       ("train.eval_batch_size", train.eval_batch_size)):
         if not _splits_evenly(rows, batch_split):
             raise ConfigError(f"{name} = {rows} rows do not split over data x fsdp = {batch_split} "
                               f"and {jax.process_count()} processes")
@@ -152,11 +155,10 @@ def trial_model(config: TrialConfig, num_items: int, prepared: Any = None,
 
 def build_trainer(config: TrialConfig, num_items: int, mesh: Mesh, total_steps: int, prepared: Any = None,
                   log: Callable[[str], None] | None = None) -> Trainer:
-    """The jitted functions for `config` on `mesh`; `trainer.config` has train.grad_accum resolved.
-    prepared: the trial's data, for families that build from more than the catalogue size."""
+    """The jitted functions for `config` on `mesh` (train.grad_accum = 0 resolved to the trainer's
+    grad_accum). prepared: the trial's data, for families that build from more than the catalogue size."""
     train = dataclasses.replace(config.train, grad_accum=auto_grad_accum(config, mesh))
-    config = dataclasses.replace(config, train=train)
-    check_batch_fits_mesh(config, mesh)
+    check_batch_fits_mesh(train, mesh)
     family = families.of(config.model)
     family.check_data(config.model, config.train, num_items)
     model = trial_model(config, num_items, prepared, log)
@@ -169,8 +171,8 @@ def build_trainer(config: TrialConfig, num_items: int, mesh: Mesh, total_steps: 
     if parametrization.is_mup(config.model):  # µP: per-kind learning rates of the densely updated parameters
         dense = {name: value for name, value in boxed.items() if name not in tables}
         multipliers = mup.learning_rate_multipliers(dense, parametrization.width_multiplier(config.model))
-    optimizer = make_optimizer(config.train, total_steps, multipliers)
-    functions = StepFunctions(model, optimizer, config.train, tables, total_steps)
+    optimizer = make_optimizer(train, total_steps, multipliers)
+    functions = StepFunctions(model, optimizer, train, tables, total_steps)
     with _Context(mesh):
         abstract_state = jax.eval_shape(functions.init_state, jax.random.key(0), example)
     shardings = state_shardings(abstract_state, boxed, mesh)
@@ -180,4 +182,5 @@ def build_trainer(config: TrialConfig, num_items: int, mesh: Mesh, total_steps: 
     train_step = jax.jit(functions.train_step, in_shardings=(shardings, train_batch, replicated),
                          out_shardings=(shardings, replicated), donate_argnums=(0,))
     eval_step = jax.jit(functions.eval_step, in_shardings=(shardings["params"], eval_batch), out_shardings=replicated)
-    return Trainer(config, mesh, num_items, family, functions, boxed, abstract_state, shardings, init, train_step, eval_step)
+    return Trainer(config, train.grad_accum, mesh, num_items, family, functions, boxed, abstract_state, shardings, init,
+                   train_step, eval_step)

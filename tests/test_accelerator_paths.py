@@ -62,7 +62,7 @@ def loss_and_gradients(config: TrialConfig, host_batch: dict, accelerator: bool,
         params = trainer.init(jax.random.key(0))["params"] if params is None else params
         grads, loss_sum, count, _ = jax.jit(trainer.functions.gradients)(
             params, trainer.train_batch(host_batch), jax.random.key(1))
-    return float(loss_sum / count), jax.device_get(grads), params, trainer.config.train.grad_accum
+    return float(loss_sum / count), jax.device_get(grads), params, trainer.grad_accum
 
 
 def in_bfloat16(config: TrialConfig) -> TrialConfig:

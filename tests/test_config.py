@@ -19,7 +19,7 @@ from models.core import family as families
 from models.decoder_only.hstu import HSTUConfig
 from models.decoder_only.sasrec import SASRecConfig
 from scaling import config as config_module
-from scaling import train as train_module
+from scaling import train as train_module, trial
 from scaling.config import ConfigError, DataConfig, ModelConfig, TrainConfig, TrialConfig, from_dict, from_json, with_overrides
 from scaling.presets import PRESETS, preset
 from sweeps.spec import load_spec
@@ -78,7 +78,7 @@ def _refused(tmp_path: Path, capsys, extra: list[str]) -> list[str]:
 
 @pytest.mark.parametrize("extra, line", BEFORE_DATA, ids=[" ".join(a) for a, _ in BEFORE_DATA])
 def test_bad_values_are_refused_before_any_data_is_read(tmp_path, capsys, monkeypatch, extra, line) -> None:
-    monkeypatch.setattr(train_module, "prepare_section", lambda *a, **k: pytest.fail("data was read"))
+    monkeypatch.setattr(trial, "prepare_section", lambda *a, **k: pytest.fail("data was read"))
     assert _refused(tmp_path, capsys, extra) == [line]
     assert not (tmp_path / "w" / "config.json").exists()
 

@@ -21,7 +21,7 @@ from data.sequences import Sequences
 from models.core import family as families
 from models.core.serving import history_batch
 from scaling import export, serve
-from scaling import train as train_module
+from scaling import trial
 from scaling.config import DataConfig, ModelConfig, TrainConfig, TrialConfig
 from scaling.presets import preset
 
@@ -127,7 +127,7 @@ def trained(tmp_path_factory, lab_cache, ml100k):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SCALING_LAB_CACHE", str(lab_cache))
         (workdir / "config.json").write_text(config.to_json())  # what `python -m scaling.train` writes
-        (workdir / "result.json").write_text(json.dumps(train_module.run(config, workdir)))
+        (workdir / "result.json").write_text(json.dumps(trial.run(config, workdir)))
         out = tmp_path_factory.mktemp("exports") / "hstu"
         summary = export.export_trial(workdir, out, "last", k=20)
     return workdir, out, summary, ml100k

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from scaling import train as train_module
+from scaling.metrics_log import MetricsLog
 from scaling.workdir import WorkdirLock, write_atomically
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -155,7 +156,7 @@ def test_a_full_disk_mid_run_is_one_line_and_status_2(tmp_path, lab_cache, monke
     def disk_full(self, record):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
 
-    monkeypatch.setattr(train_module.MetricsLog, "write", disk_full)
+    monkeypatch.setattr(MetricsLog, "write", disk_full)
     assert train_module.main(["--preset", "tiny", "--steps", "2", "--workdir", str(tmp_path)]) == 2
     error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert error == [f"error: cannot write {tmp_path / 'metrics.jsonl'}: No space left on device"]

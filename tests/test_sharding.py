@@ -137,7 +137,7 @@ def per_step(family: str, spec: str, grad_accum: int, host_batches, seeds: tuple
                 state, metrics = trainer.train_step(state, trainer.train_batch(batch), step_key)
                 losses.append((float(metrics["loss_sum"] / metrics["positions"]), float(metrics["grad_norm"])))
             runs.append(losses)
-    return runs, trainer.config.train.grad_accum
+    return runs, trainer.grad_accum
 
 
 @pytest.mark.slow(18)

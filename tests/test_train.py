@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scaling import train as train_module
+from scaling import train as train_module, trial
 from scaling.config import TrainConfig
 from scaling.presets import preset
+from scaling.result import RESULT_METRICS
+from scaling.selection import Evaluations
 from scaling.tensorboard import read_scalars
 from scaling.trainer import Trainer
 from tests.conftest import xla_flags
@@ -38,7 +40,7 @@ def finished_run(tmp_path_factory, lab_cache, ml100k):
     workdir = tmp_path_factory.mktemp("run")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SCALING_LAB_CACHE", str(lab_cache))
-        result = train_module.run(tiny(), workdir, profile=(5, 6))
+        result = trial.run(tiny(), workdir, profile=(5, 6))
     return workdir, result
 
 
@@ -63,7 +65,7 @@ def test_result_has_every_field_with_sane_values(finished_run) -> None:
     assert result["selected_step"] == best["step"] and result["valid_hr@10"] == best["eval/valid_hr@10"]
     for key in ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "mrr", "history_included_hr@10"):
         assert result[key] == best[f"eval/test_{key}"], key
-        if key in train_module.RESULT_METRICS:
+        if key in RESULT_METRICS:
             assert result[f"last_{key}"] == evals[-1][f"eval/test_{key}"], key
     for line in evals:  # history kept: the targets compete with the items already seen
         assert line["eval/test_history_included_hr@10"] <= line["eval/test_hr@10"]
@@ -103,20 +105,20 @@ def test_interrupted_run_resumes_bitwise(tmp_path, lab_cache, monkeypatch, finis
 
     monkeypatch.setattr(Trainer, "train_batch", dies_at_step_8)
     with pytest.raises(KeyboardInterrupt):
-        train_module.run(tiny(checkpoint_every=6), tmp_path)
+        trial.run(tiny(checkpoint_every=6), tmp_path)
     monkeypatch.setattr(Trainer, "train_batch", real_train_batch)
-    resumed = train_module.run(tiny(checkpoint_every=6), tmp_path)
+    resumed = trial.run(tiny(checkpoint_every=6), tmp_path)
     assert resumed["resumed_from_step"] == 6 and resumed["steps"] == 12
     assert resumed["wall_seconds"] > resumed["wall_seconds_this_run"]  # the first run's time to its checkpoint counts
     _, uninterrupted = finished_run
     for key in ("hr@10", "ndcg@10", "mrr", "eval_loss", "test_loss", "tokens", "train_flops", "selected_step",
-                "valid_hr@10", "last_hr@10", "hr@5"):  # the step-4 evaluation's selection came through the checkpoint
+                "valid_hr@10", "last_hr@10", "hr@5", "plateau_evals", "plateau_hr@10"):  # the step-4 evaluation's selection came through the checkpoint
         assert resumed[key] == uninterrupted[key], key
 
 
 @pytest.mark.slow
 def test_cli_rejects_bad_config_with_one_line(tmp_path, capsys) -> None:
-    from scaling import train as train_module
+    from scaling import train as train_module, trial
 
     arguments = ["--preset", "tiny", "--workdir", str(tmp_path)]
     for extra, message in ((["--set", "model.blockz=2"], "error: unknown config key model.blockz for model.family='hstu'; known: "),
@@ -149,17 +151,23 @@ def test_train_config_json_round_trip_and_overrides() -> None:
     assert isinstance(changed.train, TrainConfig)
 
 
-def test_plateau_is_the_mean_of_the_last_ten_test_evaluations(tmp_path) -> None:
-    path = tmp_path / "metrics.jsonl"
-    lines = [{"step": 1, "learning/loss": 3.0}]
-    lines += [{"step": s, "eval/test_hr@10": s / 100, "eval/test_ndcg@10": s / 200, "eval/valid_hr@10": 1.0}
-              for s in range(1, 13)]
-    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
-    got = train_module.plateau(tmp_path)
+def test_plateau_is_the_mean_of_the_last_ten_test_evaluations() -> None:
+    evaluations = Evaluations()
+    assert evaluations.plateau() == {}
+    for s in range(1, 13):
+        evaluations.offer(s, {"hr@10": 1.0}, {"hr@10": s / 100, "ndcg@10": s / 200, "mrr": 0.5})
+    got = evaluations.plateau()
     assert got["plateau_evals"] == 10
     assert got["plateau_hr@10"] == pytest.approx(sum(range(3, 13)) / 1000)
     assert got["plateau_ndcg@10"] == pytest.approx(sum(range(3, 13)) / 2000)
-    assert train_module.plateau(tmp_path / "missing") == {}
+    # through a checkpoint's JSON, and from the records logged up to a checkpoint written before it kept them
+    assert Evaluations.from_state(json.loads(json.dumps(evaluations.to_state()))).plateau() == got
+    logged = [{"step": 1, "learning/loss": 3.0}]
+    logged += [{"step": s, "eval/test_hr@10": s / 100, "eval/test_ndcg@10": s / 200, "eval/valid_hr@10": 1.0}
+               for s in range(1, 13)]
+    old = Evaluations.from_state({"best_eval": evaluations.best.to_state()}, logged)
+    assert old.plateau() == got and old.best.step == 1
+    assert Evaluations.from_state({}, []).plateau() == {}
 
 
 @pytest.mark.slow
@@ -169,7 +177,7 @@ def test_a_non_finite_step_fails_the_trial_and_keeps_only_good_checkpoints(tmp_p
     import jax
     import jax.numpy as jnp
 
-    real_build = train_module.build_trainer
+    real_build = trial.build_trainer
 
     def poisoned_build(*args, **kwargs):
         trainer = real_build(*args, **kwargs)
@@ -186,7 +194,7 @@ def test_a_non_finite_step_fails_the_trial_and_keeps_only_good_checkpoints(tmp_p
         return dataclasses.replace(trainer, train_step=train_step)
 
     monkeypatch.setenv("SCALING_LAB_CACHE", str(lab_cache))
-    monkeypatch.setattr(train_module, "build_trainer", poisoned_build)
+    monkeypatch.setattr(trial, "build_trainer", poisoned_build)
     workdir = tmp_path / "diverged"
     code = train_module.main(["--preset", "tiny", "--workdir", str(workdir), "--steps", "8", "--checkpoint-every", "2",
                               "--set", "train.keep_checkpoints=5", "--json"])
