@@ -30,7 +30,7 @@ def _interpolated(steps: np.ndarray, known_steps: list[int], known: list[float])
 
 def metrics_lines(trial_folder: Path) -> list[str]:
     """A trial's metrics records: metrics.jsonl, then metrics.parts/*.jsonl in name order (the
-    parts an object-store workdir is written in, scaling/metrics_log.py)."""
+    parts an object-store workdir is written in, scaling/services/metrics_log.py)."""
     paths = [trial_folder / "metrics.jsonl", *sorted((trial_folder / "metrics.parts").glob("*.jsonl"))]
     return [line for path in paths if path.is_file() for line in path.read_text().splitlines()]
 

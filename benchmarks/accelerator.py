@@ -3,7 +3,7 @@ sees (a GPU, a TPU, or the CPU), in minutes, and measure it there. Writes DIR/ac
 DIR/accelerator.md:
 
   - the platform, device kind and versions; bf16 and fp32 matmul rates measured beside the
-    datasheet peak (scaling/hardware.py; a CPU has none: its measured rate is its peak);
+    datasheet peak (scaling/engine/hardware.py; a CPU has none: its measured rate is its peak);
   - the training step (bf16 compute, random ids over a synthetic catalogue of 100k items) of HSTU
     large (D 512, 8 blocks, L 1024, batch 32, packed rows), HSTU long (D 256, 4 blocks, L 8192,
     batch 4, blockwise attention), HSTU mid (D 256, 4 blocks, L 200) at batch 64 and 1024, SASRec
@@ -67,7 +67,7 @@ SERVE_K = 5
 SMALL_COMPILE_FLAG = "--xla_backend_optimization_level=0"
 
 
-# Profile attribution: jax.named_scope names (models/core/family.py, scaling/steps.py) -> part.
+# Profile attribution: jax.named_scope names (models/core/family.py, scaling/engine/step_functions.py) -> part.
 OPTIMIZER, ATTENTION, LOOKUPS, MATMULS, OTHER = (
     "optimizer", "attention", "embedding lookups, negatives, loss", "other matmuls", "other")
 PARTS = (ATTENTION, MATMULS, LOOKUPS, OPTIMIZER, OTHER)
@@ -108,7 +108,7 @@ def environment() -> dict[str, Any]:
 def matmul_rates(platform: str, device_kind: str, small: bool) -> dict[str, Any]:
     """Measured size^3 matmul FLOP/s per dtype beside the datasheet peak (None on a CPU or for a
     device kind the table lacks)."""
-    from scaling import hardware
+    from scaling.engine import hardware
 
     size = 1024 if small else 2048 if platform == "cpu" else 8192
     rates: dict[str, Any] = {"size": size}
@@ -175,7 +175,7 @@ def run_shape(shape: Shape, flags: list[str], profile_dir: Path | None, peak: tu
 def part_of(op_name: str) -> str:
     """The part of a step an op belongs to, from its JAX name stack (op_name metadata)."""
     from models.core.family import ATTENTION_SCOPE, EMBEDDING_SCOPE, LOSS_SCOPE, NEGATIVES_SCOPE
-    from scaling.steps import OPTIMIZER_SCOPE
+    from scaling.engine.step_functions import OPTIMIZER_SCOPE
 
     words = set(re.findall(r"[A-Za-z_]\w*", op_name))  # "transpose(jvp(attention))" holds "attention"
     if OPTIMIZER_SCOPE in words:
@@ -201,7 +201,7 @@ def profile_shares(ops: Iterable[tuple[str, float]]) -> dict[str, float]:
 def read_profile(folder: Path, step_seconds: float | None, top: int = 8) -> dict[str, Any]:
     """The traced step's device time by part, and its costliest ops; {"error"} when unreadable."""
     from benchmarks.throughput import HLO_FILE
-    from scaling import profiling
+    from scaling.services import profiling
 
     try:
         hlo = (folder / HLO_FILE).read_text()
@@ -308,7 +308,7 @@ def _matmul_lines(result: dict[str, Any]) -> list[str]:
                       "2048^3 matmul, re-measured beside every timed step under the same load "
                       "(benchmarks/throughput.py); the next column against the rate above, measured once."]
     elif not rates["bfloat16"]["datasheet"]:
-        lines += ["", f"No datasheet peak for {result['device_kind']} in scaling/hardware.py: MFU below is against "
+        lines += ["", f"No datasheet peak for {result['device_kind']} in scaling/engine/hardware.py: MFU below is against "
                       f"the measured bf16 rate."]
     return lines
 
@@ -387,7 +387,7 @@ def page(result: dict[str, Any]) -> str:
              "accelerator.json (`command`).", "",
              *_shape_lines(result["shapes"]), "", *_data_notes(result["shapes"]),
              "## Where the HSTU large step spends device time", "",
-             "Ops attributed by the jax.named_scope names in their metadata (models/core/family.py, scaling/steps.py): "
+             "Ops attributed by the jax.named_scope names in their metadata (models/core/family.py, scaling/engine/step_functions.py): "
              "attention (HSTU's pointwise attention, its masks and time buckets), the embedding lookups, negative "
              "sampling and the loss's scoring, the optimizer update; other matmuls are the blocks' projections.", "",
              *_profile_lines(result["profile"]), "",
@@ -457,11 +457,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:
         print(f"error: --out {args.out}: cannot write there: {error.strerror or error}", file=sys.stderr)
         return 2
-    from scaling import host
+    from scaling.services import cpu_settings
 
     if args.small and SMALL_COMPILE_FLAG not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SMALL_COMPILE_FLAG}".strip()
-    host.keep_freed_memory_mapped()
+    cpu_settings.keep_freed_memory_mapped()
     result = run(out, args.small)
     text = page(result)
     (out / "accelerator.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")

@@ -38,7 +38,7 @@ def trained(workdir: Path):
     """(config, prepared data, leave-one-out split, host params, step) of a finished trial."""
     from data.dataset import prepare_section
     from data.split import leave_one_out
-    from scaling import checkpoint
+    from scaling.engine import checkpoint
     from scaling.config import from_json
 
     config = from_json((workdir / "config.json").read_text())
@@ -52,9 +52,9 @@ def evaluate_beams(workdir: Path, beams: Sequence[int]) -> dict:
     import jax
 
     from scaling.config import with_overrides
-    from scaling.mesh import make_mesh
-    from scaling.evaluation import evaluate
-    from scaling.trainer import build_trainer
+    from scaling.engine.mesh import make_mesh
+    from scaling.engine.evaluation import evaluate
+    from scaling.engine.compiled import build_trainer
 
     config, prepared, split, host_params, step = trained(workdir)
     mesh = make_mesh(config.mesh.spec)
@@ -81,7 +81,7 @@ def throughput(model, params, batch: int, width: int, repeats: int, num_items: i
 
     from models.core import family as families
     from models.encdec.model import EncDecNetwork, user_tokens
-    from scaling import hardware
+    from scaling.engine import hardware
 
     cfg = model.config
     rng = np.random.default_rng(0)
@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from models.core import family as families
     from scaling.presets import preset
-    from scaling.trainer import trial_model
+    from scaling.engine.compiled import trial_model
 
     rows = [evaluate_beams(workdir, beams) for workdir in args.workdir]
     if args.workdir:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from benchmarks.ml100k_families import Row, _si, chosen_rows, mean_sd, rows_parser, run_trial
-from scaling.metrics_log import read_records
+from scaling.services.metrics_log import read_records
 
 ROWS = (
     Row("dense", "dense feed-forward 256", "tiger-ml100k", ("model.ids_seed={seed}",)),

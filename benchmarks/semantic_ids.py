@@ -119,9 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.devices:
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={args.devices}"
-    from scaling import hardware, host
+    from scaling.engine import hardware
+    from scaling.services import cpu_settings
 
-    host.keep_freed_memory_mapped()
+    cpu_settings.keep_freed_memory_mapped()
     probe = hardware.MatmulProbe("float32")
     points = []
     for items in sizes:

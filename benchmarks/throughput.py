@@ -32,11 +32,13 @@ import numpy as np
 
 from data.errors import DataError
 from models.core import family as families
-from scaling import aot, flops, hardware, host, xla_cost
+from scaling import aot
+from scaling.engine import flops, hardware, xla_cost
+from scaling.services import cpu_settings
 from scaling.config import ConfigError, DataConfig, TrainConfig, TrialConfig, from_json, with_overrides
-from scaling.mesh import make_mesh
+from scaling.engine.mesh import make_mesh
 from scaling.presets import preset
-from scaling.trainer import build_trainer
+from scaling.engine.compiled import build_trainer
 
 
 def random_batch(rows: int, row_len: int, num_items: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -70,7 +72,7 @@ def measure(config: TrialConfig, batches: list[dict[str, np.ndarray]], num_items
     """Compiles the train step and times it on `batches`, unless its compiled temporaries exceed
     time_limit_bytes (then the row has memory figures and no timings). profile_dir: one more step
     is traced there (jax.profiler), beside the compiled program's HLO (trace_step). device_peak:
-    FLOP/s per device and its source, in place of scaling.hardware's."""
+    FLOP/s per device and its source, in place of scaling.engine.hardware's."""
     mesh = make_mesh(config.mesh.spec)
     trainer = build_trainer(config, num_items, mesh, total_steps=len(batches))
     rows, row_len = batches[0]["items"].shape
@@ -341,8 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    host.keep_freed_memory_mapped()
-    host.simulate_cpu_devices(args.mesh or _config_mesh(args.config))
+    cpu_settings.keep_freed_memory_mapped()
+    cpu_settings.simulate_cpu_devices(args.mesh or _config_mesh(args.config))
     if args.compile_only:
         return compile_only(args)
     if args.sweep:

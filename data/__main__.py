@@ -98,7 +98,7 @@ def _run_padding(args: argparse.Namespace) -> dict:
 
 
 def _run_semantic_ids(args: argparse.Namespace) -> dict:
-    from scaling import trained_table  # a command may use any layer: checkpoint:DIR sources read trials
+    from scaling.engine import trained_table  # a command may use any layer: checkpoint:DIR sources read trials
     from semantic_ids import artefact as semantic_ids
 
     config = semantic_ids.SemanticIdConfig(

@@ -69,9 +69,9 @@ class TrainConfig(Section):
     constant, or cosine decay to 0 after warmup_steps of linear warm-up, or rsqrt (T5's and
     TIGER's: constant for warmup_steps, then decaying as 1 / sqrt(step)). table_optimizer: how the
     catalogue tables are updated: "adam" (dense AdamW, as every other parameter), "lazy_adam" or
-    "rowwise_adagrad" (only the rows a step touches; scaling/table_optimizers.py), at
+    "rowwise_adagrad" (only the rows a step touches; scaling/engine/table_optimizers.py), at
     table_learning_rate (0 = learning_rate) on the same schedule. grad_accum: micro-batches per
-    step; 0 = auto (scaling.trainer.auto_grad_accum). eval_every / checkpoint_every: steps between
+    step; 0 = auto (scaling.engine.compiled.auto_grad_accum). eval_every / checkpoint_every: steps between
     them, 0 = only at the end. eval_points: that many evaluations spread evenly over the run (the
     last at the end), for training curves, beside eval_every; an observation, not part of the
     trial id. exclude_history: full ranking without the user's history items (the lab's rule),

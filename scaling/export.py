@@ -39,9 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from scaling.metrics_log import read_records
+from scaling.services.metrics_log import read_records
 from scaling.serve import MANIFEST, sha256
-from scaling.workdir import is_local
+from scaling.services.workdir import is_local
 
 FORMAT_VERSION = 1
 PLATFORMS = ("cpu", "cuda", "tpu")
@@ -127,9 +127,9 @@ def load_trial(workdir: epath.Path, step: int | None = None, log: Callable[[str]
     from data.dataset import prepare_section
     from data.split import leave_one_out
     from models.core import family as families
-    from scaling import checkpoint
+    from scaling.engine import checkpoint
     from scaling.config import from_json
-    from scaling.trainer import trial_model
+    from scaling.engine.compiled import trial_model
 
     config_path = workdir / "config.json"
     if not config_path.exists():

@@ -27,15 +27,15 @@ from etils import epath
 
 from data.errors import DataError
 from models.core import family as families
-from scaling import distributed, host
+from scaling.services import cpu_settings, distributed
 from scaling.config import ConfigError, ModelConfig, TrialConfig, from_json, with_overrides
-from scaling.lease import WorkdirBusy, workdir_lock
-from scaling.mesh import make_mesh
-from scaling.preemption import EXIT_PREEMPTED, Preempted, StopRequest, stop_with_parent
+from scaling.services.lease import WorkdirBusy, workdir_lock
+from scaling.engine.mesh import make_mesh
+from scaling.services.preemption import EXIT_PREEMPTED, Preempted, StopRequest, stop_with_parent
 from scaling.presets import PRESETS, preset
-from scaling.profiling import parse_range
-from scaling.trial import NonFiniteError, run
-from scaling.workdir import write_atomically
+from scaling.services.profiling import parse_range
+from scaling.engine.trial import NonFiniteError, run
+from scaling.services.workdir import write_atomically
 
 
 def config_from_args(args: argparse.Namespace) -> TrialConfig:
@@ -102,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    host.keep_freed_memory_mapped()
+    cpu_settings.keep_freed_memory_mapped()
     workdir = epath.Path(args.workdir)
     lock = workdir_lock(workdir)
     with StopRequest() as stop:

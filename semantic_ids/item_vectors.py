@@ -45,7 +45,7 @@ class VectorOptions:
 
 
 # (trial workdir, source part) -> (its item table, the trial's original item ids of its rows, what
-# was read); raises DataError naming the part. The engine's reader: scaling/trained_table.py.
+# was read); raises DataError naming the part. The engine's reader: scaling/engine/trained_table.py.
 TrainedTable = Callable[[Path, str], tuple[np.ndarray, np.ndarray, dict]]
 
 
@@ -118,7 +118,7 @@ def _part(prepared: PreparedData, part: str, options: VectorOptions,
     if kind == "checkpoint":
         if trained_table is None:
             raise DataError(f"{part}: no reader of trained trials was given (the lab's commands and trials pass "
-                            f"scaling.trained_table.read)")
+                            f"scaling.engine.trained_table.read)")
         table, trial_items, described = trained_table(Path(path), part)
         return _aligned(trial_items, table, prepared.sequences.item_ids, part), described
     return user_file_vectors(Path(path), prepared.sequences.item_ids, part), {}

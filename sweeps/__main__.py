@@ -27,8 +27,8 @@ from etils import epath
 
 from data.errors import DataError
 from scaling.config import ConfigError
-from scaling.metrics_log import read_lines
-from scaling.workdir import is_local
+from scaling.services.metrics_log import read_lines
+from scaling.services.workdir import is_local
 from sweeps import runner
 from sweeps.results import ResultsStore
 from sweeps.spec import Sweep, describe, format_number, load_spec

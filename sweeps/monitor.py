@@ -14,7 +14,7 @@ from typing import Any, Callable, TextIO
 
 from etils import epath
 
-from scaling.progress import format_line, format_seconds, is_terminal, read_progress
+from scaling.services.progress import format_line, format_seconds, is_terminal, read_progress
 from sweeps.spec import Trial
 
 

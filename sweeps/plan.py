@@ -15,7 +15,8 @@ import dataclasses
 import json
 from typing import Any, Callable, Sequence
 
-from scaling import aot, hardware
+from scaling import aot
+from scaling.engine import hardware
 from scaling.config import ConfigError
 from sweeps.spec import Trial, train_flops_per_step
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from etils import epath
 
-from scaling.workdir import write_atomically
+from scaling.services.workdir import write_atomically
 
 
 class ResultsStore:

@@ -17,10 +17,10 @@ from typing import Any, BinaryIO, Callable, Iterator, Sequence
 from etils import epath
 
 from data.sources import cache_dir
-from scaling.lease import WorkdirBusy, workdir_lock
-from scaling.preemption import PARENT_ENV
-from scaling.progress import format_seconds
-from scaling.workdir import LOCK_NAME, is_local
+from scaling.services.lease import WorkdirBusy, workdir_lock
+from scaling.services.preemption import PARENT_ENV
+from scaling.services.progress import format_seconds
+from scaling.services.workdir import LOCK_NAME, is_local
 from sweeps.monitor import SweepMonitor
 from sweeps.results import ResultsStore
 from sweeps.spec import Sweep, Trial
@@ -103,7 +103,7 @@ def compilation_cache_env(env: dict[str, str]) -> dict[str, str]:
     """env with JAX's persistent compilation cache on, unless env sets it already: trials of one
     shape (a size trained for several step counts, a constant learning rate) compile once per
     machine. Every compilation is kept, the ~1 s ones of small models included. In the lab's cache
-    folder, on local disk (a multi-process CPU trial turns it off, scaling/distributed.py)."""
+    folder, on local disk (a multi-process CPU trial turns it off, scaling/services/distributed.py)."""
     return {"JAX_COMPILATION_CACHE_DIR": str(cache_dir() / "xla"),
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", **env}
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from models.core import family as families
-from scaling import flops
+from scaling.engine import flops
 from scaling.config import ConfigError, TrialConfig, with_overrides
 
 

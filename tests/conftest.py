@@ -43,9 +43,9 @@ if "SCALING_LAB_TEST_RUN" not in os.environ:
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(run, "xla-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-PEAK_FLOPS = "peak_flops.json"  # the processor's measured matmul rate, as scaling.hardware caches it
+PEAK_FLOPS = "peak_flops.json"  # the processor's measured matmul rate, as scaling.engine.hardware caches it
 if os.environ.get("SCALING_LAB_TEST_RUN_OWNER") == str(os.getpid()):
-    from scaling import hardware
+    from scaling.engine import hardware
 
     hardware.peak_flops_per_device("float32")  # measured once, before the workers start, for every trial
 

@@ -3,7 +3,7 @@ with generation preconditions) on a free port, in memory, one bucket; every clie
 pointed at it through the environment, which the tests' subprocesses inherit:
 
     STORAGE_EMULATOR_HOST      gcsfs and google-cloud-storage (epath's gs://, tensorboardX, tensorboard)
-    TENSORSTORE_GCS_HTTP_URL   tensorstore's gcs kvstore (orbax's arrays, scaling/lease.py)
+    TENSORSTORE_GCS_HTTP_URL   tensorstore's gcs kvstore (orbax's arrays, scaling/services/lease.py)
     GOOGLE_AUTH_TOKEN_FOR_TESTING, NO_GCE_CHECK, FSSPEC_GCS_TOKEN=anon: no credential discovery
     GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false: gcsfs 2026 otherwise asks a gRPC control API for
         the bucket's layout, which no emulator serves, and waits ~60 s on every call

@@ -2,7 +2,7 @@
 the emulator's own process: `python tests/gcs_server.py start --port N --in-memory ...` (its CLI).
 
 The stock emulator (2026.7.19) ignores generation preconditions and sends no generation headers,
-so a lease on ifGenerationMatch (scaling/lease.py) or tensorstore's conditional writes could not
+so a lease on ifGenerationMatch (scaling/services/lease.py) or tensorstore's conditional writes could not
 be tested against it. Added here, as GCS documents them:
 - ifGenerationMatch (0: the object must not exist), ifGenerationNotMatch and
   ifMetagenerationMatch on writes, copies, moves and deletes: 412 Precondition Failed; on reads

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import accelerator, accelerator_shapes
-from scaling import hardware, profiling
+from scaling.engine import hardware
+from scaling.services import profiling
 from tests.conftest import xla_flags
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

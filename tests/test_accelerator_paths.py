@@ -18,9 +18,9 @@ from data.split import leave_one_out
 from models.core import family as families
 from config.fields import ConfigError
 from models.core.layers import force_hand_written_kernels, hand_written_kernels
-from scaling import trainer as trainer_module
+from scaling.engine import compiled as trainer_module
 from scaling.config import DataConfig, MeshConfig, TrainConfig, TrialConfig
-from scaling.mesh import make_mesh
+from scaling.engine.mesh import make_mesh
 from tests.model_paths import BF16_TOL, assert_gradient_close_in_bf16
 
 ROWS, ROW_LEN, NUM_ITEMS = 4, 12, 40

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scaling import checkpoint
+from scaling.engine import checkpoint
 
 # the tiny preset on a synthetic catalogue, 8 steps with a checkpoint every 4, run to the end on
 # the old stack; kept: config.json, metrics.jsonl and the step-4 checkpoint (as if killed after

@@ -21,7 +21,7 @@ from data.sequences import Sequences
 from models.core import family as families
 from models.core.serving import history_batch
 from scaling import export, serve
-from scaling import trial
+from scaling.engine import trial
 from scaling.config import DataConfig, ModelConfig, TrainConfig, TrialConfig
 from scaling.presets import preset
 
@@ -292,11 +292,11 @@ def test_sweeps_export_picks_the_best_trial(trained, tmp_path) -> None:
 
     sweep_dir = tmp_path / "sweep"
     store = ResultsStore(sweep_dir)
-    for trial, hr in zip(load_spec(spec).trials(), [0.3, 0.1]):
-        folder = sweep_dir / "trials" / trial.trial_id
+    for point, hr in zip(load_spec(spec).trials(), [0.3, 0.1]):
+        folder = sweep_dir / "trials" / point.trial_id
         shutil.copytree(workdir / "checkpoints", folder / "checkpoints")
-        (folder / "config.json").write_text(trial.config.to_json())
-        store.record({"trial_id": trial.trial_id, "status": "ok", "hr@10": hr})
+        (folder / "config.json").write_text(point.config.to_json())
+        store.record({"trial_id": point.trial_id, "status": "ok", "hr@10": hr})
     best = load_spec(spec).trials()[0]
     done = subprocess.run([sys.executable, "-m", "sweeps", "export", str(spec), "--workdir", str(sweep_dir),
                            "--best", "hr@10", "--out", str(tmp_path / "best"), "--k", "5", "--json"],

@@ -21,8 +21,8 @@ import pytest
 from etils import epath
 from etils.epath import backend
 
-from scaling.metrics_log import read_records
-from scaling.workdir import write_atomically
+from scaling.services.metrics_log import read_records
+from scaling.services.workdir import write_atomically
 from sweeps import __main__ as sweeps_cli
 from sweeps import runner
 from tests.in_process import trials_in_process

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from scaling import train as train_module
-from scaling.metrics_log import MetricsLog
-from scaling.workdir import WorkdirLock, write_atomically
+from scaling.services.metrics_log import MetricsLog
+from scaling.services.workdir import WorkdirLock, write_atomically
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STEPS, CHECKPOINT_EVERY = 12, 3
@@ -229,7 +229,7 @@ def test_a_killed_sweep_driver_records_each_trial_once_and_its_rerun_resumes(tmp
                                                                               capsys) -> None:
     """lr 1e38 fails (non-finite loss) and the sweep goes on; the driver is SIGKILLed during the
     third trial, which then checkpoints and stops (SIGTERM from its dying parent)."""
-    from scaling.workdir import WorkdirBusy
+    from scaling.services.workdir import WorkdirBusy
 
     spec, trials = _sweep(tmp_path, 12, [1e38, 1e-3, 2e-3])
     bad, good, killed = (t.trial_id for t in trials)

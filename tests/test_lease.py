@@ -1,4 +1,4 @@
-"""Object-store workdir ownership through conditional writes (scaling/lease.py), run here on
+"""Object-store workdir ownership through conditional writes (scaling/services/lease.py), run here on
 tensorstore's file driver, whose generation preconditions are the same calls as on gs://
 (tests/test_object_store.py runs it against a GCS emulator)."""
 
@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from scaling.lease import ObjectLease, WorkdirBusy, WorkdirLost, workdir_lock
-from scaling.workdir import WorkdirLock
+from scaling.services.lease import ObjectLease, WorkdirBusy, WorkdirLost, workdir_lock
+from scaling.services.workdir import WorkdirLock
 
 
 class Clock:

@@ -7,8 +7,8 @@ import time
 import pytest
 from etils import epath
 
-from scaling.meter import StepMeter
-from scaling.progress import TrialProgress, format_line
+from scaling.engine.meter import StepMeter
+from scaling.services.progress import TrialProgress, format_line
 
 
 def metrics(loss_sum: float, positions: float) -> dict:

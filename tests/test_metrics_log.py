@@ -6,8 +6,8 @@ import json
 import pytest
 from etils import epath
 
-from scaling import metrics_log
-from scaling.metrics_log import MetricsLog, read_lines, read_records
+from scaling.services import metrics_log
+from scaling.services.metrics_log import MetricsLog, read_lines, read_records
 
 
 class FakeClock:

@@ -124,7 +124,7 @@ def test_two_processes_match_one(tmp_path: Path, lab_cache: Path, single_process
 
 
 def test_missing_or_impossible_start_up_arguments_are_refused() -> None:
-    from scaling import distributed
+    from scaling.services import distributed
     from scaling.config import ConfigError
 
     with pytest.raises(ConfigError, match="--coordinator needs --num-processes and --process-id"):

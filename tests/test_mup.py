@@ -1,4 +1,4 @@
-"""µP (models/core/parametrization.py, scaling/mup.py): the kinds of parameters, µP at the base width
+"""µP (models/core/parametrization.py, scaling/engine/mup.py): the kinds of parameters, µP at the base width
 is the standard model exactly, and the coordinate check: activation updates grow with width in
 the standard parametrization and stay flat under µP."""
 
@@ -10,10 +10,11 @@ import jax
 import pytest
 
 from models.core.config import ModelConfig
-from scaling import coord_check, mup
+from scaling import coord_check
+from scaling.engine import mup
 from scaling.config import ConfigError, DataConfig, MeshConfig, TrainConfig, TrialConfig
-from scaling.mesh import make_mesh, logical_names
-from scaling.trainer import build_trainer
+from scaling.engine.mesh import make_mesh, logical_names
+from scaling.engine.compiled import build_trainer
 from tests.test_sharding import NUM_ITEMS, host_batches  # noqa: F401
 
 BASE = TrialConfig(data=DataConfig(max_len=11),

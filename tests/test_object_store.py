@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from etils import epath
 
-from scaling.lease import ObjectLease, WorkdirBusy, WorkdirLost
-from scaling.metrics_log import MetricsLog, read_records
+from scaling.services.lease import ObjectLease, WorkdirBusy, WorkdirLost
+from scaling.services.metrics_log import MetricsLog, read_records
 from tests.in_process import trials_in_process
 
 pytestmark = pytest.mark.object_store

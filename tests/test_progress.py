@@ -11,7 +11,7 @@ from etils import epath
 
 from models.core.config import ModelConfig
 from scaling.config import TrialConfig
-from scaling.progress import TrialProgress, format_seconds, read_progress
+from scaling.services.progress import TrialProgress, format_seconds, read_progress
 from sweeps.monitor import SweepMonitor
 from sweeps.spec import Trial
 

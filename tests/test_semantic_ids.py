@@ -148,7 +148,7 @@ def test_unknown_source_parts_are_refused():
 def test_checkpoint_source_reads_a_trials_item_table(tmp_path, small, use_lab_cache):
     import jax.numpy as jnp
 
-    from scaling import checkpoint, trained_table
+    from scaling.engine import checkpoint, trained_table
     from scaling.config import DataConfig, TrialConfig
 
     workdir = tmp_path / "trial"

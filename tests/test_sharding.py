@@ -16,10 +16,10 @@ from data.pipeline import PipelineConfig, eval_dataset, train_dataset
 from data.sequences import PreprocessOptions, build_sequences
 from data.split import leave_one_out
 from models.core.config import ModelConfig
-from scaling import checkpoint
+from scaling.engine import checkpoint
 from scaling.config import ConfigError, DataConfig, MeshConfig, TrainConfig, TrialConfig
-from scaling.mesh import make_mesh, parse_mesh_spec
-from scaling.trainer import build_trainer
+from scaling.engine.mesh import make_mesh, parse_mesh_spec
+from scaling.engine.compiled import build_trainer
 
 MESHES = ("data=8", "fsdp=8", "data=2,fsdp=2,tensor=2")
 NUM_ITEMS = 63  # vocab 64: divisible by every mesh axis used here
@@ -148,7 +148,7 @@ def test_per_step_losses_are_the_same_on_every_mesh_and_micro_batching(family: s
     examples, whose draws must not follow the split). Bitwise equality of two runs on one mesh:
     tests/test_faults.py compares separate training processes exactly."""
     from models.core import family as families
-    from scaling import trainer as trainer_module
+    from scaling.engine import compiled as trainer_module
 
     (reference, other_seed), _ = per_step(family, "data=1", 1, host_batches, seeds=(5, 6))
     assert other_seed[0][0] != reference[0][0]  # the draws are live: another seed, another first loss
@@ -237,7 +237,7 @@ def test_tensor_groups_stay_within_a_process_on_gpu_jobs() -> None:
     tensor=16 would all-reduce across nodes and is refused; data and fsdp may cross them."""
     import types
 
-    from scaling.mesh import check_tensor_within_processes
+    from scaling.engine.mesh import check_tensor_within_processes
 
     devices = np.array([types.SimpleNamespace(id=i, process_index=i // 8, platform="gpu") for i in range(32)])
     check_tensor_within_processes("data=2,fsdp=2,tensor=8", devices.reshape(2, 2, 8))

@@ -10,9 +10,9 @@ import pytest
 
 from models.core.family import ACCELERATOR_PATHS_ENV
 from scaling.config import DataConfig, MeshConfig, TrainConfig, TrialConfig
-from scaling.mesh import make_mesh
-from scaling.steps import make_optimizer
-from scaling.trainer import build_trainer
+from scaling.engine.mesh import make_mesh
+from scaling.engine.step_functions import make_optimizer
+from scaling.engine.compiled import build_trainer
 from tests.model_paths import BF16_TOL, assert_gradients_close, model_config, tolerance
 
 ROWS, ROW_LEN, ITEMS = 8, 12, 40
@@ -93,7 +93,7 @@ def test_schedules() -> None:
 
 @pytest.mark.slow
 def test_step_returns_the_counts_model_flops_need() -> None:
-    from scaling import flops
+    from scaling.engine import flops
     from data.pipeline import segment_lengths
 
     host_batch = batch()
@@ -113,7 +113,7 @@ def test_step_returns_the_counts_model_flops_need() -> None:
 
 
 def test_auto_grad_accum_keeps_cpu_attention_scores_cache_sized(monkeypatch: pytest.MonkeyPatch) -> None:
-    from scaling.trainer import CPU_SCORES_BYTES, auto_grad_accum
+    from scaling.engine.compiled import CPU_SCORES_BYTES, auto_grad_accum
     from scaling.presets import preset
 
     large = preset("hstu-large-ml1m")  # 2 heads, rows of 201: 323 KB of scores per row

@@ -15,7 +15,7 @@ from etils import epath
 
 from models.core.config import ModelConfig
 from scaling.config import ConfigError, DataConfig, TrainConfig, TrialConfig
-from scaling.tensorboard import read_scalars
+from scaling.services.tensorboard import read_scalars
 from sweeps import runner
 from sweeps.results import ResultsStore
 from sweeps.spec import Sweep, axis, grid, isoflop, ladder, load_spec, planned_compute, train_flops_per_step, zipped

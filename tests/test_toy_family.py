@@ -152,8 +152,8 @@ def test_toy_family_trains_through_scaling_train(tmp_path: Path, use_lab_cache: 
 @pytest.mark.slow
 def test_aux_loss_terms_enter_the_gradient(use_lab_cache: Path) -> None:
     from scaling.config import DataConfig, MeshConfig, TrainConfig, TrialConfig
-    from scaling.mesh import make_mesh
-    from scaling.trainer import build_trainer
+    from scaling.engine.mesh import make_mesh
+    from scaling.engine.compiled import build_trainer
 
     def gradients(penalty: float):
         config = TrialConfig(data=DataConfig(max_len=7), model=MeanMLPConfig(norm_penalty=penalty),

@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scaling import train as train_module, trial
+from scaling import train as train_module
+from scaling.engine import trial
 from scaling.config import TrainConfig
 from scaling.presets import preset
-from scaling.result import RESULT_METRICS
-from scaling.selection import Evaluations
-from scaling.tensorboard import read_scalars
-from scaling.trainer import Trainer
+from scaling.engine.result import RESULT_METRICS
+from scaling.engine.selection import Evaluations
+from scaling.services.tensorboard import read_scalars
+from scaling.engine.compiled import Trainer
 from tests.conftest import xla_flags
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -118,7 +119,8 @@ def test_interrupted_run_resumes_bitwise(tmp_path, lab_cache, monkeypatch, finis
 
 @pytest.mark.slow
 def test_cli_rejects_bad_config_with_one_line(tmp_path, capsys) -> None:
-    from scaling import train as train_module, trial
+    from scaling import train as train_module
+    from scaling.engine import trial
 
     arguments = ["--preset", "tiny", "--workdir", str(tmp_path)]
     for extra, message in ((["--set", "model.blockz=2"], "error: unknown config key model.blockz for model.family='hstu'; known: "),
@@ -215,7 +217,7 @@ def test_an_unwritable_workdir_is_one_line_and_status_2(tmp_path, capsys) -> Non
 
 
 def test_the_best_validation_evaluation_is_kept_ties_to_the_earlier() -> None:
-    from scaling.selection import BestEvaluation
+    from scaling.engine.selection import BestEvaluation
 
     best = BestEvaluation()
     assert best.to_state() is None and BestEvaluation.from_state(None).step is None

@@ -1,8 +1,8 @@
-"""The peer watchdog of multi-process jobs (scaling/watchdog.py) against a fake coordination
+"""The peer watchdog of multi-process jobs (scaling/services/watchdog.py) against a fake coordination
 service: a silent peer or an unreachable coordinator is a reason to stop, a finished peer is not.
 The real thing, with a killed process: tests/test_multiprocess.py::test_dead_host_fails_fast."""
 
-from scaling.watchdog import PeerWatchdog
+from scaling.services.watchdog import PeerWatchdog
 
 
 class FakeService:

@@ -1,6 +1,6 @@
 """Logical axis names of parameters and activations (t5x/MaxText style).
 
-Every parameter carries these names; scaling/mesh.py holds the one table that maps them to the
+Every parameter carries these names; scaling/engine/mesh.py holds the one table that maps them to the
 mesh axes ("data", "fsdp", "tensor").
 """
 

@@ -43,7 +43,7 @@ STEP_INPUTS = "step_inputs"  # in a training (micro-)batch: Model.step_inputs of
 def accelerator_paths() -> bool:
     """Whether a CPU runs what a GPU or TPU runs ($SCALING_LAB_ACCELERATOR_PATHS=1): the plain
     autodiff forms of models/core/layers.py (hand_written_kernels) and one micro-batch per step
-    (scaling.trainer.auto_grad_accum), so that the accelerators' code is exercised, slower, on a
+    (scaling.engine.compiled.auto_grad_accum), so that the accelerators' code is exercised, slower, on a
     CPU. Unset or 0: the CPU's own paths."""
     value = os.environ.get(ACCELERATOR_PATHS_ENV, "")
     if value not in ("", "0", "1"):
@@ -240,7 +240,7 @@ class Family(abc.ABC):
 
     @abc.abstractmethod
     def model_flops(self, config: Any, train: Any, counts: Mapping[str, float], num_items: int) -> float:
-        """Training model FLOPs of one step from its step counts (the convention of scaling/flops.py)."""
+        """Training model FLOPs of one step from its step counts (the convention of scaling/engine/flops.py)."""
 
     @abc.abstractmethod
     def param_counts(self, config: Any, num_items: int) -> dict[str, int]:

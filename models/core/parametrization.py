@@ -2,7 +2,7 @@
 2203.03466), as model.parametrization=mup: hyper-parameters tuned at model.base_width transfer to
 wider models. Width multiplier m = d_model / base_width; at m = 1 µP is the standard model exactly.
 
-Table 3 of the paper (Adam), by the kind of each parameter, which scaling/mup.py reads from the
+Table 3 of the paper (Adam), by the kind of each parameter, which scaling/engine/mup.py reads from the
 logical axes:
 - input weights and all vectors (item, token and positional tables, biases, norm gains): init
   and learning rate independent of width;

@@ -6,7 +6,7 @@ A catalogue table has num_items + 1 real rows (row 0: the padding item). From
 ROW_SHARDING_MIN_ROWS rows it is stored padded to a multiple of ROW_ALIGN (the extra rows are
 zeros, never looked up and never scored) and its rows are split over every device of the mesh,
 whatever the mesh (embedding model parallelism, as TorchRec and TPU embedding layers do); the
-rules table of scaling/mesh.py applies `row_axes` to it. ROW_ALIGN = 2^10 x 3, so any device
+rules table of scaling/engine/mesh.py applies `row_axes` to it. ROW_ALIGN = 2^10 x 3, so any device
 count 2^a 3^b that divides it splits the rows evenly. The padded size depends on the catalogue
 only, so a checkpoint restores onto any mesh, and the real rows are initialised as if unpadded,
 so every mesh starts from the same numbers.

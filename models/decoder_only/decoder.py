@@ -248,7 +248,7 @@ class DecoderFamily(family.Family):
         if train.loss == "sampled_softmax" and train.negatives >= num_items:
             raise ConfigError(f"train.negatives={train.negatives} must be below the catalogue size ({num_items} items)")
 
-    # ---- accounting (the lab's FLOP convention: scaling/flops.py) ------------------------------------
+    # ---- accounting (the lab's FLOP convention: scaling/engine/flops.py) ------------------------------------
     def linear_flops_per_token(self, config: DecoderConfig) -> float:
         """Forward matmul FLOPs per token of one block, attention excluded."""
         raise NotImplementedError

@@ -2,7 +2,7 @@
 
 A lock file held with flock(2) for the life of the process marks a local workdir as in use; the
 kernel releases it when the process ends however it ends (SIGKILL included), so a stale lock
-never blocks a rerun. Object-store workdirs (gs://) are leased instead (scaling/lease.py).
+never blocks a rerun. Object-store workdirs (gs://) are leased instead (scaling/services/lease.py).
 """
 
 from __future__ import annotations

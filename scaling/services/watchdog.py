@@ -27,7 +27,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from scaling.preemption import EXIT_PREEMPTED
+from scaling.services.preemption import EXIT_PREEMPTED
 
 BEAT_SECONDS = 1.0
 PEER_TIMEOUT_SECONDS = float(os.environ.get("SCALING_LAB_PEER_TIMEOUT_SECONDS", 20.0))

@@ -9,10 +9,10 @@ import jax
 import numpy as np
 
 from data.ranking import DEFAULT_KS, ranking_metrics
-from scaling import flops
+from scaling.engine import flops
 from scaling.config import TrialConfig
-from scaling.meter import StepMeter
-from scaling.selection import Evaluations
+from scaling.engine.meter import StepMeter
+from scaling.engine.selection import Evaluations
 
 RESULT_METRICS = tuple(ranking_metrics(np.ones(1)))  # HR@K and NDCG@K at every K of DEFAULT_KS, MRR
 VALID_METRICS = tuple(ranking_metrics(np.ones(1), DEFAULT_KS[:-1]))  # the validation ones, without the longest list
@@ -63,7 +63,7 @@ def result_record(config: TrialConfig, trainer: Any, meter: StepMeter, evaluatio
         "eval_loss": valid.get("loss"),
         "test_loss": test.get("loss"),
         **floors,  # a synthetic source's irreducible loss on the events of eval_loss (test_: of test_loss)
-        # test metrics at the evaluation of best validation HR@10 (scaling/selection.py), the last beside
+        # test metrics at the evaluation of best validation HR@10 (scaling/engine/selection.py), the last beside
         "selected_step": best.step,
         **{key: best.test.get(key) for key in RESULT_METRICS},
         **{f"last_{key}": test.get(key) for key in RESULT_METRICS},

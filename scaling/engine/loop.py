@@ -1,6 +1,6 @@
 """The training loop: take one step after another and, after each, run the hooks due at it (the
 shape of big_vision's and levanter's loops). What a trial does besides stepping, evaluating,
-checkpointing, logging, profiling, stopping on a preemption notice, is a hook of scaling/trial.py."""
+checkpointing, logging, profiling, stopping on a preemption notice, is a hook of scaling/engine/trial.py."""
 
 from __future__ import annotations
 

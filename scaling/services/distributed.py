@@ -13,7 +13,7 @@ import jax
 from jax._src import distributed as jax_distributed  # the client of the coordination service
 
 from scaling.config import ConfigError
-from scaling.watchdog import PeerWatchdog
+from scaling.services.watchdog import PeerWatchdog
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
@@ -42,7 +42,7 @@ _watchdog: PeerWatchdog | None = None
 
 
 def _watch_peers() -> None:
-    """In a job of several processes, end this one when a peer is lost (scaling/watchdog.py)."""
+    """In a job of several processes, end this one when a peer is lost (scaling/services/watchdog.py)."""
     global _watchdog
     client = jax_distributed.global_state.client
     if jax.process_count() > 1 and client is not None and _watchdog is None:

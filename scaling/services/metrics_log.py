@@ -17,7 +17,7 @@ from typing import Any, Callable
 import jax
 from etils import epath
 
-from scaling.workdir import is_local, storage_errors, write_atomically
+from scaling.services.workdir import is_local, storage_errors, write_atomically
 
 FILE_NAME = "metrics.jsonl"
 PARTS_NAME = "metrics.parts"

@@ -16,7 +16,7 @@ from absl import logging as absl_logging
 import orbax.checkpoint as ocp
 from etils import epath
 
-from scaling.workdir import is_local
+from scaling.services.workdir import is_local
 
 
 def absolute(directory: epath.PathLike) -> epath.Path:

@@ -7,7 +7,7 @@ from typing import Any
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from scaling.mesh import param_shardings
+from scaling.engine.mesh import param_shardings
 
 
 def _keys(path: tuple) -> tuple[str, ...]:

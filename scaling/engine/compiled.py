@@ -13,12 +13,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from models.core import axes, family as families, parametrization
 from models.core.family import BatchField, Family
-from scaling.batches import to_global
+from scaling.engine.batches import to_global
 from scaling.config import ConfigError, TrainConfig, TrialConfig
-from scaling import mup
-from scaling.mesh import LOGICAL_AXIS_RULES, batch_sharding
-from scaling.shardings import state_shardings
-from scaling.steps import StepFunctions, boxed_params, make_optimizer
+from scaling.engine import mup
+from scaling.engine.mesh import LOGICAL_AXIS_RULES, batch_sharding
+from scaling.engine.shardings import state_shardings
+from scaling.engine.step_functions import StepFunctions, boxed_params, make_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +146,7 @@ def trial_model(config: TrialConfig, num_items: int, prepared: Any = None,
     request = family.item_codes_request(config.model) if prepared is not None else None
     if request is None:
         return family.build_for(config.model, config.train, num_items)
-    from scaling import trained_table  # imported with the stage: a trial without IDs loads neither
+    from scaling.engine import trained_table  # imported with the stage: a trial without IDs loads neither
     from semantic_ids.trial_codes import item_codes
 
     codes = item_codes(request, prepared, log, trained_table.read)

@@ -10,7 +10,7 @@ import numpy as np
 from data.dataset import prepare_section
 from data.errors import DataError
 from models.core import family as families, tables
-from scaling import checkpoint
+from scaling.engine import checkpoint
 from scaling.config import ConfigError, from_json
 
 

@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 from etils import epath
 
-from scaling.workdir import write_atomically
+from scaling.services.workdir import write_atomically
 
 PROGRESS_FILE = "progress.json"
 FILE_INTERVAL_SECONDS = 5.0
@@ -68,7 +68,7 @@ class TrialProgress:
             self._bar.start()
 
     def train(self, record: dict[str, Any]) -> None:
-        """A logged training record (scaling.meter): the display and the file follow it."""
+        """A logged training record (scaling.engine.meter): the display and the file follow it."""
         step = record["step"]
         seconds = record.get("perf/step_seconds")
         self.state.update(step=step, loss=record["learning/loss"], tokens_per_second=record.get("perf/tokens_per_second"),

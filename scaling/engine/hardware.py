@@ -95,7 +95,7 @@ def datasheet_peak(device_kind: str, dtype: str) -> float:
     word's end wins ("NVIDIA H100 80GB HBM3" is an H100; "NVIDIA L40S" is not an L4)."""
     matches = [k for k in PEAK_BF16 if device_kind.startswith(k) and not device_kind[len(k):][:1].isalnum()]
     if not matches:
-        raise UnknownDevice(f"no peak FLOP/s known for device kind {device_kind!r}; add it to scaling/hardware.py")
+        raise UnknownDevice(f"no peak FLOP/s known for device kind {device_kind!r}; add it to scaling/engine/hardware.py")
     key = max(matches, key=len)
     if dtype == "float32" and key in PEAK_FP32:
         return PEAK_FP32[key]

@@ -25,20 +25,20 @@ from data.dataset import PreparedData, prepare_section
 from data.floors import loss_floors
 from data.pipeline import PipelineConfig, epoch_plan, train_dataset
 from data.split import LeaveOneOut, eval_subset, leave_one_out
-from scaling import checkpoint, flops, hardware
+from scaling.engine import checkpoint, flops, hardware
 from scaling.config import TrialConfig
-from scaling.evaluation import evaluate, evaluation_steps
-from scaling.loop import Hook, run_steps
-from scaling.mesh import logical_names, make_mesh
-from scaling.meter import StepMeter
-from scaling.metrics_log import MetricsLog
-from scaling.preemption import Preempted, StopRequest
-from scaling.profiling import StepProfiler
-from scaling.progress import TrialProgress
-from scaling.result import result_record
-from scaling.selection import Evaluations
-from scaling.tensorboard import EventLog
-from scaling.trainer import Trainer, build_trainer
+from scaling.engine.evaluation import evaluate, evaluation_steps
+from scaling.engine.loop import Hook, run_steps
+from scaling.engine.mesh import logical_names, make_mesh
+from scaling.engine.meter import StepMeter
+from scaling.services.metrics_log import MetricsLog
+from scaling.services.preemption import Preempted, StopRequest
+from scaling.services.profiling import StepProfiler
+from scaling.services.progress import TrialProgress
+from scaling.engine.result import result_record
+from scaling.engine.selection import Evaluations
+from scaling.services.tensorboard import EventLog
+from scaling.engine.compiled import Trainer, build_trainer
 
 
 class NonFiniteError(Exception):

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import tensorstore as ts
 from etils import epath
 
-from scaling.workdir import LOCK_NAME, WorkdirBusy, WorkdirLock, is_local
+from scaling.services.workdir import LOCK_NAME, WorkdirBusy, WorkdirLock, is_local
 
 LEASE_SECONDS = float(os.environ.get("SCALING_LAB_LEASE_SECONDS", 120.0))
 

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 from etils import epath
 
-from scaling.workdir import is_local
+from scaling.services.workdir import is_local
 
 
 def run_folder(workdir: epath.Path) -> epath.Path:

@@ -1,4 +1,4 @@
-"""Host-process settings that make XLA:CPU steps fast and steady.
+"""Host-process settings for XLA:CPU: glibc malloc that keeps freed memory mapped, and simulated devices.
 
 glibc serves every allocation above its mmap threshold (at most 32 MiB) with a fresh mmap and
 unmaps it on free, so each step's large temporaries page-fault and get zeroed by the kernel

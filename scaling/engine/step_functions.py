@@ -8,7 +8,7 @@ The model is a family's Model (models/core/family.py): these functions know noth
 
 With train.table_optimizer lazy_adam or rowwise_adagrad, the catalogue tables (`tables`) are
 updated sparsely: the rows the step touches (Model.touched_rows) are gathered once, the loss is
-differentiated with respect to them only, and scaling/table_optimizers.py writes them back;
+differentiated with respect to them only, and scaling/engine/table_optimizers.py writes them back;
 opt_state is then {"dense": AdamW's state of the other parameters, "tables": {"mu": {name: ...}, ...}}
 (each statistic's path ends with its table's, so it is laid out like the table).
 """
@@ -25,7 +25,7 @@ import optax
 
 from models.core import tables as catalogue
 from models.core.family import ROW_IDS, STEP_INPUTS, Model
-from scaling import mup, table_optimizers
+from scaling.engine import mup, table_optimizers
 from scaling.config import TrainConfig
 
 TrainState = dict[str, Any]
@@ -50,7 +50,7 @@ def learning_rate(train: TrainConfig, total_steps: int, peak: float) -> optax.Sc
 
 def make_optimizer(train: TrainConfig, total_steps: int, multipliers: Any = None) -> optax.GradientTransformation:
     """AdamW with a constant rate, or linear warm-up then cosine decay to 0; with `multipliers`
-    (a tree like the parameters, scaling/mup.py), each parameter's update scaled by its own."""
+    (a tree like the parameters, scaling/engine/mup.py), each parameter's update scaled by its own."""
     rate = learning_rate(train, total_steps, train.learning_rate)
     adamw = optax.adamw(rate, b1=train.beta1, b2=train.beta2, eps=train.eps, weight_decay=train.weight_decay)
     return adamw if multipliers is None else optax.chain(adamw, mup.scale_updates(multipliers))
