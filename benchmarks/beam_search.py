@@ -80,7 +80,7 @@ def throughput(model, params, batch: int, width: int, repeats: int, num_items: i
     import numpy as np
 
     from models.core import family as families
-    from models.encdec.model import EncDecNetwork, user_tokens
+    from models.encdec.network import EncDecNetwork, user_tokens
     from scaling.engine import hardware
 
     cfg = model.config

@@ -39,8 +39,16 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from scaling.services.metrics_log import read_records
+from data.dataset import prepare_section
+from data.errors import DataError
+from data.split import leave_one_out
+from models.core import family as families
+from models.core.serving import portable_kernels, serving_batch
+from scaling.config import ConfigError, from_json
+from scaling.engine import checkpoint
+from scaling.engine.compiled import trial_model
 from scaling.serve import MANIFEST, sha256
+from scaling.services.metrics_log import read_records
 from scaling.services.workdir import is_local
 
 FORMAT_VERSION = 1
@@ -124,13 +132,6 @@ def choose_step(workdir: epath.Path, step: str, metric: str) -> int:
 
 def load_trial(workdir: epath.Path, step: int | None = None, log: Callable[[str], None] | None = None) -> TrainedTrial:
     """The trial's config, data, model and the parameters of checkpoint `step` (default the last)."""
-    from data.dataset import prepare_section
-    from data.split import leave_one_out
-    from models.core import family as families
-    from scaling.engine import checkpoint
-    from scaling.config import from_json
-    from scaling.engine.compiled import trial_model
-
     config_path = workdir / "config.json"
     if not config_path.exists():
         raise ExportError(f"{workdir}: no config.json (not a trial workdir)")
@@ -174,8 +175,6 @@ def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
 
 def serving_function(trial: TrainedTrial, k: int) -> Callable:
     """(flat params, histories, timestamps, lengths, users) -> (items, scores), traceable."""
-    from models.core.serving import serving_batch
-
     config = trial.config
 
     def serve(params: dict, histories: jax.Array, timestamps: jax.Array, lengths: jax.Array,
@@ -190,8 +189,6 @@ def serving_function(trial: TrainedTrial, k: int) -> Callable:
 def export_function(trial: TrainedTrial, k: int, platforms: Sequence[str]) -> jax.export.Exported:
     """serve() lowered for `platforms` with a symbolic batch dimension b. The portable kernels are
     traced (not the XLA:CPU forms of models/core/layers.py), so one module suits every platform."""
-    from models.core.serving import portable_kernels
-
     flat = flatten(trial.params)
     (b,) = jax.export.symbolic_shape("b")
     t = trial.config.data.max_len
@@ -335,9 +332,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from scaling.config import ConfigError
-    from data.errors import DataError
-
     args = _parser().parse_args(argv)
     platforms = [p.strip() for p in args.platforms.split(",") if p.strip()]
     unknown = [p for p in platforms if p not in ("cpu", "cuda", "rocm", "tpu")]

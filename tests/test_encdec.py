@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from models.core import family as families
-from models.encdec.model import EncDecModel, EncDecNetwork, user_tokens, vocabulary_codes
+from models.encdec.model import EncDecModel, vocabulary_codes
+from models.encdec.network import EncDecNetwork, user_tokens
 from tests.model_paths import gradient_atol, model_config, tolerance
 
 NUM_ITEMS = 12

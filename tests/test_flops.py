@@ -152,7 +152,7 @@ def test_encdec_executed_flops_equal_dot_flops_of_the_compiled_step(targets_per_
 @pytest.mark.slow
 def test_beam_decode_flops_equal_dot_flops_of_the_compiled_search() -> None:
     """Encoder once, cross keys/values once, W beams x T cached decoder positions and logits."""
-    from models.encdec.model import EncDecNetwork
+    from models.encdec.network import EncDecNetwork
 
     users, width = 3, 5
     config = ModelConfig(family="encdec", d_model=32, heads=2, d_ff=64, history_items=4, ids_codebook=8,

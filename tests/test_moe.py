@@ -12,7 +12,8 @@ import pytest
 
 from models.core import family as families
 from models.core.config import ModelConfig
-from models.encdec.model import EncDecModel, EncDecNetwork, vocabulary_codes
+from models.encdec.model import EncDecModel, vocabulary_codes
+from models.encdec.network import EncDecNetwork
 from models.encdec.layers import FeedForward
 from models.encdec.moe import MoEFeedForward, capacity, route
 from tests.model_paths import model_config

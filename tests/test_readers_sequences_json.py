@@ -118,7 +118,8 @@ def test_the_encoder_decoder_takes_json_ids_with_or_without_a_collision_code(tmp
     import types
 
     from models.core import family as families
-    from models.encdec.model import EncDecConfig, synthetic_codes, vocabulary_codes
+    from models.encdec.config import EncDecConfig
+    from models.encdec.model import synthetic_codes, vocabulary_codes
     from scaling.config import ConfigError
     from semantic_ids.trial_codes import item_codes
 

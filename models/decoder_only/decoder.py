@@ -23,10 +23,10 @@ from models.core import axes, family, parametrization, tables
 from models.core.attention import causal_query_blocks
 from models.core.family import TRAIN_MULTIPLIER, BatchField, FamilyConfig
 from config.fields import ConfigError, positive, fraction
-from models.core.layers import (EMBEDDING_SCOPE, LOSS_SCOPE, NEGATIVES_SCOPE, RowDropout, hand_written_kernels, l2_normalize,
-                           logical_param, row_keys, truncated_normal)
+from models.core.layers import (EMBEDDING_SCOPE, LOSS_SCOPE, NEGATIVES_SCOPE, RowDropout, hand_written_kernels,
+                                l2_normalize, logical_param, row_keys, truncated_normal)
 from models.core.losses import (full_softmax_loss, in_batch_log_q, in_batch_negatives, sample_negatives,
-                           sampled_softmax_loss, scores_all_items)
+                                sampled_softmax_loss, scores_all_items)
 
 TRAIN_FIELDS = {name: BatchField(np.int32, (axes.BATCH, axes.LENGTH))
                 for name in TOKEN_FIELDS if name not in BOOKKEEPING}

@@ -26,7 +26,7 @@ from models.core import attention, axes, family, parametrization
 from models.decoder_only.decoder import DecoderConfig, DecoderFamily
 from config.fields import ConfigError, non_negative, positive
 from models.core.layers import (ATTENTION_SCOPE, RowDropout, add_bias, attention_mask, hand_written_kernels, layer_norm,
-                           logical_param, torch_linear_bias_init)
+                                logical_param, torch_linear_bias_init)
 
 
 @dataclasses.dataclass(frozen=True)

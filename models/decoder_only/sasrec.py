@@ -28,7 +28,7 @@ from models.core.attention import causal_query_blocks
 from models.decoder_only.decoder import DecoderConfig, DecoderFamily
 from config.fields import ConfigError, non_negative
 from models.core.layers import (ATTENTION_SCOPE, RowDropout, attention_mask, layer_norm, logical_param,
-                           torch_linear_bias_init, truncated_normal)
+                                torch_linear_bias_init, truncated_normal)
 
 _NEG_INF = -1e9
 _XAVIER_NORMAL = nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
