@@ -33,12 +33,12 @@ import numpy as np
 from data.errors import DataError
 from models.core import family as families
 from scaling import aot
-from scaling.engine import flops, hardware, xla_cost
-from scaling.services import cpu_settings
 from scaling.config import ConfigError, DataConfig, TrainConfig, TrialConfig, from_json, with_overrides
+from scaling.engine import flops, hardware, xla_cost
+from scaling.engine.compiled import build_trainer
 from scaling.engine.mesh import make_mesh
 from scaling.presets import preset
-from scaling.engine.compiled import build_trainer
+from scaling.services import cpu_settings
 
 
 def random_batch(rows: int, row_len: int, num_items: int, seed: int = 0) -> dict[str, np.ndarray]:

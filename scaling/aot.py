@@ -26,10 +26,10 @@ import jax
 
 from models.core import axes
 from models.core.serving import portable_kernels
-from scaling.engine import flops, xla_cost
 from scaling.config import ConfigError, TrialConfig, from_dict
-from scaling.engine.mesh import batch_sharding, make_mesh
+from scaling.engine import flops, xla_cost
 from scaling.engine.compiled import build_trainer
+from scaling.engine.mesh import batch_sharding, make_mesh
 
 
 def _abstract_batch(fields: dict, rows: int, row_len: int, mesh: Any) -> dict[str, jax.ShapeDtypeStruct]:

@@ -16,10 +16,10 @@ import hashlib
 import json
 from typing import Any, ClassVar, Literal, Sequence
 
+from config.fields import ConfigError, Section, build_section, constrained, non_negative, positive
 from models.core import family as families
 from models.core.config import ModelConfig
 from models.core.family import FamilyConfig, model_config
-from config.fields import ConfigError, Section, build_section, constrained, non_negative, positive
 
 __all__ = ["ConfigError", "DataConfig", "MeshConfig", "ModelConfig", "TrainConfig", "TrialConfig", "from_dict",
            "from_json", "with_overrides"]

@@ -28,8 +28,8 @@ import numpy as np
 
 from data.errors import DataError
 from scaling.config import ConfigError, TrialConfig, with_overrides
-from scaling.engine.mesh import make_mesh
 from scaling.engine.compiled import build_trainer
+from scaling.engine.mesh import make_mesh
 
 
 def check(config: TrialConfig, num_items: int, batches: Sequence[dict], widths: Sequence[int],

@@ -27,14 +27,14 @@ from etils import epath
 
 from data.errors import DataError
 from models.core import family as families
-from scaling.services import cpu_settings, distributed
 from scaling.config import ConfigError, ModelConfig, TrialConfig, from_json, with_overrides
-from scaling.services.lease import WorkdirBusy, workdir_lock
 from scaling.engine.mesh import make_mesh
-from scaling.services.preemption import EXIT_PREEMPTED, Preempted, StopRequest, stop_with_parent
-from scaling.presets import PRESETS, preset
-from scaling.services.profiling import parse_range
 from scaling.engine.trial import NonFiniteError, run
+from scaling.presets import PRESETS, preset
+from scaling.services import cpu_settings, distributed
+from scaling.services.lease import WorkdirBusy, workdir_lock
+from scaling.services.preemption import EXIT_PREEMPTED, Preempted, StopRequest, stop_with_parent
+from scaling.services.profiling import parse_range
 from scaling.services.workdir import write_atomically
 
 

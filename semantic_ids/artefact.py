@@ -21,13 +21,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from semantic_ids import quality as id_quality
-from semantic_ids.cooccurrence import cooccurrence_counts, training_sequences
 from data.dataset import PreparedData
 from data.errors import DataError
 from data.item_features import item_labels
-from semantic_ids.item_vectors import ItemVectors, TrainedTable, VectorOptions, item_vectors
 from data.sources import cache_dir, local_file
+from semantic_ids import quality as id_quality
+from semantic_ids.cooccurrence import cooccurrence_counts, training_sequences
+from semantic_ids.item_vectors import ItemVectors, TrainedTable, VectorOptions, item_vectors
 
 METHODS = ("rqkmeans", "rqkmeans-balanced", "rqvae")
 ARTEFACT_VERSION = 1  # bump when the same config would give different codes

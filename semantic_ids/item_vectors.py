@@ -27,9 +27,9 @@ from typing import Callable
 import numpy as np
 
 from data import item_features
-from semantic_ids.cooccurrence import cooccurrence_counts, ppmi, training_sequences
 from data.dataset import PreparedData
 from data.errors import DataError
+from semantic_ids.cooccurrence import cooccurrence_counts, ppmi, training_sequences
 
 PART_KINDS = ("metadata", "cooccurrence", "checkpoint:DIR", "npy:FILE")
 

@@ -16,8 +16,8 @@ import json
 from typing import Any, Callable, Sequence
 
 from scaling import aot
-from scaling.engine import hardware
 from scaling.config import ConfigError
+from scaling.engine import hardware
 from sweeps.spec import Trial, train_flops_per_step
 
 

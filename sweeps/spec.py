@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from models.core import family as families
-from scaling.engine import flops
 from scaling.config import ConfigError, TrialConfig, with_overrides
+from scaling.engine import flops
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,15 +11,15 @@ import jax
 import numpy as np
 import pytest
 
+from config.fields import ConfigError
 from data.interactions import Interactions
 from data.pipeline import PipelineConfig, train_dataset
 from data.sequences import PreprocessOptions, build_sequences
 from data.split import leave_one_out
 from models.core import family as families
-from config.fields import ConfigError
 from models.core.layers import force_hand_written_kernels, hand_written_kernels
-from scaling.engine import compiled as trainer_module
 from scaling.config import DataConfig, MeshConfig, TrainConfig, TrialConfig
+from scaling.engine import compiled as trainer_module
 from scaling.engine.mesh import make_mesh
 from tests.model_paths import BF16_TOL, assert_gradient_close_in_bf16
 

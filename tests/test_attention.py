@@ -12,8 +12,8 @@ import pytest
 
 from models.core import attention
 from models.core.config import ModelConfig
-from models.decoder_only.decoder import MODEL_INPUTS, build_model
 from models.core.layers import attention_mask, force_hand_written_kernels
+from models.decoder_only.decoder import MODEL_INPUTS, build_model
 from tests.model_paths import model_config
 
 B, L, H, DQK, DV, P = 2, 13, 2, 4, 3, 16

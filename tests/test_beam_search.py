@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from models.core.config import ModelConfig
+from models.encdec.id_trie import build_trie, item_of, next_codes
 from models.encdec.model import EncDecModel, vocabulary_codes
 from models.encdec.network import EncDecNetwork
-from models.encdec.id_trie import build_trie, item_of, next_codes
 
 K, LEVELS = 4, 2  # IDs of T = 3 codes: 64 possible, 20 of them items
 NUM_ITEMS = 20

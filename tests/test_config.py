@@ -20,8 +20,8 @@ from models.decoder_only.hstu import HSTUConfig
 from models.decoder_only.sasrec import SASRecConfig
 from scaling import config as config_module
 from scaling import train as train_module
-from scaling.engine import trial
 from scaling.config import ConfigError, DataConfig, ModelConfig, TrainConfig, TrialConfig, from_dict, from_json, with_overrides
+from scaling.engine import trial
 from scaling.presets import PRESETS, preset
 from sweeps.spec import load_spec
 

@@ -21,8 +21,8 @@ from data.sequences import Sequences
 from models.core import family as families
 from models.core.serving import history_batch
 from scaling import export, serve
-from scaling.engine import trial
 from scaling.config import DataConfig, ModelConfig, TrainConfig, TrialConfig
+from scaling.engine import trial
 from scaling.presets import preset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

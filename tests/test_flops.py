@@ -11,10 +11,10 @@ import pytest
 
 from models.core import family as families
 from models.core.config import ModelConfig
-from scaling.engine import flops, xla_cost
 from scaling.config import DataConfig, TrainConfig, TrialConfig
-from scaling.engine.mesh import make_mesh
+from scaling.engine import flops, xla_cost
 from scaling.engine.compiled import build_trainer
+from scaling.engine.mesh import make_mesh
 
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from models.core.config import ModelConfig
-from models.decoder_only.decoder import build_model
 from models.core.losses import full_softmax_loss, sampled_softmax_loss
+from models.decoder_only.decoder import build_model
 from tests.model_paths import model_config, tolerance
 
 ROW, ITEMS = 14, 30

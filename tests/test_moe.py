@@ -12,10 +12,10 @@ import pytest
 
 from models.core import family as families
 from models.core.config import ModelConfig
-from models.encdec.model import EncDecModel, vocabulary_codes
-from models.encdec.network import EncDecNetwork
 from models.encdec.layers import FeedForward
+from models.encdec.model import EncDecModel, vocabulary_codes
 from models.encdec.moe import MoEFeedForward, capacity, route
+from models.encdec.network import EncDecNetwork
 from tests.model_paths import model_config
 
 D, F, GROUPS, TOKENS = 8, 16, 2, 6

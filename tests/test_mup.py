@@ -11,10 +11,10 @@ import pytest
 
 from models.core.config import ModelConfig
 from scaling import coord_check
-from scaling.engine import mup
 from scaling.config import ConfigError, DataConfig, MeshConfig, TrainConfig, TrialConfig
-from scaling.engine.mesh import make_mesh, logical_names
+from scaling.engine import mup
 from scaling.engine.compiled import build_trainer
+from scaling.engine.mesh import make_mesh, logical_names
 from tests.test_sharding import NUM_ITEMS, host_batches  # noqa: F401
 
 BASE = TrialConfig(data=DataConfig(max_len=11),

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from data import dataset, sources
-from semantic_ids import artefact as semantic_ids
 from data.__main__ import main as data_main
 from data.errors import DataError
 from data.readers.sequences_json import read_sequences_json
+from semantic_ids import artefact as semantic_ids
 from tests.conftest import SHARED
 
 BEAUTY = SHARED / "data" / "amazon-beauty"

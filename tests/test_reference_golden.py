@@ -30,8 +30,8 @@ from data.pipeline import eval_row
 from data.sequences import Sequences
 from data.split import EvalTargets
 from models.core.config import ModelConfig
-from models.decoder_only.decoder import MODEL_INPUTS, build_model
 from models.core.losses import sampled_softmax_loss
+from models.decoder_only.decoder import MODEL_INPUTS, build_model
 
 GOLDEN = Path(__file__).parent / "golden" / "hstu_reference_golden.npz"
 CONFIG = ModelConfig(family="hstu", d_model=8, blocks=2, heads=2, dqk=4, dv=4, max_positions=31,

@@ -11,14 +11,14 @@ import jax
 import numpy as np
 import pytest
 
+from config.fields import ConfigError
 from data.ranking import ranking_metrics, ranks_from_scores, ranks_from_top_k
 from models.core import family as families
-from config.fields import ConfigError
 from models.core.layers import force_hand_written_kernels
-from scaling.engine import flops, xla_cost
 from scaling.config import DataConfig, MeshConfig, ModelConfig, TrainConfig, TrialConfig
-from scaling.engine.mesh import make_mesh
+from scaling.engine import flops, xla_cost
 from scaling.engine.compiled import build_trainer
+from scaling.engine.mesh import make_mesh
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENGINE = [*sorted((REPO_ROOT / "scaling").glob("*.py")), *sorted((REPO_ROOT / "sweeps").glob("*.py")),

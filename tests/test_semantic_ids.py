@@ -14,14 +14,14 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from semantic_ids import quality as id_quality
 from data import item_features
-from semantic_ids.cooccurrence import cooccurrence_counts, ppmi, training_sequences
 from data.dataset import PreparedData, prepare
 from data.errors import DataError
-from semantic_ids.item_vectors import VectorOptions, item_vectors
-from semantic_ids.artefact import SemanticIdConfig, SemanticIds, build, collision_codes, load, save
 from data.sequences import Sequences
+from semantic_ids import quality as id_quality
+from semantic_ids.artefact import SemanticIdConfig, SemanticIds, build, collision_codes, load, save
+from semantic_ids.cooccurrence import cooccurrence_counts, ppmi, training_sequences
+from semantic_ids.item_vectors import VectorOptions, item_vectors
 from tests.conftest import REPO_ROOT
 
 SYNTHETIC = "synthetic:users=300,items=120,seed=5,mean_events=12"

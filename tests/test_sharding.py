@@ -16,10 +16,10 @@ from data.pipeline import PipelineConfig, eval_dataset, train_dataset
 from data.sequences import PreprocessOptions, build_sequences
 from data.split import leave_one_out
 from models.core.config import ModelConfig
-from scaling.engine import checkpoint
 from scaling.config import ConfigError, DataConfig, MeshConfig, TrainConfig, TrialConfig
-from scaling.engine.mesh import make_mesh, parse_mesh_spec
+from scaling.engine import checkpoint
 from scaling.engine.compiled import build_trainer
+from scaling.engine.mesh import make_mesh, parse_mesh_spec
 
 MESHES = ("data=8", "fsdp=8", "data=2,fsdp=2,tensor=2")
 NUM_ITEMS = 63  # vocab 64: divisible by every mesh axis used here

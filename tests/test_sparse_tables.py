@@ -17,11 +17,11 @@ import pytest
 from models.core import tables
 from models.core.family import STEP_INPUTS
 from models.core.losses import in_batch_log_q, in_batch_negatives, sampled_softmax_loss
-from scaling.engine import table_optimizers
 from scaling.config import ConfigError, MeshConfig, TrainConfig
+from scaling.engine import table_optimizers
+from scaling.engine.compiled import build_trainer
 from scaling.engine.mesh import make_mesh
 from scaling.engine.step_functions import with_row_ids
-from scaling.engine.compiled import build_trainer
 from tests.test_sharding import NUM_ITEMS, _config, host_batches  # noqa: F401
 
 STEP_KEY = jax.random.key(4)

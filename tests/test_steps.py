@@ -10,9 +10,9 @@ import pytest
 
 from models.core.family import ACCELERATOR_PATHS_ENV
 from scaling.config import DataConfig, MeshConfig, TrainConfig, TrialConfig
+from scaling.engine.compiled import build_trainer
 from scaling.engine.mesh import make_mesh
 from scaling.engine.step_functions import make_optimizer
-from scaling.engine.compiled import build_trainer
 from tests.model_paths import BF16_TOL, assert_gradients_close, model_config, tolerance
 
 ROWS, ROW_LEN, ITEMS = 8, 12, 40

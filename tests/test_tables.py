@@ -15,8 +15,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 from models.core import tables
 from models.core.layers import l2_normalize
 from scaling.config import MeshConfig
-from scaling.engine.mesh import logical_to_spec, make_mesh
 from scaling.engine.compiled import build_trainer
+from scaling.engine.mesh import logical_to_spec, make_mesh
 from tests.test_sharding import NUM_ITEMS, _config, host_batches, per_step  # noqa: F401
 
 ITEMS, DIM, BATCH, HISTORY = 200, 8, 16, 12

@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from config.fields import fraction, positive
 from models.core import axes, family
 from models.core.family import BatchField, FamilyConfig
-from config.fields import fraction, positive
 from models.core.layers import l2_normalize, logical_param
 
 TOKENS = (axes.BATCH, axes.LENGTH)

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from scaling import train as train_module
-from scaling.engine import trial
 from scaling.config import TrainConfig
-from scaling.presets import preset
+from scaling.engine import trial
+from scaling.engine.compiled import Trainer
 from scaling.engine.result import RESULT_METRICS
 from scaling.engine.selection import Evaluations
+from scaling.presets import preset
 from scaling.services.tensorboard import read_scalars
-from scaling.engine.compiled import Trainer
 from tests.conftest import xla_flags
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -21,10 +21,11 @@ from typing import Any, ClassVar, Literal, Mapping
 
 import numpy as np
 
-from models.core import axes
 from config.fields import ConfigError, Section, build_section, check_value, coerce, positive
+from models.core import axes
 
-BUILTIN_MODULES = {"hstu": "models.decoder_only.hstu", "sasrec": "models.decoder_only.sasrec", "encdec": "models.encdec.family"}
+BUILTIN_MODULES = {"hstu": "models.decoder_only.hstu", "sasrec": "models.decoder_only.sasrec",
+                   "encdec": "models.encdec.family"}
 PLUGINS_ENV = "SCALING_LAB_FAMILIES"
 ACCELERATOR_PATHS_ENV = "SCALING_LAB_ACCELERATOR_PATHS"
 # jax.named_scope names of a step's parts, shared by every family: they reach XLA's op metadata,

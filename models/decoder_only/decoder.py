@@ -19,10 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from config.batch import BOOKKEEPING, ROW_FIELDS, TOKEN_FIELDS
+from config.fields import ConfigError, positive, fraction
 from models.core import axes, family, parametrization, tables
 from models.core.attention import causal_query_blocks
 from models.core.family import TRAIN_MULTIPLIER, BatchField, FamilyConfig
-from config.fields import ConfigError, positive, fraction
 from models.core.layers import (EMBEDDING_SCOPE, LOSS_SCOPE, NEGATIVES_SCOPE, RowDropout, hand_written_kernels,
                                 l2_normalize, logical_param, row_keys, truncated_normal)
 from models.core.losses import (full_softmax_loss, in_batch_log_q, in_batch_negatives, sample_negatives,

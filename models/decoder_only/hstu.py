@@ -22,9 +22,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from config.fields import ConfigError, non_negative, positive
 from models.core import attention, axes, family, parametrization
 from models.decoder_only.decoder import DecoderConfig, DecoderFamily
-from config.fields import ConfigError, non_negative, positive
 from models.core.layers import (ATTENTION_SCOPE, RowDropout, add_bias, attention_mask, hand_written_kernels, layer_norm,
                                 logical_param, torch_linear_bias_init)
 

@@ -23,10 +23,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from config.fields import ConfigError, non_negative
 from models.core import axes, family, parametrization
 from models.core.attention import causal_query_blocks
 from models.decoder_only.decoder import DecoderConfig, DecoderFamily
-from config.fields import ConfigError, non_negative
 from models.core.layers import (ATTENTION_SCOPE, RowDropout, attention_mask, layer_norm, logical_param,
                                 torch_linear_bias_init, truncated_normal)
 

@@ -13,9 +13,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from models.core import axes, family as families, parametrization
 from models.core.family import BatchField, Family
-from scaling.engine.batches import to_global
 from scaling.config import ConfigError, TrainConfig, TrialConfig
 from scaling.engine import mup
+from scaling.engine.batches import to_global
 from scaling.engine.mesh import LOGICAL_AXIS_RULES, batch_sharding
 from scaling.engine.shardings import state_shardings
 from scaling.engine.step_functions import StepFunctions, boxed_params, make_optimizer

@@ -9,8 +9,8 @@ import jax
 import numpy as np
 
 from data.ranking import DEFAULT_KS, ranking_metrics
-from scaling.engine import flops
 from scaling.config import TrialConfig
+from scaling.engine import flops
 from scaling.engine.meter import StepMeter
 from scaling.engine.selection import Evaluations
 

@@ -25,8 +25,8 @@ import optax
 
 from models.core import tables as catalogue
 from models.core.family import ROW_IDS, STEP_INPUTS, Model
-from scaling.engine import mup, table_optimizers
 from scaling.config import TrainConfig
+from scaling.engine import mup, table_optimizers
 
 TrainState = dict[str, Any]
 Batch = dict[str, jax.Array]

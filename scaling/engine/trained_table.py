@@ -10,8 +10,8 @@ import numpy as np
 from data.dataset import prepare_section
 from data.errors import DataError
 from models.core import family as families, tables
-from scaling.engine import checkpoint
 from scaling.config import ConfigError, from_json
+from scaling.engine import checkpoint
 
 
 def read(workdir: Path, part: str) -> tuple[np.ndarray, np.ndarray, dict]:

@@ -25,20 +25,20 @@ from data.dataset import PreparedData, prepare_section
 from data.floors import loss_floors
 from data.pipeline import PipelineConfig, epoch_plan, train_dataset
 from data.split import LeaveOneOut, eval_subset, leave_one_out
-from scaling.engine import checkpoint, flops, hardware
 from scaling.config import TrialConfig
+from scaling.engine import checkpoint, flops, hardware
+from scaling.engine.compiled import Trainer, build_trainer
 from scaling.engine.evaluation import evaluate, evaluation_steps
 from scaling.engine.loop import Hook, run_steps
 from scaling.engine.mesh import logical_names, make_mesh
 from scaling.engine.meter import StepMeter
+from scaling.engine.result import result_record
+from scaling.engine.selection import Evaluations
 from scaling.services.metrics_log import MetricsLog
 from scaling.services.preemption import Preempted, StopRequest
 from scaling.services.profiling import StepProfiler
 from scaling.services.progress import TrialProgress
-from scaling.engine.result import result_record
-from scaling.engine.selection import Evaluations
 from scaling.services.tensorboard import EventLog
-from scaling.engine.compiled import Trainer, build_trainer
 
 
 class NonFiniteError(Exception):
@@ -140,6 +140,7 @@ class TrialRun:
         first_process = jax.process_index() == 0
         self.events = EventLog(workdir, self.resumed_from, enabled=first_process)
         self.metrics_log = MetricsLog(workdir, self.events)
+        init_key, self.step_key = jax.random.split(jax.random.key(train.seed))
         saved: dict[str, Any] = {}
         if restored:
             _, self.state, saved = restored
@@ -148,10 +149,8 @@ class TrialRun:
                                                  evaluation_at_step=self.resumed_from < data.total_steps)
             log(f"resumed from step {self.resumed_from}")
         else:
-            init_key, _ = jax.random.split(jax.random.key(train.seed))
             self.state = trainer.init(init_key)
             logged = self.metrics_log.keep_until(0)
-        self.step_key = jax.random.split(jax.random.key(train.seed))[1]
         self.evaluations = Evaluations.from_state(saved, logged)
         self.earlier_seconds = float(saved.get("wall_seconds", 0.0))  # of the runs this one resumes, to their checkpoint
         peak_per_device, self.peak_source = hardware.peak_flops_per_device(config.model.compute_dtype)
