@@ -120,17 +120,17 @@ def _main(args: argparse.Namespace, workdir: epath.Path, stop: StopRequest, lock
         config = config_from_args(args)
         profile = parse_range(args.profile)
         mesh = make_mesh(config.mesh.spec)  # an impossible mesh: refused before anything is written
-        saved = workdir / "config.json"
-        if saved.is_file() and _has_progress(workdir):  # a config refused before training may be corrected
-            previous = from_json(saved.read_text())
+        config_file = workdir / "config.json"
+        if config_file.is_file() and _has_progress(workdir):  # a config refused before training may be corrected
+            previous = from_json(config_file.read_text())
             if previous.trial_id != config.trial_id:
-                raise ConfigError(f"{saved} holds a different trial ({previous.trial_id}, this is {config.trial_id}); "
-                                  f"use another --workdir")
+                raise ConfigError(f"{config_file} holds a different trial ({previous.trial_id}, this is "
+                                  f"{config.trial_id}); use another --workdir")
         if jax.process_index() == 0:
             try:
                 workdir.mkdir(parents=True, exist_ok=True)
                 lock.acquire()
-                saved.write_text(config.to_json())
+                config_file.write_text(config.to_json())
             except OSError as error:
                 raise ConfigError(f"--workdir {args.workdir}: cannot write there ({error.strerror or error})") from None
         result = run(config, workdir, stop, profile, lock.check, mesh)

@@ -108,7 +108,8 @@ def run(config: TrialConfig, workdir: epath.Path, stop: StopRequest | None = Non
     data = trial_data(config)
     trainer = build_trainer(config, data.num_items, mesh, data.total_steps, prepared=data.prepared, log=log)
     if jax.process_index() == 0:
-        (workdir / "param_axes.json").write_text(json.dumps(logical_names(trainer.boxed_params), indent=1, sort_keys=True))
+        axes_json = json.dumps(logical_names(trainer.boxed_params), indent=1, sort_keys=True)
+        (workdir / "param_axes.json").write_text(axes_json)
     with trainer.context():
         trial = TrialRun(config, workdir, trainer, data, stop or StopRequest(), profile, still_owner, started)
         try:
@@ -141,31 +142,33 @@ class TrialRun:
         self.events = EventLog(workdir, self.resumed_from, enabled=first_process)
         self.metrics_log = MetricsLog(workdir, self.events)
         init_key, self.step_key = jax.random.split(jax.random.key(train.seed))
-        saved: dict[str, Any] = {}
+        resume_json: dict[str, Any] = {}  # what the checkpoint keeps beside the state (resume_state)
         if restored:
-            _, self.state, saved = restored
-            self.iterator.set_state(saved["iterator"])
+            _, self.state, resume_json = restored
+            self.iterator.set_state(resume_json["iterator"])
             logged = self.metrics_log.keep_until(self.resumed_from,
                                                  evaluation_at_step=self.resumed_from < data.total_steps)
             log(f"resumed from step {self.resumed_from}")
         else:
             self.state = trainer.init(init_key)
             logged = self.metrics_log.keep_until(0)
-        self.evaluations = Evaluations.from_state(saved, logged)
-        self.earlier_seconds = float(saved.get("wall_seconds", 0.0))  # of the runs this one resumes, to their checkpoint
+        self.evaluations = Evaluations.from_state(resume_json, logged)
+        # wall time of the runs this one resumes, to their checkpoint
+        self.earlier_seconds = float(resume_json.get("wall_seconds", 0.0))
         peak_per_device, self.peak_source = hardware.peak_flops_per_device(config.model.compute_dtype)
         self.peak_flops = peak_per_device * jax.device_count()
         self.step = int(self.state["step"])
         self.meter = StepMeter(first_timed_step=self.step + 2, log_every=train.log_every,
                                total_steps=data.total_steps, peak_flops=self.peak_flops,
-                               tokens=saved.get("tokens", 0.0), flops=saved.get("train_flops", 0.0))
+                               tokens=resume_json.get("tokens", 0.0), flops=resume_json.get("train_flops", 0.0))
         if restored:
-            self.meter.final_loss = float(saved.get("final_train_loss", self.meter.final_loss))
+            self.meter.final_loss = float(resume_json.get("final_train_loss", self.meter.final_loss))
         self.unread: list[tuple[int, dict]] = []  # steps dispatched whose metrics are not read yet
         self.metrics: dict = {}  # of the step just taken (device arrays)
-        self.saved_step: int | None = None
+        self.checkpointed_step: int | None = None
         self.display = TrialProgress(workdir, data.total_steps, enabled=first_process)
-        self.profiler = StepProfiler(profile, workdir / "profile")  # every process traces its own devices, a file per host
+        # every process traces its own devices, a file per host
+        self.profiler = StepProfiler(profile, workdir / "profile")
 
     # ---- the loop ---------------------------------------------------------------------------------
     def train(self) -> None:
@@ -218,7 +221,8 @@ class TrialRun:
             step, metrics = self.unread.pop()
             check_finite(step, metrics)
             counts = {name: float(value) for name, value in metrics["counts"].items()}
-            step_flops = flops.model_flops_from_counts(self.config.model, self.config.train, counts, self.data.num_items)
+            step_flops = flops.model_flops_from_counts(self.config.model, self.config.train, counts,
+                                                       self.data.num_items)
             record = self.meter.record(step, metrics, counts["tokens"], step_flops)
             if record is not None:
                 self.metrics_log.write(record)
@@ -251,7 +255,7 @@ class TrialRun:
         self.metrics_log.flush()
         checkpoint.save(self.checkpoints, step, self.state, self.resume_state())
         self.events.flush()
-        self.saved_step = step
+        self.checkpointed_step = step
 
     def resume_state(self) -> dict[str, Any]:
         return {"iterator": self.iterator.get_state(), "tokens": self.meter.tokens, "train_flops": self.meter.flops,
@@ -263,7 +267,7 @@ class TrialRun:
         """On a preemption notice (SIGTERM): save this step unless just saved, and stop."""
         if not self.stop.requested():
             return
-        if self.saved_step != step:
+        if self.checkpointed_step != step:
             self.save(step)
         log(f"SIGTERM: saving step {step} and stopping")
         raise Preempted(step)
