@@ -305,16 +305,17 @@ def run_cli(*args: str, cache: Path) -> subprocess.CompletedProcess:
 
 
 def run_in_process(*args: str) -> tuple[int, str]:
-    """(exit status, stderr) of the command's main() called here."""
+    """(exit status, stderr) of the command's main() called here (`python -m data semantic-ids`
+    hands its arguments to it)."""
     import contextlib
     import io
 
-    from data.__main__ import main
+    from scaling.build_ids import main
 
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
         try:
-            status = main(["semantic-ids", *args])
+            status = main(list(args))
         except SystemExit as exit:  # argparse's own refusals
             status = exit.code
     return status, stderr.getvalue()
