@@ -70,7 +70,7 @@ def measure(preset: str, workdir: Path, k: int, calls: int, steps: int) -> dict:
     model = serve.ExportedModel(out)
     trial = export.load_trial(workdir)
     train = trial.train_sequences
-    histories = [train.user_items(u)[-model.length:] for u in range(train.num_users) if train.lengths[u]]
+    histories = [train.user_items(u)[-model.length:] for u in range(train.num_users) if train.length(u)]
     single = time_calls(model, request_arrays(model, histories, 1, 0), calls)
     batched = time_calls(model, request_arrays(model, histories, 128, 0), max(calls // 10, 5))
     sizes = {p.name: p.stat().st_size for p in out.iterdir()}

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import grain
 import numpy as np
 
-from config.batch import TOKEN_FIELDS
+from config.batch import ROW_FIELDS, TOKEN_FIELDS
 from data.errors import DataError
 from data.packing import RowPlan, plan_rows
 from data.sequences import Sequences
@@ -224,8 +224,7 @@ def train_dataset(
 def eval_row(targets: EvalTargets, user: int, row_len: int, history_len: int | None = None) -> Batch:
     """A row of row_len tokens holding the user's most recent history_len (default row_len)
     history items; the last history token's target is the eval target."""
-    return history_row(targets.history, user, row_len, history_len,
-                       int(targets.targets[user]), int(targets.target_timestamps[user]))
+    return _row(eval_rows(targets, np.array([user]), row_len, history_len, rows=1))
 
 
 def history_row(history: Sequences, user: int, row_len: int, history_len: int | None = None, target: int = 0,
@@ -233,20 +232,61 @@ def history_row(history: Sequences, user: int, row_len: int, history_len: int | 
     """eval_row of a history whose target is unknown (target 0; the last token's next timestamp is
     its own, as in training): what a serving request is. A user without items gives a row with
     eval_valid False."""
-    row = _empty_row(row_len)
-    length = int(history.lengths[user])
-    start = max(length - min(history_len or row_len, row_len), 0)
-    if length:
-        _fill_segment(row, 0, history, user, start, length, 1, target, target_timestamp)
-    row.update(eval_target=np.int32(target), eval_position=np.int32(max(length - start - 1, 0)),
-               eval_user=np.int32(user), eval_valid=np.bool_(length > 0))
-    return row
+    return _row(history_rows(history, np.array([user]), row_len, history_len, np.array([target]),
+                             None if target_timestamp is None else np.array([target_timestamp])))
 
 
-def _filler_row(row_len: int) -> Batch:
-    row = _empty_row(row_len)
-    row.update(eval_target=np.int32(0), eval_position=np.int32(0), eval_user=np.int32(-1), eval_valid=np.bool_(False))
-    return row
+def _row(batch: Batch) -> Batch:
+    return {key: value[0] for key, value in batch.items()}
+
+
+def eval_rows(targets: EvalTargets, users: np.ndarray, row_len: int, history_len: int | None = None,
+              rows: int | None = None) -> Batch:
+    """eval_row of each of `users`, stacked, then filler rows (eval_valid False, eval_user -1) up
+    to `rows` rows."""
+    return history_rows(targets.history, users, row_len, history_len, targets.targets[users],
+                        targets.target_timestamps[users], rows)
+
+
+def history_rows(history: Sequences, users: np.ndarray, row_len: int, history_len: int | None = None,
+                 targets: np.ndarray | None = None, target_timestamps: np.ndarray | None = None,
+                 rows: int | None = None) -> Batch:
+    """history_row of each of `users` (with its target and target timestamp, if given), stacked,
+    then filler rows up to `rows` rows: built for the whole batch at once."""
+    users = np.asarray(users, np.int64)
+    count, rows = len(users), len(users) if rows is None else rows
+    batch = {name: np.zeros((rows, row_len), dtype) for name, dtype in TOKEN_FIELDS.items()}
+    batch["users"][:] = -1
+    first, lengths = history.offsets[users], history.offsets[users + 1] - history.offsets[users]
+    kept = np.minimum(lengths, min(history_len or row_len, row_len))  # the most recent items that fit
+    column = np.arange(row_len)[None, :]
+    placed = column < kept[:, None]
+    inner = column < kept[:, None] - 1  # tokens whose next item is in the row
+    last = placed & ~inner
+    index = first[:, None] + (lengths - kept)[:, None] + column  # into history's flat arrays, where placed
+    own = {name: np.where(placed, values[np.where(placed, index, 0)], 0)
+           for name, values in (("items", history.items), ("timestamps", history.timestamps))}
+    after = {name: np.where(inner, values[np.where(inner, index + 1, 0)], 0)
+             for name, values in (("items", history.items), ("timestamps", history.timestamps))}
+    target = np.zeros(count, np.int64) if targets is None else np.asarray(targets)
+    target_time = own["timestamps"] if target_timestamps is None else np.asarray(target_timestamps)[:, None]
+    tokens = {
+        "items": own["items"],
+        "timestamps": own["timestamps"],
+        "next_timestamps": np.where(last, target_time, after["timestamps"]),
+        "targets": np.where(last, target[:, None], after["items"]),
+        "segment_ids": placed,
+        "positions": np.where(placed, column, 0),
+        "users": np.where(placed, users[:, None], -1),
+    }
+    for name, values in tokens.items():
+        batch[name][:count] = values
+    row_fields = {"eval_target": target, "eval_position": np.maximum(kept - 1, 0), "eval_user": users,
+                  "eval_valid": lengths > 0}
+    for name, dtype in ROW_FIELDS.items():
+        batch[name] = np.full(rows, -1 if name == "eval_user" else 0, dtype)
+        batch[name][:count] = row_fields[name]
+    return batch
 
 
 def eval_dataset(
@@ -272,10 +312,8 @@ def eval_dataset(
     num_batches = -(-len(targets) // batch_size)
 
     def make_batch(index: int) -> Batch:
-        chosen = users[index * local_batch : (index + 1) * local_batch]
-        rows = [eval_row(targets, int(u), row_len, history_len) for u in chosen]
-        rows += [_filler_row(row_len)] * (local_batch - len(rows))
-        return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+        return eval_rows(targets, users[index * local_batch : (index + 1) * local_batch], row_len, history_len,
+                         local_batch)
 
     return grain.MapDataset.range(num_batches).map(make_batch)
 

@@ -40,6 +40,10 @@ class Sequences:
     def __len__(self) -> int:
         return self.num_users
 
+    def length(self, user: int) -> int:
+        """One user's number of interactions (per-row code: `lengths` builds the whole array)."""
+        return int(self.offsets[user + 1] - self.offsets[user])
+
     def user_items(self, user: int) -> np.ndarray:
         return self.items[self.offsets[user] : self.offsets[user + 1]]
 

@@ -10,7 +10,7 @@ import pytest
 from data.errors import DataError
 from data.interactions import Interactions
 from data.packing import best_fit_rows
-from data.pipeline import TOKEN_FIELDS, PipelineConfig, epoch_plan, eval_dataset, train_dataset
+from data.pipeline import TOKEN_FIELDS, PipelineConfig, epoch_plan, eval_dataset, history_row, history_rows, train_dataset
 from data.sequences import PreprocessOptions, Sequences, build_sequences
 from data.split import leave_one_out
 
@@ -187,6 +187,44 @@ def test_eval_rows_hold_truncated_history_and_target(split) -> None:
     shards = [list(eval_dataset(split.test, 12, 16, p, 2)) for p in (0, 1)]
     users = [u for shard in shards for b in shard for u in b["eval_user"][b["eval_valid"]]]
     assert sorted(users) == list(range(40)) and len(shards[0]) == len(shards[1])
+
+
+def _reference_row(history: Sequences, user: int, row_len: int, history_len, target: int, target_time) -> dict:
+    """One history row written token by token (the pipeline builds whole batches with array indexing)."""
+    row = {name: np.zeros(row_len, dtype) for name, dtype in TOKEN_FIELDS.items()}
+    row["users"][:] = -1
+    items, times = history.user_items(user), history.user_timestamps(user)
+    kept = min(len(items), history_len or row_len, row_len)
+    items, times = items[len(items) - kept:], times[len(times) - kept:]
+    for k in range(kept):
+        final = k == kept - 1
+        row["items"][k], row["timestamps"][k], row["positions"][k] = items[k], times[k], k
+        row["next_timestamps"][k] = (times[k] if target_time is None else target_time) if final else times[k + 1]
+        row["targets"][k] = target if final else items[k + 1]
+        row["segment_ids"][k], row["users"][k] = 1, user
+    return row | {"eval_target": np.int32(target), "eval_position": np.int32(max(kept - 1, 0)),
+                  "eval_user": np.int32(user), "eval_valid": np.bool_(kept > 0)}
+
+
+@pytest.mark.parametrize("history_len", [None, 5, 40])
+def test_history_rows_equal_rows_written_token_by_token(split, history_len) -> None:
+    history = split.test.history.select_users(np.array([3, 0, 7]))
+    history = dataclasses.replace(history, offsets=np.concatenate([history.offsets, history.offsets[-1:]]),
+                                  user_ids=np.append(history.user_ids, -5))  # user 3 has no items
+    users, targets, times = np.array([2, 3, 0, 1, 2]), np.array([9, 8, 7, 6, 5]), np.array([50, 60, 70, 80, 90])
+    for target_times in (times, None):
+        batch = history_rows(history, users, 12, history_len, targets, target_times, rows=7)
+        expected = [_reference_row(history, int(u), 12, history_len, int(t), None if target_times is None else int(tt))
+                    for u, t, tt in zip(users, targets, times)]
+        filler = _reference_row(history, 3, 12, None, 0, None) | {"eval_user": np.int32(-1)}
+        for r, row in enumerate(expected + [filler] * 2):
+            for name, value in row.items():
+                assert batch[name][r].dtype == np.asarray(value).dtype, name
+                np.testing.assert_array_equal(batch[name][r], value, err_msg=f"row {r} {name}")
+        single = history_row(history, int(users[0]), 12, history_len, int(targets[0]),
+                             None if target_times is None else int(times[0]))
+        assert all(np.array_equal(single[name], expected[0][name]) for name in expected[0])
+    assert not batch["eval_valid"][1] and batch["eval_user"][1] == 3  # a user without items: its row, not valid
 
 
 def test_bad_configs_fail_clearly(split) -> None:
