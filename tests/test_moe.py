@@ -29,13 +29,13 @@ def _tokens(seed: int = 0) -> jax.Array:
 def test_one_expert_with_top_1_is_the_dense_feed_forward_exactly() -> None:
     x = _tokens()
     dense = FeedForward(F, "relu")
-    dense_params = dense.init(jax.random.key(1), x)["params"]
+    dense_params = jax.jit(dense.init)(jax.random.key(1), x)["params"]
     moe = MoEFeedForward(F, "relu", experts=1, top_k=1, capacity_factor=1.0)
-    params = nn.meta.unbox(moe.init(jax.random.key(2), x, jnp.ones(x.shape[:2], bool), False)["params"])
+    params = nn.meta.unbox(jax.jit(lambda key: moe.init(key, x, jnp.ones(x.shape[:2], bool), False))(jax.random.key(2))["params"])
     params = {**params, "wi": nn.meta.unbox(dense_params["wi"])[None], "wo": nn.meta.unbox(dense_params["wo"])[None]}
-    expected = dense.apply({"params": dense_params}, x)
+    expected = jax.jit(dense.apply)({"params": dense_params}, x)
     for deterministic in (True, False):  # capacity = every token either way
-        got = moe.apply({"params": params}, x, jnp.ones(x.shape[:2], bool), deterministic)
+        got = jax.jit(moe.apply, static_argnums=3)({"params": params}, x, jnp.ones(x.shape[:2], bool), deterministic)
         np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
 
 
@@ -49,7 +49,7 @@ def test_capacity_overflow_drops_exactly_the_tokens_it_reports() -> None:
     real[1, 4:] = False  # two padding tokens: never routed, never counted
     for top_k in (1, 2):
         dispatch, combine, stats = (np.asarray(a) if not isinstance(a, dict) else a
-                                    for a in route(jnp.asarray(logits), jnp.asarray(real), top_k, slots))
+                                    for a in jax.jit(route, static_argnums=(2, 3))(logits, real, top_k, slots))
         # the reference: assignments in order (choice, token), each expert keeps its first `slots`
         order = np.argsort(-jax.nn.softmax(logits, axis=-1), axis=-1, kind="stable")[..., :top_k]
         kept_total = assigned_total = 0
@@ -78,9 +78,9 @@ def test_dropped_tokens_get_no_feed_forward_output() -> None:
     x = _tokens(3)
     moe = MoEFeedForward(F, "relu", experts=2, top_k=1, capacity_factor=0.5)  # C = 2 of 6 tokens x 1 / 2
     real = jnp.ones(x.shape[:2], bool)
-    params = nn.meta.unbox(moe.init(jax.random.key(0), x, real, False)["params"])
+    params = nn.meta.unbox(jax.jit(lambda key: moe.init(key, x, real, False))(jax.random.key(0))["params"])
     params["router"] = jnp.zeros_like(params["router"])  # uniform: ties go to expert 0
-    out, state = moe.apply({"params": params}, x, real, False, mutable=["intermediates"])
+    out, state = jax.jit(lambda p: moe.apply({"params": p}, x, real, False, mutable=["intermediates"]))(params)
     stats = state["intermediates"]["moe"][0]
     assert capacity(TOKENS, 2, 1, 0.5) == 2
     zero_rows = np.all(np.asarray(out) == 0, axis=-1)
@@ -95,7 +95,7 @@ def test_balance_loss_is_the_switch_formula() -> None:
     real = np.ones((GROUPS, TOKENS), bool)
     real[0, -1] = False
     for top_k in (1, 2):
-        _, _, stats = route(jnp.asarray(logits), jnp.asarray(real), top_k, TOKENS)
+        _, _, stats = jax.jit(route, static_argnums=(2, 3))(logits, real, top_k, TOKENS)
         probs = np.asarray(jax.nn.softmax(logits, axis=-1))
         chosen = np.argsort(-probs, axis=-1, kind="stable")[..., :top_k]
         losses, entropies, weights = [], [], []
@@ -127,8 +127,8 @@ def test_encdec_with_one_expert_trains_as_the_dense_one() -> None:
     from tests.test_encdec import tiny_batch
 
     dense, moe = _encdec(0), _encdec(1)
-    dense_params = nn.meta.unbox(dense.init(jax.random.key(0), {}))
-    moe_params = nn.meta.unbox(moe.init(jax.random.key(0), {}))
+    dense_params = nn.meta.unbox(jax.jit(dense.init)(jax.random.key(0), {}))
+    moe_params = nn.meta.unbox(jax.jit(moe.init)(jax.random.key(0), {}))
     for name, block in moe_params.items():
         if name.startswith("decoder_") and name[-1].isdigit():
             block["ffn"] = {"router": block["ffn"]["router"], "wi": dense_params[name]["ffn"]["wi"][None],
@@ -139,8 +139,8 @@ def test_encdec_with_one_expert_trains_as_the_dense_one() -> None:
     batch["targets"] = jnp.where(batch["targets"] > 12, 1, batch["targets"])
     batch["items"] = jnp.where(batch["items"] > 12, 1, batch["items"])
     key = jax.random.key(5)
-    dense_sum, dense_count, _ = dense.loss_sums(dense_params, batch, key)
-    moe_sum, moe_count, aux = moe.loss_sums(moe_params, batch, key)
+    dense_sum, dense_count, _ = jax.jit(dense.loss_sums)(dense_params, batch, key)
+    moe_sum, moe_count, aux = jax.jit(moe.loss_sums)(moe_params, batch, key)
     assert float(moe_sum) == pytest.approx(float(dense_sum), rel=1e-6) and float(moe_count) == float(dense_count)
     assert float(aux["metrics"]["moe_dropped"]) == 0.0 and float(aux["metrics"]["moe_balance"]) == pytest.approx(1.0)
     assert float(aux["losses"]["moe_balance_loss"]) == pytest.approx(0.01)

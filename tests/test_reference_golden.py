@@ -61,7 +61,7 @@ def golden() -> dict:
 def model_and_params(golden):
     model = build_model(CONFIG, ITEMS)
     rows, _ = reference_rows(golden)
-    boxed = model.init(jax.random.PRNGKey(0), {k: rows[k] for k in MODEL_INPUTS})["params"]
+    boxed = jax.eval_shape(model.init, jax.random.PRNGKey(0), {k: rows[k] for k in MODEL_INPUTS})["params"]
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(boxed), sep="/")
     assert sorted(flat) == sorted(k[len("param/"):] for k in golden if k.startswith("param/"))
     for name, box in flat.items():
