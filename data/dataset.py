@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
-import pandas as pd
 
 from data import sources
 from data.errors import DataError
 from data.sequences import PreprocessOptions, Sequences, build_sequences, item_metadata_in_dense_order
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 CACHE_FORMAT_VERSION = 2  # 2: ML-100K item metadata gained its knowledge graph (kg)
 
@@ -24,16 +27,29 @@ CACHE_FORMAT_VERSION = 2  # 2: ML-100K item metadata gained its knowledge graph 
 class PreparedData:
     """Sequences of a source after preprocessing, with what the source said about itself.
 
-    item_metadata: aligned with dense ids (row i-1 = item i), or None. report: counts of what
-    each preprocessing step kept and removed. properties: numbers the source knows (synthetic
-    entropy, ...).
+    item_metadata: aligned with dense ids (row i-1 = item i), or None; from the cache, read on
+    first use (most trials never read it, and pandas is then never imported). report: counts of
+    what each preprocessing step kept and removed. properties: numbers the source knows
+    (synthetic entropy, ...).
     """
 
     name: str
     sequences: Sequences
-    item_metadata: pd.DataFrame | None
+    metadata: pd.DataFrame | Path | None  # the table, or the cache's parquet file holding it
     report: dict
     properties: dict
+
+    @functools.cached_property
+    def item_metadata(self) -> pd.DataFrame | None:
+        if not isinstance(self.metadata, Path):
+            return self.metadata
+        import pandas as pd
+
+        try:
+            return pd.read_parquet(self.metadata)
+        except (OSError, ValueError) as error:
+            raise DataError(f"{self.metadata}: damaged cache entry ({error}); remove its folder to prepare "
+                            f"{self.name} again") from None
 
 
 def prepare(
@@ -63,10 +79,12 @@ def prepare(
 def prepare_section(data: Any) -> PreparedData:
     """prepare() of a trial's data section (scaling.config.DataConfig: name, format, columns,
     user_core, item_core): the one place a trial's settings become a dataset."""
-    from data.readers.tabular import parse_column_mapping
+    columns = None
+    if data.columns:
+        from data.readers.tabular import parse_column_mapping  # the readers (and pandas) only for a file's columns
 
-    return prepare(data.name, format=data.format or None,
-                   columns=parse_column_mapping(data.columns) if data.columns else None,
+        columns = parse_column_mapping(data.columns)
+    return prepare(data.name, format=data.format or None, columns=columns,
                    options=PreprocessOptions(data.user_core, data.item_core))
 
 
@@ -141,7 +159,7 @@ def _load(folder: Path, name: str) -> PreparedData | None:
                 item_ids=arrays["item_ids"],
             )
         items_path = folder / "items.parquet"
-        metadata = pd.read_parquet(items_path) if items_path.is_file() else None
+        metadata = items_path if items_path.is_file() else None
     except (OSError, ValueError, KeyError) as error:
         print(f"re-reading the source: damaged cache entry {folder} ({error})", file=sys.stderr)
         shutil.rmtree(folder, ignore_errors=True)

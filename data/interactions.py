@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
-import pandas as pd
 
 from data.errors import DataError
+
+if TYPE_CHECKING:  # pandas is the readers': a training process, which reads prepared arrays, never imports it
+    import pandas as pd
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -45,10 +47,14 @@ class Interactions:
 
     @property
     def num_users(self) -> int:
+        import pandas as pd
+
         return len(pd.unique(self.user))
 
     @property
     def num_items(self) -> int:
+        import pandas as pd
+
         return len(pd.unique(self.item))
 
     def take(self, rows: np.ndarray) -> "Interactions":

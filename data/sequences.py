@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from data.errors import DataError
 from data.interactions import Interactions
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 

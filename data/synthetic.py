@@ -51,7 +51,6 @@ import math
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 
 from data.errors import DataError
 from data.interactions import Interactions
@@ -365,6 +364,8 @@ class Simulation:
 
     def interactions(self) -> Interactions:
         """The events as the canonical table: ids 1..users and 1..items, source = str(spec)."""
+        import pandas as pd  # the floors import this module in every trial: pandas only where a table is made
+
         world = self.world
         metadata = pd.DataFrame({
             "item": np.arange(1, self.spec.items + 1, dtype=np.int64),

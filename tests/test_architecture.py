@@ -142,15 +142,18 @@ def test_the_checks_find_an_upward_import_a_sideways_one_and_a_loop(tmp_path) ->
 
 
 @pytest.mark.slow(10)
-def test_an_hstu_trial_loads_no_encoder_decoder_and_no_semantic_ids(tmp_path, lab_cache) -> None:
+def test_an_hstu_trial_loads_no_encoder_decoder_and_no_semantic_ids(tmp_path, lab_cache, ml100k) -> None:
+    """Nor pandas, once its data is prepared (ml100k: in the cache the trial reads)."""
     script = ("import json, sys\n"
               "from scaling import train\n"
               f"code = train.main(['--preset', 'tiny', '--steps', '2', '--workdir', {str(tmp_path / 'trial')!r}])\n"
-              f"print(json.dumps([code, sorted(m for m in sys.modules if m.split('.')[0] in {PACKAGES!r})]))\n")
+              f"print(json.dumps([code, sorted(m for m in sys.modules if m.split('.')[0] in {PACKAGES!r}),\n"
+              "                  'pandas' in sys.modules]))\n")
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, XLA_FLAGS=xla_flags(1), SCALING_LAB_CACHE=str(lab_cache)))
     assert done.returncode == 0, done.stderr[-3000:]
-    code, modules = json.loads(done.stdout.strip().splitlines()[-1])
+    code, modules, pandas = json.loads(done.stdout.strip().splitlines()[-1])
     assert code == 0 and "models.decoder_only.hstu" in modules and "scaling.train" in modules
     loaded = [m for m in modules if m.startswith(("models.encdec", "semantic_ids", "models.decoder_only.sasrec"))]
     assert not loaded, f"an HSTU trial imported {loaded}"
+    assert not pandas, "an HSTU trial imported pandas (the data readers' and the item features' dependency)"

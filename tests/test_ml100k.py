@@ -26,6 +26,23 @@ def test_counts_and_metadata(ml100k) -> None:
     assert ml100k.item_metadata.loc[0, "movie_title"] == "Toy Story"  # dense item 1 = original id 1
 
 
+def test_cached_item_metadata_is_read_on_first_use(ml100k, use_lab_cache, tmp_path) -> None:
+    """A cached dataset holds its item table's file and reads it when first asked (a trial that
+    never asks never imports pandas: tests/test_architecture.py); the table equals a fresh one."""
+    import pandas as pd
+
+    from data.dataset import PreparedData, prepare
+    from data.errors import DataError
+
+    cached = prepare("ml-100k")
+    assert isinstance(cached.metadata, Path) and cached.metadata.is_file()
+    pd.testing.assert_frame_equal(cached.item_metadata, prepare("ml-100k", use_cache=False).item_metadata)
+    damaged = tmp_path / "items.parquet"
+    damaged.write_bytes(b"not parquet")
+    with pytest.raises(DataError, match=f"{damaged}: damaged cache entry"):
+        PreparedData("ml-100k", cached.sequences, damaged, {}, {}).item_metadata
+
+
 def test_tie_rule_decides_415_test_targets(ml100k) -> None:
     seqs = ml100k.sequences
     last, second = seqs.timestamps[seqs.offsets[1:] - 1], seqs.timestamps[seqs.offsets[1:] - 2]
