@@ -6,6 +6,7 @@ Every function takes plain arrays (and a FitResult where a law is drawn) and an 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -14,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 from analysis import bootstrap as boot  # noqa: E402
 from analysis import chinchilla, isoflop, power  # noqa: E402
@@ -47,9 +49,38 @@ def axis_label(column: str) -> str:
     return column
 
 
+_SUPERSCRIPT = str.maketrans("0123456789-", "\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079\u207b")
+
+
+def plain_tick_label(label: str) -> str:
+    """A log axis's mathtext tick label ($\\mathdefault{2\\times10^{3}}$) as plain text (2\u00d710\u00b3); any
+    other label unchanged. Laying out mathtext took half of a small report's time."""
+    match = re.fullmatch(r"\$\\mathdefault\{([^{}]*(?:\^\{-?\d+\})?)\}\$", label)
+    if match is None:
+        return label
+    text = match.group(1).replace("\\times", "\u00d7")
+    text = re.sub(r"\^\{(-?\d+)\}", lambda power: power.group(1).translate(_SUPERSCRIPT), text)
+    return label if "\\" in text or "^" in text else text
+
+
+class _PlainLogFormatter(ticker.LogFormatterSciNotation):
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return plain_tick_label(super().__call__(x, pos))
+
+
+def _plain_log_ticks(figure: plt.Figure) -> None:
+    """Every log axis of the figure labelled in plain text, its formatters' settings kept."""
+    for ax in figure.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            for formatter in (axis.get_major_formatter(), axis.get_minor_formatter()):
+                if type(formatter) is ticker.LogFormatterSciNotation:
+                    formatter.__class__ = _PlainLogFormatter
+
+
 def _save(figure: plt.Figure, stem: str | Path) -> list[Path]:
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
+    _plain_log_ticks(figure)
     figure.tight_layout()
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
     figure.savefig(paths[0], dpi=130)

@@ -222,3 +222,24 @@ def test_an_e_entirely_below_the_reachable_floor_is_flagged():
     within = Floor(3.13, 0.02, "Bayes", 3.0, 3.13)  # 1.5 standard errors above the interval's top
     assert within.covered_by((2.9, 3.1)) and within.not_above((2.9, 3.1))
     assert floor_for(pd.DataFrame({"eval_loss": [1.0]}), "eval_loss") is None
+
+
+def test_log_axes_are_labelled_in_plain_text(tmp_path) -> None:
+    """matplotlib's log-axis labels without its mathtext layout (half of a small report's time)."""
+    import matplotlib.pyplot as plt
+
+    from analysis import plots
+
+    assert plots.plain_tick_label(r"$\mathdefault{10^{3}}$") == "10\u00b3"
+    assert plots.plain_tick_label(r"$\mathdefault{2\times10^{-3}}$") == "2\u00d710\u207b\u00b3"
+    assert plots.plain_tick_label(r"$\mathdefault{0.5}$") == "0.5"
+    assert plots.plain_tick_label(r"$\mathdefault{10^{2.50}}$") == r"$\mathdefault{10^{2.50}}$"  # unknown: kept
+    figure, ax = plt.subplots()
+    ax.plot([1.0, 1e4], [1e-3, 1.0])
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    plots._save(figure, tmp_path / "figure")
+    x_labels = [label.get_text() for label in ax.get_xticklabels()]
+    y_labels = [label.get_text() for label in ax.get_yticklabels()]
+    assert "10\u00b3" in x_labels and "10\u207b\u00b2" in y_labels
+    assert not any("$" in label for label in x_labels + y_labels)
