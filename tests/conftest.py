@@ -11,7 +11,6 @@ own paths (its kernels, its micro-batching) still run those. The header names th
 
 from __future__ import annotations
 
-import gc
 import os
 import shutil
 import tempfile
@@ -51,15 +50,6 @@ if os.environ.get("SCALING_LAB_TEST_RUN_OWNER") == str(os.getpid()):
     hardware.peak_flops_per_device("float32")  # measured once, before the workers start, for every trial
 
 import pytest  # noqa: E402
-
-# Tracing allocates many short-lived objects: each process of the tests collects them less often,
-# and its full collections skip the imported libraries' objects (frozen). 4-6% of the CPU time of
-# the model tests, measured on test_sparse_tables, test_steps and test_encdec.
-import flax.linen  # noqa: E402,F401
-import optax  # noqa: E402,F401
-
-gc.freeze()
-gc.set_threshold(20_000, 50, 100)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
