@@ -10,9 +10,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from data.cli import dataset_arguments, prepare_dataset, print_result
+from data.cli import dataset_arguments, prepare_dataset, run_and_print
 from data.dataset import PreparedData
-from data.errors import DataError
 
 
 def _iso(seconds: int) -> str:
@@ -110,13 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["semantic-ids"]:
         return _run_semantic_ids(argv[1:])
     args = _parser().parse_args(argv)
-    try:
-        result = args.run(args)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print_result(result, args.json)
-    return 0
+    return run_and_print(args.run, args)
 
 
 if __name__ == "__main__":

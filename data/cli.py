@@ -7,8 +7,10 @@ import argparse
 import json
 import sys
 import time
+from typing import Callable
 
 from data.dataset import PreparedData, prepare
+from data.errors import DataError
 from data.sequences import PreprocessOptions
 from data.sources import FORMATS, known_names
 
@@ -65,3 +67,15 @@ def print_result(result: dict, as_json: bool) -> None:
         else:
             print(f"{prefix[:-1]:<34} {value:.4f}" if isinstance(value, float) else f"{prefix[:-1]:<34} {value}")
     walk("", result)
+
+
+def run_and_print(run: Callable[[argparse.Namespace], dict], args: argparse.Namespace) -> int:
+    """A data command's run: its result printed (as JSON with --json), or a DataError as one line
+    on stderr and exit status 2."""
+    try:
+        result = run(args)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print_result(result, args.json)
+    return 0

@@ -14,8 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from data.cli import dataset_arguments, log, prepare_dataset, print_result
-from data.errors import DataError
+from data.cli import dataset_arguments, log, prepare_dataset, run_and_print
 from scaling.engine import trained_table
 from semantic_ids import artefact
 from semantic_ids.artefact import METHODS, SemanticIdConfig
@@ -70,14 +69,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        result = build_ids(args)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print_result(result, args.json)
-    return 0
+    return run_and_print(build_ids, parser().parse_args(argv))
 
 
 if __name__ == "__main__":
